@@ -1,0 +1,87 @@
+"""The seams between layers. Concrete classes are named only by factories; everything else sees these."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from services.core.types import (
+    ChatMessage,
+    GenerationParams,
+    GenerationResult,
+    IntentPrediction,
+    TokenDelta,
+    Trust,
+)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A text generator backend (in-process or an OpenAI-compatible server)."""
+
+    @property
+    def name(self) -> str:
+        """The configured backend name (bounded: used as a metric label)."""
+        ...
+
+    @property
+    def trust(self) -> Trust: ...
+
+    @property
+    def adapters(self) -> Sequence[str]:
+        """LoRA adapter names this backend can serve per request."""
+        ...
+
+    def warm_up(self) -> None:
+        """Load weights. Blocking; called once at start, off the event loop."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def render_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens the chat template of the model produces for `messages` (the prompt to be sent)."""
+        ...
+
+    async def complete(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> GenerationResult: ...
+
+    def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[TokenDelta]:
+        """Yield text deltas as tokens are produced; the last delta has finish_reason and counts."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Embedder(Protocol):
+    @property
+    def dimensions(self) -> int: ...
+
+    @property
+    def model_id(self) -> str: ...
+
+    def warm_up(self) -> None: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """L2-normalised vectors, one row per text."""
+        ...
+
+    def embed_query(self, text: str) -> npt.NDArray[np.float32]: ...
+
+
+class IntentClassifier(Protocol):
+    @property
+    def labels(self) -> Sequence[str]: ...
+
+    def warm_up(self) -> None: ...
+
+    def predict(self, text: str) -> IntentPrediction: ...
+
+    def predict_batch(self, texts: Sequence[str]) -> list[IntentPrediction]: ...

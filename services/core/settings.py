@@ -1,0 +1,232 @@
+"""Service settings: defaults in code, an optional YAML file, `HYBRID_...` environment overrides.
+
+Read once at start (`load_settings`) and passed down as sections; no module reads the environment itself.
+Precedence, highest first: explicit overrides, environment (`HYBRID_RAG__TOP_K=8`), YAML file, defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from services.core.errors import ConfigError
+
+Trust = Literal["internal", "external"]
+
+
+class Section(BaseModel):
+    # A misspelt key in YAML or env must fail loudly rather than be ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_messages: int = Field(64, ge=1)
+    max_prompt_tokens: int = Field(4096, ge=16)
+    max_completion_tokens: int = Field(1024, ge=1)
+    request_timeout_s: float = Field(120.0, gt=0)
+    shutdown_grace_s: float = Field(20.0, ge=0)
+
+
+class GeneratorSettings(Section):
+    """One generator backend.
+
+    `model` is a packaged alias (`smollm2`, `qwen2.5-coder-0.5b`), a Hugging Face id, a local HF folder,
+    or a `.gguf` file. For the `openai` backend it is the served model name upstream.
+    """
+
+    name: str = "local"
+    backend: Literal["onnx", "transformers", "openai"] = "onnx"
+    model: str = "smollm2"
+    trust: Trust = "internal"
+    # transformers: torch dtype; `auto` picks bf16 where the CPU supports it.
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    # onnx: precision the ONNX Runtime GenAI builder converts to.
+    onnx_precision: Literal["int4", "int8", "fp32"] = "int4"
+    threads: int = Field(0, ge=0, description="intra-op threads; 0 = library default")
+    max_concurrency: int = Field(1, ge=1, description="generations running at once in this process")
+    max_queue: int = Field(32, ge=0, description="requests waiting for a slot before 503")
+    timeout_s: float = Field(120.0, gt=0)
+    # openai backend
+    base_url: str | None = None
+    api_key: str | None = None
+    max_retries: int = Field(2, ge=0)
+    # LoRA adapters: served name -> folder (transformers/onnx) or upstream model name (openai).
+    adapters: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value
+
+
+class RagSettings(Section):
+    index_dir: Path = Path("var/index")
+    corpus_dirs: list[Path] = Field(default_factory=lambda: [Path("corpus/handbook")])
+    embedder: str = "packaged:all-MiniLM-L6-v2"
+    vector_store: Literal["faiss", "qdrant"] = "faiss"
+    qdrant_url: str | None = None
+    chunk_tokens: int = Field(256, ge=32, le=512)
+    chunk_overlap: int = Field(32, ge=0)
+    exact_search_max_chunks: int = Field(50_000, ge=1, description="above this, FAISS builds HNSW")
+    dense_k: int = Field(30, ge=1)
+    sparse_k: int = Field(30, ge=1)
+    fusion: Literal["rrf", "weighted", "dense", "sparse"] = "rrf"
+    rrf_k: int = Field(60, ge=1)
+    dense_weight: float = Field(0.5, ge=0, le=1)
+    reranker: str = Field("none", description="none | mmr | a CrossEncoder id or folder")
+    rerank_candidates: int = Field(20, ge=1)
+    top_k: int = Field(5, ge=1)
+    context_budget_tokens: int = Field(900, ge=32)
+    min_dense_score: float = Field(0.25, ge=-1, le=1)
+    no_answer: Literal["say_so", "generate"] = "say_so"
+    watch_interval_s: float = Field(2.0, ge=0, description="0 disables picking up new index versions")
+
+
+class RouterSettings(Section):
+    model_dir: Path = Path("var/router")
+    min_confidence: float = Field(0.55, ge=0, le=1)
+    low_confidence_target: str = "rag"
+    targets: dict[str, str] = Field(
+        default_factory=lambda: {"direct": "prompt", "knowledge": "rag", "out_of_scope": "refuse"}
+    )
+    max_length: int = Field(64, ge=8)
+    threads: int = Field(1, ge=1)
+
+
+class PromptSettings(Section):
+    templates_dir: Path | None = None
+    system_prompt: str = (
+        "You are the assistant of Larkspur Analytics' internal help desk. Answer briefly and precisely."
+    )
+
+
+class PriceCard(Section):
+    """Example prices for the cost ledger. They are EXAMPLES: set your own in YAML.
+
+    cpu_core_hour_usd: a cloud vCPU-hour (about 0.04 USD on-demand in 2026).
+    self_hosted_hour_usd: per generator name, the hourly price of the machine it runs on.
+    external_per_million: per generator name, (input, output) USD per 1M tokens.
+    """
+
+    cpu_core_hour_usd: float = Field(0.04, ge=0)
+    self_hosted_hour_usd: dict[str, float] = Field(default_factory=lambda: {"local": 0.08})
+    external_per_million: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+
+class AuthSettings(Section):
+    enabled: bool = False
+    # sha256 hex digests of accepted API keys, so the settings file holds no secret.
+    api_key_sha256: list[str] = Field(default_factory=list)
+    admin_key_sha256: list[str] = Field(default_factory=list)
+
+
+class ObservabilitySettings(Section):
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+    log_prompts: bool = False
+    otel_enabled: bool = False
+    otel_endpoint: str = "http://127.0.0.1:4317"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HYBRID_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Path("var")
+    default_pipeline: str = "hybrid"
+    server: ServerSettings = ServerSettings()
+    generator: GeneratorSettings = GeneratorSettings()
+    fallback_generator: GeneratorSettings | None = None
+    rag: RagSettings = RagSettings()
+    router: RouterSettings = RouterSettings()
+    prompts: PromptSettings = PromptSettings()
+    prices: PriceCard = PriceCard()
+    auth: AuthSettings = AuthSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs (see load_settings) and must rank *below* the environment,
+        # so init_settings goes after env_settings here.
+        return env_settings, init_settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return raw
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "<root>"
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    more = len(error.errors()) - 1
+    suffix = f"; and {more} more" if more else ""
+    return f"invalid setting {key}: {first['msg']}{shown}{suffix}"
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from defaults, an optional YAML file and the environment; explicit overrides win."""
+    file_values = _read_yaml(config_file) if config_file is not None else {}
+    try:
+        settings = Settings(**file_values)
+        if overrides:
+            settings = Settings.model_validate(_deep_merge(settings.model_dump(), overrides))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+    return settings
+
+
+__all__ = [
+    "AuthSettings",
+    "GeneratorSettings",
+    "ObservabilitySettings",
+    "PriceCard",
+    "PromptSettings",
+    "RagSettings",
+    "RouterSettings",
+    "ServerSettings",
+    "Settings",
+    "load_settings",
+]

@@ -1,0 +1,1 @@
+"""Benchmarks: load generator, architecture comparison, gateway overhead, router / retrieval benches."""

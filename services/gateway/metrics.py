@@ -1,0 +1,190 @@
+"""Prometheus metrics: names carry units, buckets fit what they time, labels are bounded.
+
+Collecting (the request trace) is separate from exporting (this class). With several worker processes,
+prometheus_client's multiprocess mode is used when PROMETHEUS_MULTIPROC_DIR is set; gauges then declare
+how workers combine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from services.pipelines.base import RequestTrace
+from services.pipelines.runner import Outcome
+
+STAGES = ("privacy", "route", "embed", "search", "rerank", "select", "generate")
+TOKEN_KINDS = ("prompt", "completion", "context")
+COST_STAGES = ("privacy", "route", "retrieval", "generate")
+STATUSES = ("ok", "client_error", "server_error", "refused")
+INTENTS = ("direct", "knowledge", "out_of_scope")
+
+# Seconds. Stages range from sub-millisecond (FAISS search, privacy regexes) to tens of seconds (CPU
+# generation), so one bucket set spans both ends with roughly 2.5x steps.
+STAGE_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0)
+CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class ServiceMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "hybrid_requests", "Requests by pipeline, route and outcome.",
+            ["pipeline", "route", "status"], registry=r,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "hybrid_request_duration_seconds", "End-to-end request latency.",
+            ["pipeline", "route"], buckets=REQUEST_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.stage_duration = Histogram(
+            "hybrid_stage_duration_seconds", "Latency of one pipeline stage.",
+            ["stage", "pipeline"], buckets=STAGE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "hybrid_time_to_first_token_seconds", "Time from request to the first answer text.",
+            ["pipeline"], buckets=TTFT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tpot = Histogram(
+            "hybrid_time_per_output_token_seconds", "Decode time per output token after the first.",
+            ["pipeline"], buckets=TPOT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "hybrid_tokens", "Tokens by pipeline and kind (prompt, completion, context).",
+            ["pipeline", "kind"], registry=r,
+        )  # fmt: skip
+        self.cost = Counter(
+            "hybrid_cost_usd", "Cost in USD from the price card, by pipeline and stage.",
+            ["pipeline", "stage"], registry=r,
+        )  # fmt: skip
+        self.route_decisions = Counter(
+            "hybrid_route_decisions", "Router decisions by intent and target pipeline.",
+            ["intent", "target"], registry=r,
+        )  # fmt: skip
+        self.router_confidence = Histogram(
+            "hybrid_router_confidence", "Router confidence of the chosen intent.",
+            ["intent"], buckets=CONFIDENCE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "hybrid_requests_in_flight", "Requests being served now.",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.privacy_findings = Counter(
+            "hybrid_privacy_findings", "Sensitive-data findings by kind and the action taken.",
+            ["kind", "action"], registry=r,
+        )  # fmt: skip
+        self.egress_tokens = Counter(
+            "hybrid_egress_tokens", "Prompt tokens sent to a generator backend, by backend and trust.",
+            ["backend", "trust"], registry=r,
+        )  # fmt: skip
+        self.fallbacks = Counter(
+            "hybrid_fallbacks", "Requests moved from a failing backend to its fallback.",
+            ["from_backend", "to_backend"], registry=r,
+        )  # fmt: skip
+        self.index_chunks = Gauge(
+            "hybrid_index_chunks", "Chunks in the serving index.",
+            registry=r, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.index_age = Gauge(
+            "hybrid_index_age_seconds", "Seconds since the serving index version was built.",
+            registry=r, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.index_info = Gauge(
+            "hybrid_index_info", "1 for the serving index version.",
+            ["version"], registry=r, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.template_requests = Counter(
+            "hybrid_template_requests", "Requests by prompt template name and version.",
+            ["template", "version"], registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "hybrid_queue_wait_seconds", "Time a request waited for a generator slot.",
+            ["backend"], buckets=STAGE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._index_version: str | None = None
+
+    def initialise_labels(self, pipelines: Iterable[str], backends: Iterable[tuple[str, str]]) -> None:
+        """Create every bounded series at zero, so rates and alerts work before the first request."""
+        for pipeline in pipelines:
+            for stage in STAGES:
+                self.stage_duration.labels(stage=stage, pipeline=pipeline)
+            for kind in TOKEN_KINDS:
+                self.tokens.labels(pipeline=pipeline, kind=kind)
+            for stage in COST_STAGES:
+                self.cost.labels(pipeline=pipeline, stage=stage)
+            for status in STATUSES:
+                self.requests.labels(pipeline=pipeline, route=pipeline, status=status)
+            self.ttft.labels(pipeline=pipeline)
+            self.tpot.labels(pipeline=pipeline)
+        for intent in INTENTS:
+            self.router_confidence.labels(intent=intent)
+        for name, trust in backends:
+            self.egress_tokens.labels(backend=name, trust=trust)
+
+    def observe_request(self, trace: RequestTrace, outcome: Outcome | None, status: str, seconds: float) -> None:
+        pipeline, route = trace.pipeline, trace.route_label
+        self.requests.labels(pipeline=pipeline, route=route, status=status).inc()
+        self.request_duration.labels(pipeline=pipeline, route=route).observe(seconds)
+        for stage, ms in trace.timings.ms.items():
+            if stage in STAGES:
+                self.stage_duration.labels(stage=stage, pipeline=pipeline).observe(ms / 1000.0)
+        if trace.route is not None:
+            self.route_decisions.labels(intent=trace.route.intent, target=trace.route.target).inc()
+            self.router_confidence.labels(intent=trace.route.intent).observe(trace.route.confidence)
+        if trace.template is not None:
+            self.template_requests.labels(template=trace.template.name, version=trace.template.version).inc()
+        if trace.privacy:
+            action = str(trace.privacy.get("action", "allow"))
+            for kind in trace.privacy.get("findings", []):
+                self.privacy_findings.labels(kind=kind, action=action).inc()
+        if outcome is None:
+            return
+        self.tokens.labels(pipeline=pipeline, kind="prompt").inc(outcome.prompt_tokens)
+        self.tokens.labels(pipeline=pipeline, kind="completion").inc(outcome.completion_tokens)
+        self.tokens.labels(pipeline=pipeline, kind="context").inc(trace.context_tokens)
+        for stage, usd in outcome.cost_usd.items():
+            if stage != "total":
+                self.cost.labels(pipeline=pipeline, stage=stage).inc(usd)
+        if outcome.generated and trace.backend is not None:
+            self.egress_tokens.labels(backend=trace.backend, trust=trace.backend_trust or "internal").inc(
+                outcome.prompt_tokens
+            )
+        if outcome.ttft_s is not None:
+            self.ttft.labels(pipeline=pipeline).observe(outcome.ttft_s)
+            decode_s = seconds - outcome.ttft_s
+            if outcome.completion_tokens > 1 and decode_s > 0:
+                self.tpot.labels(pipeline=pipeline).observe(decode_s / (outcome.completion_tokens - 1))
+
+    def set_index(self, version: str, chunks: int, age_s: float) -> None:
+        if self._index_version is not None and self._index_version != version:
+            self.index_info.labels(version=self._index_version).set(0)
+        self._index_version = version
+        self.index_info.labels(version=version).set(1)
+        self.index_chunks.set(chunks)
+        self.index_age.set(age_s)
+
+    def render(self) -> bytes:
+        if multiprocess_enabled():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

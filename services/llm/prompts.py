@@ -1,0 +1,68 @@
+"""Jinja2 prompt templates with a name and a version, both reported in metrics and responses.
+
+A template file declares `name: X  version: N` in its leading comment and defines blocks:
+`system` and optionally `user` (chat templates) or `answer` (fixed replies sent without generation).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from services.core.errors import ConfigError
+
+PACKAGED_TEMPLATES = Path(__file__).parent / "templates"
+_HEADER = re.compile(r"name:\s*(?P<name>[\w-]+)\s+version:\s*(?P<version>[\w.-]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateRef:
+    name: str
+    version: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version}
+
+
+class PromptLibrary:
+    REQUIRED = ("direct", "rag", "tuned", "refusal", "no_answer")
+
+    def __init__(self, templates_dir: Path | None = None) -> None:
+        self._dir = templates_dir or PACKAGED_TEMPLATES
+        if not self._dir.is_dir():
+            raise ConfigError(f"prompts.templates_dir not found: {self._dir}")
+        self._env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(self._dir)),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,  # prompts are plain text, not HTML
+            keep_trailing_newline=False,
+        )
+        self._refs: dict[str, TemplateRef] = {}
+        for name in self.REQUIRED:
+            path = self._dir / f"{name}.j2"
+            if not path.is_file():
+                raise ConfigError(f"prompt template missing: {path}")
+            match = _HEADER.search(path.read_text(encoding="utf-8"))
+            if match is None or match["name"] != name:
+                raise ConfigError(f"prompt template {path} must declare 'name: {name}  version: N'")
+            self._refs[name] = TemplateRef(name=name, version=match["version"])
+
+    def ref(self, name: str) -> TemplateRef:
+        return self._refs[name]
+
+    def render_block(self, name: str, block: str, **variables: Any) -> str:
+        template = self._env.get_template(f"{name}.j2")
+        render = template.blocks.get(block)
+        if render is None:
+            raise ConfigError(f"prompt template {name!r} has no block {block!r}")
+        try:
+            return "".join(render(template.new_context(variables))).strip()
+        except jinja2.UndefinedError as exc:
+            raise ConfigError(f"prompt template {name!r}: {exc}") from exc
+
+    def has_block(self, name: str, block: str) -> bool:
+        return block in self._env.get_template(f"{name}.j2").blocks

@@ -1,0 +1,89 @@
+"""What every pipeline shares: the request, the per-request trace, and the plan a pipeline produces.
+
+A pipeline only *plans* (route, retrieve, build the prompt). Running the plan (generation, fallback,
+output filtering, costing) is the runner's job, so streaming and non-streaming share one code path and
+every pipeline gets the same guarantees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from services.core.protocols import Generator
+from services.core.types import ChatMessage, GenerationParams, RouteDecision, StageTimings
+from services.llm.prompts import TemplateRef
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineRequest:
+    messages: tuple[ChatMessage, ...]
+    params: GenerationParams
+    request_id: str
+
+    @property
+    def last_user_text(self) -> str:
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return message.content
+        return ""
+
+
+@dataclass(slots=True)
+class RequestTrace:
+    """Everything observed while serving one request; becomes the `hybrid` extension and the metrics."""
+
+    pipeline: str
+    request_id: str = ""
+    timings: StageTimings = field(default_factory=StageTimings)
+    route: RouteDecision | None = None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    context_tokens: int = 0
+    template: TemplateRef | None = None
+    index_version: str | None = None
+    adapter: str | None = None
+    backend: str | None = None
+    backend_trust: str | None = None
+    privacy: dict[str, Any] | None = None
+    fallback: dict[str, str] | None = None
+    degraded: str | None = None
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings.add(name, (time.perf_counter() - started) * 1000.0)
+
+    @property
+    def route_label(self) -> str:
+        """A bounded label for metrics: the route target, or the pipeline itself when nothing routed."""
+        return self.route.target if self.route is not None else self.pipeline
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Either a fixed answer (refusal, no-answer) or a generation to run."""
+
+    messages: tuple[ChatMessage, ...] = ()
+    params: GenerationParams = GenerationParams()
+    generator: Generator | None = None
+    fixed_answer: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.fixed_answer is None) == (self.generator is None):
+            raise ValueError("a plan has exactly one of fixed_answer and generator")
+
+
+class Pipeline(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+    async def plan(self, request: PipelineRequest, trace: RequestTrace) -> Plan: ...

@@ -1,0 +1,140 @@
+"""Builds the generators and pipelines that settings name. The only place that knows concrete classes.
+
+A pipeline is offered only when everything it needs loaded: `rag` needs an index, `hybrid` needs the
+router model and `rag`, `tuned` needs an adapter. What is missing is kept as a reason for /readyz.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.core.cost import CostLedger
+from services.core.errors import ConfigError, HybridError
+from services.core.protocols import Generator
+from services.core.settings import GeneratorSettings, Settings
+from services.llm.prompts import PromptLibrary
+from services.pipelines.base import Pipeline
+from services.pipelines.hybrid import HybridPipeline
+from services.pipelines.prompt import PromptPipeline
+from services.pipelines.rag import RagPipeline
+from services.pipelines.runner import PipelineRunner, RequestGuard
+
+logger = logging.getLogger(__name__)
+
+TUNED_ADAPTER = "tuned"
+
+
+def build_generator(settings: GeneratorSettings, data_dir: Any) -> Generator:
+    if settings.backend == "transformers":
+        from services.llm.transformers_backend import TransformersGenerator
+
+        return TransformersGenerator(settings, data_dir)
+    if settings.backend == "onnx":
+        from services.llm.onnx_backend import OnnxGenerator
+
+        return OnnxGenerator(settings, data_dir)
+    from services.llm.openai_backend import OpenAICompatibleGenerator
+
+    return OpenAICompatibleGenerator(settings)
+
+
+@dataclass
+class ServiceComponents:
+    settings: Settings
+    primary: Generator
+    fallback: Generator | None
+    prompts: PromptLibrary
+    pipelines: dict[str, Pipeline]
+    runner: PipelineRunner
+    retriever: Any = None
+    classifier: Any = None
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+def build_components(
+    settings: Settings,
+    *,
+    guard: RequestGuard | None = None,
+    on_fallback: Any = None,
+) -> ServiceComponents:
+    """Create and warm up everything. Blocking (loads models): call from a thread at start-up."""
+    prompts = PromptLibrary(settings.prompts.templates_dir)
+    primary = build_generator(settings.generator, settings.data_dir)
+    primary.warm_up()
+    fallback: Generator | None = None
+    if settings.fallback_generator is not None:
+        fallback = build_generator(settings.fallback_generator, settings.data_dir)
+        fallback.warm_up()
+    system_prompt = settings.prompts.system_prompt
+    pipelines: dict[str, Pipeline] = {"prompt": PromptPipeline(primary, prompts, system_prompt)}
+    unavailable: dict[str, str] = {}
+
+    if TUNED_ADAPTER in primary.adapters:
+        pipelines["tuned"] = PromptPipeline(
+            primary, prompts, system_prompt, name="tuned", template="tuned", adapter=TUNED_ADAPTER
+        )
+    else:
+        unavailable["tuned"] = f"no '{TUNED_ADAPTER}' adapter configured (generator.adapters)"
+
+    retriever = None
+    try:
+        from services.rag.service import RetrievalService
+
+        retriever = RetrievalService(settings.rag)
+        retriever.warm_up()
+        pipelines["rag"] = RagPipeline(
+            primary,
+            retriever,
+            prompts,
+            system_prompt,
+            answer_when_irrelevant=settings.rag.no_answer == "generate",
+            context_filter=getattr(guard, "filter_context", None),
+        )
+    except HybridError as exc:
+        retriever = None
+        unavailable["rag"] = exc.message
+        logger.warning("rag pipeline unavailable: %s", exc.message)
+
+    classifier = None
+    if "rag" in pipelines:
+        try:
+            from services.router.classifier import IntentRouterModel
+            from services.router.policy import RoutingPolicy
+
+            classifier = IntentRouterModel(
+                settings.router.model_dir,
+                threads=settings.router.threads,
+                max_length=settings.router.max_length,
+            )
+            classifier.warm_up()
+            policy = RoutingPolicy(settings.router, threshold=classifier.oos_threshold)
+            pipelines["hybrid"] = HybridPipeline(classifier, policy, pipelines, prompts)
+        except (HybridError, OSError) as exc:
+            classifier = None
+            unavailable["hybrid"] = str(exc)
+            logger.warning("hybrid pipeline unavailable: %s", exc)
+    else:
+        unavailable["hybrid"] = "needs the rag pipeline"
+
+    if settings.default_pipeline not in pipelines and settings.default_pipeline not in unavailable:
+        raise ConfigError(f"default_pipeline {settings.default_pipeline!r} is not a pipeline name")
+    runner = PipelineRunner(
+        CostLedger(settings.prices),
+        primary=primary,
+        fallback=fallback,
+        guard=guard,
+        on_fallback=on_fallback,
+    )
+    return ServiceComponents(
+        settings=settings,
+        primary=primary,
+        fallback=fallback,
+        prompts=prompts,
+        pipelines=pipelines,
+        runner=runner,
+        retriever=retriever,
+        classifier=classifier,
+        unavailable=unavailable,
+    )

@@ -1,0 +1,172 @@
+"""Runs a pipeline's plan: generation (streamed internally), backend fallback, output filtering, cost.
+
+Non-streaming requests drain the same stream, so both modes share timing, fallback and filtering.
+A fallback happens only before the first token: once text has left, switching backends would splice
+two different answers together, so a mid-stream failure is reported as an error instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from services.core.cost import CostLedger
+from services.core.errors import GenerationError
+from services.core.protocols import Generator
+from services.core.types import ChatMessage, FinishReason, GenerationParams, TokenDelta
+from services.pipelines.base import Pipeline, PipelineRequest, Plan, RequestTrace
+
+logger = logging.getLogger(__name__)
+
+
+class OutputFilter(Protocol):
+    def feed(self, text: str) -> str: ...
+    def flush(self) -> str: ...
+
+
+class RequestGuard(Protocol):
+    """The privacy gate as the runner sees it (services.privacy adapts to this)."""
+
+    def before_plan(self, request: PipelineRequest, trace: RequestTrace, generator: Generator) -> PipelineRequest:
+        """Inspect (and redact) the request; raise PolicyViolation to block."""
+        ...
+
+    def choose_generator(self, trace: RequestTrace, planned: Generator) -> Generator: ...
+
+    def output_filter(self, trace: RequestTrace, generator: Generator | None) -> OutputFilter: ...
+
+
+@dataclass(slots=True)
+class Outcome:
+    text: str = ""
+    finish_reason: FinishReason = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float | None = None
+    busy_s: float = 0.0
+    generated: bool = False
+    cost_usd: dict[str, float] = field(default_factory=dict)
+
+
+FallbackHook = Callable[[str, str], None]
+
+
+class PipelineRunner:
+    def __init__(
+        self,
+        ledger: CostLedger,
+        *,
+        primary: Generator,
+        fallback: Generator | None = None,
+        guard: RequestGuard | None = None,
+        on_fallback: FallbackHook | None = None,
+    ) -> None:
+        self._ledger = ledger
+        self._primary = primary
+        self._fallback = fallback
+        self._guard = guard
+        self._on_fallback = on_fallback
+
+    async def complete(
+        self, pipeline: Pipeline, request: PipelineRequest, trace: RequestTrace
+    ) -> Outcome:
+        outcome = Outcome()
+        async for item in self.stream(pipeline, request, trace):
+            if isinstance(item, Outcome):
+                outcome = item
+        return outcome
+
+    async def stream(
+        self, pipeline: Pipeline, request: PipelineRequest, trace: RequestTrace
+    ) -> AsyncIterator[str | Outcome]:
+        """Yield answer text as it is produced, then one final `Outcome`."""
+        started = time.perf_counter()
+        if self._guard is not None:
+            with trace.stage("privacy"):
+                request = self._guard.before_plan(request, trace, self._primary)
+        plan = await pipeline.plan(request, trace)
+        outcome = Outcome()
+        if plan.fixed_answer is not None:
+            out_filter = self._guard.output_filter(trace, None) if self._guard else None
+            text = plan.fixed_answer
+            if out_filter is not None:
+                text = out_filter.feed(text) + out_filter.flush()
+            outcome.text = text
+            outcome.ttft_s = time.perf_counter() - started
+            yield text
+        else:
+            async for piece in self._generate(plan, trace, outcome, started):
+                yield piece
+        outcome.cost_usd = self._ledger.request_costs(
+            trace.timings.ms,
+            backend=trace.backend if outcome.generated else None,
+            busy_s=outcome.busy_s,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+        )
+        trace.timings.add("total", (time.perf_counter() - started) * 1000.0)
+        yield outcome
+
+    async def _generate(
+        self, plan: Plan, trace: RequestTrace, outcome: Outcome, started: float
+    ) -> AsyncIterator[str]:
+        assert plan.generator is not None
+        generator = plan.generator
+        if self._guard is not None:
+            generator = self._guard.choose_generator(trace, generator)
+        out_filter = self._guard.output_filter(trace, generator) if self._guard else None
+        generate_started = time.perf_counter()
+        parts: list[str] = []
+        try:
+            stream = self._stream_with_fallback(generator, plan.messages, plan.params, trace)
+            async for delta in stream:
+                if delta.finish_reason is not None:
+                    outcome.finish_reason = delta.finish_reason
+                    outcome.prompt_tokens = delta.prompt_tokens or 0
+                    outcome.completion_tokens = delta.completion_tokens or 0
+                    outcome.busy_s = delta.busy_s or 0.0
+                    outcome.generated = True
+                    continue
+                text = out_filter.feed(delta.text) if out_filter else delta.text
+                if text:
+                    if outcome.ttft_s is None:
+                        outcome.ttft_s = time.perf_counter() - started
+                    parts.append(text)
+                    yield text
+            if out_filter is not None:
+                tail = out_filter.flush()
+                if tail:
+                    parts.append(tail)
+                    yield tail
+        finally:
+            trace.timings.add("generate", (time.perf_counter() - generate_started) * 1000.0)
+        outcome.text = "".join(parts)
+
+    async def _stream_with_fallback(
+        self,
+        generator: Generator,
+        messages: tuple[ChatMessage, ...],
+        params: GenerationParams,
+        trace: RequestTrace,
+    ) -> AsyncIterator[TokenDelta]:
+        trace.backend, trace.backend_trust = generator.name, generator.trust
+        emitted = False
+        try:
+            async for delta in generator.stream(messages, params):
+                emitted = True
+                yield delta
+            return
+        except GenerationError as exc:
+            fallback = self._fallback
+            if emitted or fallback is None or fallback is generator:
+                raise
+            logger.warning("generator %s failed (%s); falling back to %s", generator.name, exc, fallback.name)
+        trace.fallback = {"from": generator.name, "to": fallback.name}
+        if self._on_fallback is not None:
+            self._on_fallback(generator.name, fallback.name)
+        trace.backend, trace.backend_trust = fallback.name, fallback.trust
+        async for delta in fallback.stream(messages, params):
+            yield delta

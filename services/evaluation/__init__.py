@@ -1,0 +1,1 @@
+"""End-to-end evaluation of a running service: routing, retrieval and answer quality, latency."""

@@ -1,0 +1,155 @@
+"""Start the service as a user would (`hybridllm ingest`, `hybridllm serve`): for evals, benches, tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.evaluation.e2e import evaluate_e2e
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_READY_TIMEOUT_S = 600.0
+DEFAULT_INGEST_TIMEOUT_S = 900.0
+
+
+def hybridllm_command() -> list[str]:
+    """The `hybridllm` console script of this interpreter's environment, or the module as a fallback."""
+    beside = Path(sys.executable).with_name("hybridllm")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("hybridllm")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_env(extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    if extra_env:
+        env.update(extra_env)
+    return env
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def ingest(corpus: Path, index_dir: Path, env: Mapping[str, str], timeout_s: float) -> None:
+    command = [*hybridllm_command(), "ingest", str(corpus), "--index", str(index_dir)]
+    done = subprocess.run(
+        command, env=dict(env), capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).splitlines()[-20:])
+        raise RuntimeError(f"`hybridllm ingest {corpus}` failed with code {done.returncode}:\n{tail}")
+
+
+def wait_ready(base_url: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                code = process.returncode
+                raise RuntimeError(
+                    f"`hybridllm serve` exited with code {code} before /readyz:\n{_tail(log_path)}"
+                )
+            try:
+                if client.get(f"{base_url}/readyz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+    raise TimeoutError(f"`hybridllm serve` not ready after {timeout_s:.0f} s:\n{_tail(log_path)}")
+
+
+def stop(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("service pid %d ignored SIGTERM for %.0f s; killing it", process.pid, grace_s)
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def running_service(
+    corpus: Path,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    config: Path | None = None,
+    index_dir: Path | None = None,
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+) -> Iterator[str]:
+    """Ingest `corpus` into a temporary index, serve it on a free port of 127.0.0.1; yields the base URL.
+
+    `extra_env` sets `HYBRID_...` overrides for the service (e.g. the generator backend). With `index_dir`
+    an existing index is served and ingestion is skipped. The server's log goes to a temporary file whose
+    tail is in any error raised. The process is stopped on exit, whatever happened.
+    """
+    env = service_env(extra_env)
+    with tempfile.TemporaryDirectory(prefix="hybridllm-svc-") as tmp:
+        tmp_dir = Path(tmp)
+        if index_dir is None:
+            index_dir = tmp_dir / "index"
+            ingest(corpus, index_dir, env, DEFAULT_INGEST_TIMEOUT_S)
+        port = free_port()
+        command = [
+            *hybridllm_command(),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--index",
+            str(index_dir),
+        ]
+        if config is not None:
+            command += ["--config", str(config)]
+        log_path = tmp_dir / "serve.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base_url, process, log_path, ready_timeout_s)
+            logger.info("service ready at %s (pid %d)", base_url, process.pid)
+            yield base_url
+        finally:
+            stop(process)
+
+
+def evaluate_e2e_local(data: Path, corpus: Path, **kw: Any) -> dict[str, Any]:
+    """`hybridllm eval e2e` without --base-url: start the service on `corpus`, evaluate, stop it.
+
+    `extra_env` and `config` go to `running_service`; everything else to `evaluate_e2e`.
+    """
+    service_kw = {key: kw.pop(key) for key in ("extra_env", "config", "index_dir") if key in kw}
+    with running_service(corpus, **service_kw) as base_url:
+        return asyncio.run(evaluate_e2e(data, base_url=base_url, **kw))

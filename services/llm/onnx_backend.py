@@ -1,0 +1,270 @@
+"""In-process generation with ONNX Runtime GenAI: the fast CPU serving backend.
+
+The model is converted once (services/llm/model_prep.py); at run time only onnxruntime-genai is needed,
+no torch or transformers. Each request gets its own `og.Generator`, created and driven token by token
+(`generate_next_token`) inside one worker thread, so no two threads ever touch one generator; requests
+share the read-only `og.Model`. `GenerationSlots` bounds how many run at once. The consumer closing the
+stream sets a cancel flag the worker checks between tokens, so a client that disconnects frees the CPU
+within one token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.core.errors import ConfigError, GenerationError, InvalidRequest, NotReady
+from services.core.settings import GeneratorSettings
+from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta, Trust
+from services.llm.model_prep import GENAI_CONFIG_NAME, prepare_onnx_model, verify_onnx_model
+from services.llm.slots import GenerationSlots
+from services.llm.stop_strings import StopStringMatcher
+from services.llm.streaming import collect_stream, run_producer_in_thread
+
+logger = logging.getLogger(__name__)
+
+
+def read_chat_template(model_dir: Path) -> str | None:
+    """The model's own chat template (a jinja string) as the builder copied it next to the model."""
+    template_file = model_dir / "chat_template.jinja"
+    if template_file.is_file():
+        return template_file.read_text(encoding="utf-8")
+    try:
+        config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    template = config.get("chat_template")
+    return template if isinstance(template, str) else None
+
+
+@dataclass
+class _RequestState:
+    """Shared between the generation thread and the consumer of one request."""
+
+    cancel: threading.Event = field(default_factory=threading.Event)
+    generated_ids: list[int] = field(default_factory=list)
+    hit_eos: bool = False
+
+
+class OnnxGenerator:
+    def __init__(self, settings: GeneratorSettings, data_dir: Path) -> None:
+        if settings.backend != "onnx":
+            raise ValueError(f"OnnxGenerator needs backend 'onnx', got {settings.backend!r}")
+        self._settings = settings
+        self._data_dir = data_dir
+        self._slots = GenerationSlots(settings.max_concurrency, settings.max_queue)
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._og_adapters: Any = None
+        self._chat_template: str | None = None
+        self._eos_ids: frozenset[int] = frozenset()
+        self._context_length = 0
+        self.model_dir: Path | None = None
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def name(self) -> str:
+        return self._settings.name
+
+    @property
+    def trust(self) -> Trust:
+        return self._settings.trust
+
+    @property
+    def adapters(self) -> Sequence[str]:
+        return tuple(self._settings.adapters)
+
+    @property
+    def slots(self) -> GenerationSlots:
+        return self._slots
+
+    # ------------------------------------------------------------------ loading
+
+    def warm_up(self) -> None:
+        model_dir = prepare_onnx_model(self._settings, self._data_dir)
+        adapter_files: dict[str, Path] = {}
+        if self._settings.adapters:
+            from services.llm.onnx_adapters import prepare_adapters
+
+            adapter_files = prepare_adapters(self._settings, self._data_dir)
+        self.load(model_dir, adapter_files)
+
+    def load(self, model_dir: Path, adapter_files: dict[str, Path] | None = None) -> None:
+        """Load an already converted model folder (warm_up prepares and then calls this)."""
+        import onnxruntime_genai as og
+
+        verify_onnx_model(model_dir)
+        config = og.Config(str(model_dir))
+        if self._settings.threads > 0:
+            options = {"intra_op_num_threads": self._settings.threads, "inter_op_num_threads": 1}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        try:
+            model = og.Model(config)
+            tokenizer = og.Tokenizer(model)
+        except Exception as exc:  # og raises RuntimeError with ORT's message for damaged graphs
+            raise ConfigError(f"cannot load ONNX model {model_dir}: {exc}; delete it to convert again") from exc
+        og_adapters = None
+        if adapter_files:
+            og_adapters = og.Adapters(model)
+            for adapter_name, adapter_file in adapter_files.items():
+                try:
+                    og_adapters.load(str(adapter_file), adapter_name)
+                except Exception as exc:
+                    raise ConfigError(f"adapter {adapter_name!r}: cannot load {adapter_file}: {exc}") from exc
+        genai_config = json.loads((model_dir / GENAI_CONFIG_NAME).read_text(encoding="utf-8"))
+        self._context_length = int(genai_config["model"].get("context_length", 2048))
+        self._eos_ids = frozenset(int(i) for i in tokenizer.eos_token_ids)
+        self._chat_template = read_chat_template(model_dir)
+        self._model, self._tokenizer, self._og_adapters = model, tokenizer, og_adapters
+        self.model_dir = model_dir
+        logger.info(
+            "loaded ONNX model %s (threads=%s, adapters=%s)",
+            model_dir,
+            self._settings.threads or "default",
+            sorted(adapter_files or {}),
+        )
+
+    def _require_model(self) -> Any:
+        if self._model is None:
+            raise NotReady(f"ONNX generator {self.name!r} is not warmed up")
+        return self._model
+
+    # ------------------------------------------------------------------ tokens
+
+    def count_tokens(self, text: str) -> int:
+        self._require_model()
+        return len(self._tokenizer.encode(text))
+
+    def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        self._require_model()
+        chat = json.dumps([{"role": m.role, "content": m.content} for m in messages])
+        rendered: str = self._tokenizer.apply_chat_template(
+            chat, template_str=self._chat_template, add_generation_prompt=True
+        )
+        return rendered
+
+    def prompt_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
+        return [int(i) for i in self._tokenizer.encode(self.render_prompt(messages))]
+
+    def render_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return len(self.prompt_ids(messages))
+
+    # ------------------------------------------------------------------ generation
+
+    async def complete(self, messages: Sequence[ChatMessage], params: GenerationParams) -> GenerationResult:
+        return await collect_stream(self.stream(messages, params), backend=self.name)
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[TokenDelta]:
+        model = self._require_model()
+        self._check_params(params)
+        prompt_ids = self.prompt_ids(messages)
+        if len(prompt_ids) >= self._context_length:
+            raise InvalidRequest(
+                f"prompt is {len(prompt_ids)} tokens; the model's context is {self._context_length}"
+            )
+        async with self._slots.acquire():
+            started = time.perf_counter()
+            state = _RequestState()
+            matcher = StopStringMatcher(params.stop)
+            ttft: float | None = None
+            stopped_by_string = False
+            pieces = run_producer_in_thread(
+                lambda emit: self._generate_blocking(model, prompt_ids, params, state, emit),
+                cancel=state.cancel,
+            )
+            try:
+                async for piece in pieces:
+                    if ttft is None:
+                        ttft = time.perf_counter() - started
+                    text, stopped = matcher.feed(piece)
+                    if text:
+                        yield TokenDelta(text=text)
+                    if stopped:
+                        stopped_by_string = True
+                        break
+            finally:
+                state.cancel.set()
+                await pieces.aclose()
+            tail = matcher.flush()
+            if tail:
+                yield TokenDelta(text=tail)
+            completion_tokens = len(state.generated_ids) - (1 if state.hit_eos else 0)
+            finished_early = stopped_by_string or state.hit_eos
+            busy = time.perf_counter() - started
+            yield TokenDelta(
+                text="",
+                finish_reason="stop" if finished_early else "length",
+                prompt_tokens=len(prompt_ids),
+                completion_tokens=completion_tokens,
+                ttft_s=ttft if ttft is not None else busy,
+                busy_s=busy,
+            )
+
+    def _check_params(self, params: GenerationParams) -> None:
+        if params.max_tokens < 1:
+            raise InvalidRequest(f"max_tokens must be >= 1, got {params.max_tokens}", param="max_tokens")
+        if params.temperature < 0:
+            raise InvalidRequest(f"temperature must be >= 0, got {params.temperature}", param="temperature")
+        if not 0 < params.top_p <= 1:
+            raise InvalidRequest(f"top_p must be in (0, 1], got {params.top_p}", param="top_p")
+        if params.adapter is not None and params.adapter not in self._settings.adapters:
+            raise InvalidRequest(
+                f"unknown adapter {params.adapter!r}; known: {sorted(self._settings.adapters)}", param="model"
+            )
+
+    def _search_options(self, prompt_len: int, params: GenerationParams) -> dict[str, Any]:
+        max_length = min(prompt_len + params.max_tokens, self._context_length)
+        options: dict[str, Any] = {"max_length": max_length, "batch_size": 1}
+        if params.temperature > 0:
+            options.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+            if params.seed is not None:
+                options["random_seed"] = params.seed
+        else:
+            options.update(do_sample=False)
+        return options
+
+    def _generate_blocking(
+        self,
+        model: Any,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        state: _RequestState,
+        emit: Callable[[str], None],
+    ) -> None:
+        import onnxruntime_genai as og
+
+        try:
+            generator_params = og.GeneratorParams(model)
+            generator_params.set_search_options(**self._search_options(len(prompt_ids), params))
+            generator = og.Generator(model, generator_params)
+            if params.adapter is not None:
+                generator.set_active_adapter(self._og_adapters, params.adapter)
+            generator.append_tokens(prompt_ids)  # the prefill; the first token comes from the next step
+            decoder = self._tokenizer.create_stream()
+            while not state.cancel.is_set() and not generator.is_done():
+                generator.generate_next_token()
+                token = int(generator.get_next_tokens()[0])
+                state.generated_ids.append(token)
+                if token in self._eos_ids:
+                    state.hit_eos = True
+                    break
+                # The stream decoder returns "" until a multi-byte character is complete.
+                text = decoder.decode(token)
+                if text:
+                    emit(text)
+        except Exception as exc:  # a runtime failure must surface as a domain error
+            raise GenerationError(f"ONNX generation failed: {exc}") from exc
+
+    async def aclose(self) -> None:
+        self._model = None
+        self._tokenizer = None
+        self._og_adapters = None

@@ -1,0 +1,22 @@
+"""Privacy gate: find sensitive data, decide per backend trust, redact or block, filter answers."""
+
+from services.privacy.detectors import Finding, PiiDetector
+from services.privacy.gate import ContextInspection, GateDecision, OutputFilter, PrivacyGate
+from services.privacy.injection import InjectionDetector, quote_context_block
+from services.privacy.redaction import Redactor, StreamingTextFilter
+from services.privacy.settings import PrivacySettings, TrustActions
+
+__all__ = [
+    "ContextInspection",
+    "Finding",
+    "GateDecision",
+    "InjectionDetector",
+    "OutputFilter",
+    "PiiDetector",
+    "PrivacyGate",
+    "PrivacySettings",
+    "Redactor",
+    "StreamingTextFilter",
+    "TrustActions",
+    "quote_context_block",
+]

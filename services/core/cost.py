@@ -40,7 +40,7 @@ class CostLedger:
         prompt_tokens: int,
         completion_tokens: int,
     ) -> dict[str, float]:
-        """Cost per reported group: route, retrieval (embed+search+rerank+select), privacy, generate, total."""
+        """Cost per group: privacy, route, retrieval (embed+search+rerank+select), generate, total."""
         costs: dict[str, float] = {}
         retrieval = sum(timings_ms.get(s, 0.0) for s in ("embed", "search", "rerank", "select"))
         for group, ms in (

@@ -49,9 +49,7 @@ class Generator(Protocol):
         self, messages: Sequence[ChatMessage], params: GenerationParams
     ) -> GenerationResult: ...
 
-    def stream(
-        self, messages: Sequence[ChatMessage], params: GenerationParams
-    ) -> AsyncIterator[TokenDelta]:
+    def stream(self, messages: Sequence[ChatMessage], params: GenerationParams) -> AsyncIterator[TokenDelta]:
         """Yield text deltas as tokens are produced; the last delta has finish_reason and counts."""
         ...
 

@@ -140,7 +140,9 @@ class ServiceMetrics:
         for name, trust in backends:
             self.egress_tokens.labels(backend=name, trust=trust)
 
-    def observe_request(self, trace: RequestTrace, outcome: Outcome | None, status: str, seconds: float) -> None:
+    def observe_request(
+        self, trace: RequestTrace, outcome: Outcome | None, status: str, seconds: float
+    ) -> None:
         pipeline, route = trace.pipeline, trace.route_label
         self.requests.labels(pipeline=pipeline, route=route, status=status).inc()
         self.request_duration.labels(pipeline=pipeline, route=route).observe(seconds)
@@ -185,6 +187,6 @@ class ServiceMetrics:
     def render(self) -> bytes:
         if multiprocess_enabled():
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry)
         return generate_latest(self.registry)

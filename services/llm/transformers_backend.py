@@ -7,7 +7,6 @@ bounded by `GenerationSlots`. LoRA adapters are served per request with peft's m
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -80,16 +79,14 @@ class TransformersGenerator:
         if self._settings.threads > 0:
             torch.set_num_threads(self._settings.threads)
         model_dir = prepare_hf_model(self._settings, self._data_dir)
-        use_bf16 = self._settings.dtype == "bf16" or (
-            self._settings.dtype == "auto" and cpu_supports_bf16()
-        )
+        use_bf16 = self._settings.dtype == "bf16" or (self._settings.dtype == "auto" and cpu_supports_bf16())
         dtype = torch.bfloat16 if use_bf16 else torch.float32
         logger.info("loading %s with transformers (%s)", model_dir, dtype)
         self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
         if self._settings.adapters:
             model = self._attach_adapters(model)
-        model.eval()
+        model.eval()  # type: ignore[no-untyped-call]
         self._model = model
         self.model_dir = model_dir
 
@@ -143,9 +140,7 @@ class TransformersGenerator:
     def render_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(self._prompt_ids(messages))
 
-    async def complete(
-        self, messages: Sequence[ChatMessage], params: GenerationParams
-    ) -> GenerationResult:
+    async def complete(self, messages: Sequence[ChatMessage], params: GenerationParams) -> GenerationResult:
         return await collect_stream(self.stream(messages, params), backend=self.name)
 
     async def stream(

@@ -45,6 +45,7 @@ class RequestTrace:
     template: TemplateRef | None = None
     index_version: str | None = None
     adapter: str | None = None
+    adapter_version: str | None = None
     backend: str | None = None
     backend_trust: str | None = None
     privacy: dict[str, Any] | None = None

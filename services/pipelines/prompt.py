@@ -49,9 +49,7 @@ class PromptPipeline:
 
     async def plan(self, request: PipelineRequest, trace: RequestTrace) -> Plan:
         trace.template = self._prompts.ref(self._template)
-        system = self._prompts.render_block(
-            self._template, "system", system_prompt=self._system_prompt
-        )
+        system = self._prompts.render_block(self._template, "system", system_prompt=self._system_prompt)
         params = request.params
         if self._adapter is not None:
             params = replace(params, adapter=self._adapter)

@@ -41,9 +41,7 @@ class Retriever(Protocol):
 
     def retrieve(self, query: str, *, top_k: int | None = None) -> Any: ...
 
-    def select_context(
-        self, chunks: Sequence[ScoredChunk], budget_tokens: int | None = None
-    ) -> Any: ...
+    def select_context(self, chunks: Sequence[ScoredChunk], budget_tokens: int | None = None) -> Any: ...
 
 
 # Injected by the factory: privacy filtering of retrieved text before it enters a prompt.

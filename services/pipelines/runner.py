@@ -30,7 +30,9 @@ class OutputFilter(Protocol):
 class RequestGuard(Protocol):
     """The privacy gate as the runner sees it (services.privacy adapts to this)."""
 
-    def before_plan(self, request: PipelineRequest, trace: RequestTrace, generator: Generator) -> PipelineRequest:
+    def before_plan(
+        self, request: PipelineRequest, trace: RequestTrace, generator: Generator
+    ) -> PipelineRequest:
         """Inspect (and redact) the request; raise PolicyViolation to block."""
         ...
 
@@ -70,9 +72,7 @@ class PipelineRunner:
         self._guard = guard
         self._on_fallback = on_fallback
 
-    async def complete(
-        self, pipeline: Pipeline, request: PipelineRequest, trace: RequestTrace
-    ) -> Outcome:
+    async def complete(self, pipeline: Pipeline, request: PipelineRequest, trace: RequestTrace) -> Outcome:
         outcome = Outcome()
         async for item in self.stream(pipeline, request, trace):
             if isinstance(item, Outcome):

@@ -1,0 +1,120 @@
+"""FastAPI app factory. Models load in the lifespan (off the event loop); routes only read app.state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from services.core.errors import HybridError, PayloadTooLarge
+from services.core.settings import Settings
+from services.gateway.auth import KeyChecker
+from services.gateway.errors import install_error_handlers, response_for
+from services.gateway.metrics import ServiceMetrics
+from services.gateway.routes import admin, chat, health, models, retrieve
+from services.gateway.state import GatewayState
+from services.pipelines.factory import ServiceComponents, build_components
+
+logger = logging.getLogger(__name__)
+
+# Paths that stay open without an API key: probes and scraping.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"})
+
+ComponentsBuilder = Callable[[Settings, ServiceMetrics], ServiceComponents]
+
+
+def default_builder(settings: Settings, metrics: ServiceMetrics) -> ServiceComponents:
+    def count_fallback(from_backend: str, to_backend: str) -> None:
+        metrics.fallbacks.labels(from_backend=from_backend, to_backend=to_backend).inc()
+
+    return build_components(settings, on_fallback=count_fallback)
+
+
+async def _watch_index(state: GatewayState, interval_s: float) -> None:
+    """Pick up new index versions written by `hybridllm ingest` without a restart."""
+    while True:
+        await asyncio.sleep(interval_s)
+        components = state.components
+        if components is None or components.retriever is None:
+            continue
+        try:
+            await asyncio.to_thread(components.retriever.reload_if_changed)
+            admin.refresh_index_metrics(state)
+        except Exception:  # a bad new version is logged by the service; keep watching
+            logger.exception("index reload check failed")
+
+
+def create_app(settings: Settings, *, builder: ComponentsBuilder = default_builder) -> FastAPI:
+    metrics = ServiceMetrics()
+    state = GatewayState(settings=settings, metrics=metrics, auth=KeyChecker(settings.auth))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            components = await asyncio.to_thread(builder, settings, metrics)
+        except HybridError as exc:
+            state.startup_error = exc.message
+            logger.error("start-up failed: %s", exc.message)
+            raise
+        state.components = components
+        metrics.initialise_labels(
+            components.pipelines,
+            [(g.name, g.trust) for g in (components.primary, components.fallback) if g is not None],
+        )
+        admin.refresh_index_metrics(state)
+        logger.info(
+            "ready: pipelines=%s unavailable=%s auth=%s",
+            sorted(components.pipelines),
+            components.unavailable,
+            "on" if settings.auth.enabled else "OFF",
+        )
+        watcher = None
+        if components.retriever is not None and settings.rag.watch_interval_s > 0:
+            watcher = asyncio.create_task(_watch_index(state, settings.rag.watch_interval_s))
+        try:
+            yield
+        finally:
+            state.draining = True
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            for generator in (components.primary, components.fallback):
+                if generator is not None:
+                    await generator.aclose()
+
+    app = FastAPI(title="hybridllm", version="0.1.0", lifespan=lifespan)
+    app.state.gateway = state
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def gateway_middleware(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id[:128]
+        try:
+            _check_body_size(request, settings.server.max_body_bytes)
+            if request.url.path not in OPEN_PATHS and not request.url.path.startswith("/admin"):
+                request.state.key_id = state.auth.identify(request.headers.get("authorization"))
+        except HybridError as exc:
+            response: Response = response_for(exc)
+        else:
+            response = await call_next(request)
+        response.headers["x-request-id"] = request.state.request_id
+        return response
+
+    for module in (chat, models, health, retrieve, admin):
+        app.include_router(module.router)
+    return app
+
+
+def _check_body_size(request: Request, limit: int) -> None:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")

@@ -1,0 +1,281 @@
+"""Chat completions: validate limits, run the pipeline, shape OpenAI responses (JSON or SSE).
+
+Metrics and the one-line request log are recorded exactly once per request, in `_finish`, whatever
+path the request took (answer, refusal, client error, server error, disconnect).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from services.core import errors
+from services.core.types import ChatMessage, GenerationParams, Role
+from services.gateway.errors import error_body, status_for
+from services.gateway.schemas import ChatCompletionRequest
+from services.gateway.state import GatewayState
+from services.pipelines.base import PipelineRequest, RequestTrace
+from services.pipelines.runner import Outcome
+
+logger = logging.getLogger("services.gateway.requests")
+
+DEFAULT_MAX_TOKENS = 256
+
+
+def _to_messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
+    messages: list[ChatMessage] = []
+    for message in body.messages:
+        # OpenAI's newer `developer` role is the system role of older models.
+        role: Role = "system" if message.role == "developer" else message.role
+        messages.append(ChatMessage(role=role, content=message.text()))
+    if not any(m.role == "user" for m in messages):
+        raise errors.InvalidRequest("messages: at least one message must have role 'user'", param="messages")
+    return tuple(messages)
+
+
+def _params(body: ChatCompletionRequest, state: GatewayState) -> GenerationParams:
+    limits = state.settings.server
+    max_tokens = body.requested_max_tokens() or min(DEFAULT_MAX_TOKENS, limits.max_completion_tokens)
+    if max_tokens > limits.max_completion_tokens:
+        raise errors.InvalidRequest(
+            f"max_tokens: {max_tokens} exceeds the limit of {limits.max_completion_tokens}",
+            param="max_tokens",
+        )
+    return GenerationParams(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stop_sequences(),
+        response_format=body.response_format,
+    )
+
+
+def _check_limits(messages: tuple[ChatMessage, ...], state: GatewayState) -> None:
+    limits = state.settings.server
+    if len(messages) > limits.max_messages:
+        raise errors.InvalidRequest(
+            f"messages: {len(messages)} messages exceed the limit of {limits.max_messages}", param="messages"
+        )
+    generator = state.require_components().primary
+    prompt_tokens = sum(generator.count_tokens(m.content) for m in messages)
+    if prompt_tokens > limits.max_prompt_tokens:
+        raise errors.InvalidRequest(
+            f"messages: {prompt_tokens} prompt tokens exceed the limit of {limits.max_prompt_tokens}",
+            param="messages",
+        )
+
+
+def build_extension(trace: RequestTrace, outcome: Outcome | None) -> dict[str, Any]:
+    extension: dict[str, Any] = {
+        "pipeline": trace.pipeline,
+        "route": trace.route.as_dict() if trace.route is not None else None,
+        "sources": trace.sources,
+        "timings_ms": {k: round(v, 3) for k, v in trace.timings.ms.items()},
+        "tokens": {
+            "prompt": outcome.prompt_tokens if outcome else 0,
+            "completion": outcome.completion_tokens if outcome else 0,
+            "context": trace.context_tokens,
+        },
+        "cost_usd": outcome.cost_usd if outcome else {},
+        "privacy": trace.privacy,
+        "index_version": trace.index_version,
+        "template": trace.template.as_dict() if trace.template else None,
+        "backend": {"name": trace.backend, "trust": trace.backend_trust} if trace.backend else None,
+    }
+    if trace.adapter is not None:
+        extension["adapter"] = {"name": trace.adapter, "version": trace.adapter_version}
+    if trace.fallback is not None:
+        extension["fallback"] = trace.fallback
+    if trace.degraded is not None:
+        extension["degraded"] = trace.degraded
+    return extension
+
+
+def _usage(outcome: Outcome) -> dict[str, int]:
+    return {
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
+    }
+
+
+class ChatCompletion:
+    """One chat-completions request from validation to the last byte."""
+
+    def __init__(self, state: GatewayState, body: ChatCompletionRequest, request_id: str) -> None:
+        self._state = state
+        self._body = body
+        self._request_id = request_id
+        self._completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self._created = int(time.time())
+        self._started = time.perf_counter()
+        self._pipeline_name = body.model or state.settings.default_pipeline
+        self._trace = RequestTrace(pipeline=self._pipeline_name, request_id=request_id)
+        self._finished = False
+
+    def _resolve(self) -> tuple[Any, PipelineRequest]:
+        components = self._state.require_components()
+        pipeline = components.pipelines.get(self._pipeline_name)
+        if pipeline is None:
+            valid = ", ".join(sorted(components.pipelines))
+            raise errors.UnknownModel(
+                f"model {self._pipeline_name!r} does not exist or is not ready; available: {valid}",
+                param="model",
+            )
+        messages = _to_messages(self._body)
+        _check_limits(messages, self._state)
+        request = PipelineRequest(
+            messages=messages, params=_params(self._body, self._state), request_id=self._request_id
+        )
+        return pipeline, request
+
+    def _finish(self, outcome: Outcome | None, status: str, error: str | None = None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        seconds = time.perf_counter() - self._started
+        self._state.metrics.observe_request(self._trace, outcome, status, seconds)
+        record: dict[str, Any] = {
+            "request_id": self._request_id,
+            "pipeline": self._trace.pipeline,
+            "route": self._trace.route_label,
+            "status": status,
+            "stream": self._body.stream,
+            "duration_ms": round(seconds * 1000, 2),
+            "timings_ms": {k: round(v, 2) for k, v in self._trace.timings.ms.items()},
+        }
+        if outcome is not None:
+            record["tokens"] = {
+                "prompt": outcome.prompt_tokens,
+                "completion": outcome.completion_tokens,
+                "context": self._trace.context_tokens,
+            }
+            record["cost_usd"] = outcome.cost_usd.get("total", 0.0)
+        if error is not None:
+            record["error"] = error
+        logger.info("request", extra={"fields": record})
+
+    def _status_of(self, outcome: Outcome) -> str:
+        refused = self._trace.route is not None and self._trace.route.target == "refuse"
+        return "refused" if refused else "ok"
+
+    def _error_status(self, exc: errors.HybridError) -> str:
+        status, _ = status_for(exc)
+        return "client_error" if status < 500 else "server_error"
+
+    async def respond(self) -> JSONResponse | StreamingResponse:
+        self._state.metrics.in_flight.inc()
+        try:
+            pipeline, request = self._resolve()
+            if self._body.stream:
+                return await self._stream_response(pipeline, request)
+            outcome = await self._state.require_components().runner.complete(pipeline, request, self._trace)
+        except errors.HybridError as exc:
+            self._finish(None, self._error_status(exc), exc.code)
+            self._state.metrics.in_flight.dec()
+            raise
+        except BaseException:
+            self._finish(None, "server_error", "internal_error")
+            self._state.metrics.in_flight.dec()
+            raise
+        self._finish(outcome, self._status_of(outcome))
+        self._state.metrics.in_flight.dec()
+        return JSONResponse(self._completion_body(outcome), headers={"x-request-id": self._request_id})
+
+    def _completion_body(self, outcome: Outcome) -> dict[str, Any]:
+        return {
+            "id": self._completion_id,
+            "object": "chat.completion",
+            "created": self._created,
+            "model": self._pipeline_name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": outcome.text},
+                    "finish_reason": outcome.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": _usage(outcome),
+            "hybrid": build_extension(self._trace, outcome),
+        }
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self._completion_id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._pipeline_name,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+        }
+
+    async def _stream_response(self, pipeline: Any, request: PipelineRequest) -> StreamingResponse:
+        runner = self._state.require_components().runner
+        items = runner.stream(pipeline, request, self._trace)
+        # Pull the first item before answering 200, so routing, policy and retrieval errors still
+        # get their proper status code instead of an error event inside a 200 stream.
+        first = await items.__anext__()
+        return StreamingResponse(
+            self._sse(first, items),
+            media_type="text/event-stream",
+            headers={"x-request-id": self._request_id, "Cache-Control": "no-cache"},
+        )
+
+    async def _sse(self, first: str | Outcome, items: AsyncIterator[str | Outcome]) -> AsyncIterator[bytes]:
+        include_usage = bool(self._body.stream_options and self._body.stream_options.include_usage)
+        outcome: Outcome | None = None
+        status = "ok"
+        try:
+            yield _event(self._chunk({"role": "assistant", "content": ""}))
+            pending: list[str | Outcome] = [first]
+            while True:
+                item = pending.pop() if pending else await items.__anext__()
+                if isinstance(item, Outcome):
+                    outcome = item
+                    break
+                yield _event(self._chunk({"content": item}))
+            final = self._chunk({}, finish_reason=outcome.finish_reason)
+            extension = build_extension(self._trace, outcome)
+            if include_usage:
+                yield _event(final)
+                yield _event(
+                    {**self._chunk({}), "choices": [], "usage": _usage(outcome), "hybrid": extension}
+                )
+            else:
+                yield _event({**final, "hybrid": extension})
+            yield b"data: [DONE]\n\n"
+            status = self._status_of(outcome)
+        except errors.HybridError as exc:
+            # Mid-stream failure: an explicit error event, never a silent truncation.
+            status = self._error_status(exc)
+            _, type_ = status_for(exc)
+            yield _event(error_body(exc.message, type_=type_, code=exc.code))
+            yield b"data: [DONE]\n\n"
+        except Exception:
+            status = "server_error"
+            logger.exception("stream failed")
+            yield _event(error_body("internal server error", type_="server_error", code="internal_error"))
+            yield b"data: [DONE]\n\n"
+        finally:
+            if outcome is None and status == "ok":
+                status = "client_error"  # the client went away before the end
+            await _aclose(items)
+            self._finish(outcome, status)
+            self._state.metrics.in_flight.dec()
+
+
+async def _aclose(items: AsyncIterator[Any]) -> None:
+    close = getattr(items, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode("utf-8") + b"\n\n"

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header
+
+from services.core.errors import InvalidRequest, NotReady
+from services.gateway.schemas import AdapterLoadRequest
+from services.gateway.state import GatewayState, StateDep
+
+router = APIRouter(prefix="/admin")
+
+AuthHeader = Annotated[str | None, Header(alias="Authorization")]
+
+
+def refresh_index_metrics(state: GatewayState) -> None:
+    components = state.components
+    if components is None or components.retriever is None:
+        return
+    info = components.retriever.index_info
+    age = max(0.0, _age_seconds(info.created_at))
+    state.metrics.set_index(info.version, info.chunks, age)
+
+
+def _age_seconds(created_at: datetime) -> float:
+    return (datetime.now(UTC) - created_at).total_seconds()
+
+
+@router.post("/reload-index")
+async def reload_index(state: StateDep, authorization: AuthHeader = None) -> dict[str, Any]:
+    state.auth.require_admin(authorization)
+    retriever = state.require_components().retriever
+    if retriever is None:
+        raise NotReady("no retrieval service to reload")
+    changed = await asyncio.to_thread(retriever.reload_if_changed)
+    refresh_index_metrics(state)
+    info = retriever.index_info
+    return {"reloaded": changed, "version": info.version, "chunks": info.chunks}
+
+
+@router.post("/adapters")
+async def load_adapter(
+    body: AdapterLoadRequest, state: StateDep, authorization: AuthHeader = None
+) -> dict[str, Any]:
+    """Load a new adapter version without a restart; running requests finish on the old weights."""
+    state.auth.require_admin(authorization)
+    generator = state.require_components().primary
+    loader = getattr(generator, "load_adapter", None)
+    if loader is None:
+        raise InvalidRequest(f"generator backend {generator.name!r} cannot load adapters at run time")
+    path = Path(body.path)
+    if not path.is_dir():
+        raise InvalidRequest(f"path: adapter folder not found: {body.path}", param="path")
+    await asyncio.to_thread(loader, body.name, path)
+    version = body.version or path.name
+    state.adapter_versions[body.name] = version
+    return {"loaded": body.name, "version": version}

@@ -73,7 +73,7 @@ def stage_table(runs: Sequence[Mapping[str, Any]]) -> str:
         for pipeline, per_stage in sorted(stages.items()):
             for stage, numbers in sorted(per_stage.items(), key=lambda kv: _stage_rank(kv[0])):
                 rows.append([
-                    run_label(run), pipeline, stage, numbers["count"], numbers["mean_ms"],
+                    run_label(run), pipeline, stage, int(numbers["count"]), numbers["mean_ms"],
                     numbers["seconds"] * 1000.0 / completed, numbers["cost_usd"] * 1000.0 / completed,
                 ])  # fmt: skip
     if not rows:

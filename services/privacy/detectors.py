@@ -93,6 +93,8 @@ _DATE_LIKE = re.compile(
 _DATE_RANGE = re.compile(r"^\d{4}\s*[-/]\s*\d{4}$|^\d{1,2}[./]\d{1,2}\s*-\s*\d{1,2}[./]\d{1,2}")
 _DOTTED_VERSION = re.compile(r"^\d{1,4}(?:\.\d{1,4}){2,}$")
 # The SSN layout (3-2-4) is never how a phone number is written, also when the SSN itself is invalid.
+# Digit groups right after "DE89 " or "GB82 WEST " are the rest of an account number, not a phone.
+_ACCOUNT_PREFIX = re.compile(r"[A-Z]{2}\d{2}(?: [A-Z0-9]{4})* $")
 _SSN_SHAPE = re.compile(r"^\d{3}([- ])\d{2}\1\d{4}$")
 
 # --- secrets -----------------------------------------------------------------------------------------
@@ -291,7 +293,8 @@ class PiiDetector:
 
     def _ssns(self, text: str) -> Iterable[Finding]:
         for match in _SSN_FORMATTED.finditer(text):
-            if stdnum_ssn.is_valid(match.group()):
+            # python-stdnum's compact form drops dashes only; "536 22 1234" is written with spaces too.
+            if stdnum_ssn.is_valid(match.group().replace(" ", "-")):
                 yield Finding("ssn", match.start(), match.end(), "formatted")
         for match in _SSN_BARE.finditer(text):
             # Nine bare digits are usually an order or account number; only near "SSN" are they one.
@@ -340,6 +343,12 @@ class PiiDetector:
         if any(shape.match(candidate) for shape in (_DATE_LIKE, _DATE_RANGE, _DOTTED_VERSION, _SSN_SHAPE)):
             return False
         international = candidate.startswith(("+", "00"))
+        # National numbers, trunk prefix included, have at most 12 digits (DE mobiles); longer runs are
+        # account or card numbers.
+        if not international and digits > 12:
+            return False
+        if _ACCOUNT_PREFIX.search(text[max(0, start - 24) : start]):
+            return False
         has_separator = any(not ch.isdigit() for ch in candidate)
         if not international and not has_separator:
             # A bare run of digits is an order, invoice or account number unless the text says "phone".

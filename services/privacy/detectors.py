@@ -43,6 +43,8 @@ KIND_PRIORITY: dict[str, int] = {
     for rank, kind in enumerate(("secret", "card", "iban", "ssn", "email", "ipv6", "ipv4", "phone"))
 }
 
+_DIGIT = re.compile(r"\d")
+
 # --- email -------------------------------------------------------------------------------------------
 _EMAIL = re.compile(
     r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@"
@@ -238,13 +240,18 @@ class PiiDetector:
             ("phone", self._phones),
         ]
         self._scanners = [scan for kind, scan in scanners if kind in self.kinds]
+        # Kinds that cannot occur in text without a digit: their scans are skipped for digit-free text.
+        self._digit_free_scanners = [
+            scan for kind, scan in scanners if kind in self.kinds and kind in ("secret", "email", "ipv6")
+        ]
 
     def detect(self, text: str) -> list[Finding]:
         """Non-overlapping findings sorted by start; on overlap the higher-priority kind wins."""
         if not text:
             return []
         found: list[Finding] = []
-        for scan in self._scanners:
+        scanners = self._scanners if _DIGIT.search(text) else self._digit_free_scanners
+        for scan in scanners:
             found.extend(scan(text))
         return _resolve_overlaps(found)
 

@@ -300,7 +300,7 @@ def test_disabled_gate_passes_through() -> None:
 # --- the output filter, chunked at every boundary ---------------------------------------------------
 
 
-def _stream(gate: PrivacyGate, decision, text: str, size: int) -> str:  # type: ignore[no-untyped-def]
+def _stream(gate: PrivacyGate, decision, text: str, size: int) -> str:
     output = gate.output_filter(decision, backend_trust="external")
     chunks = [text[i : i + size] for i in range(0, len(text), size)]
     return "".join(output.feed(chunk) for chunk in chunks) + output.flush()

@@ -1,7 +1,7 @@
 """Turn `GeneratorSettings.model` into something a backend can load, as cached, atomic steps.
 
-    alias | .gguf  --(transformers, dequantize)-->  HF safetensors folder  --(ORT GenAI builder)-->  ONNX folder
-    HF folder | hub id  -------------------------------^
+    alias | .gguf --(transformers, dequantize)--> HF safetensors folder --(ORT GenAI builder)--> ONNX
+    HF folder | hub id ----------------------------^
 
 Everything lives under `<data_dir>/models/`:
 
@@ -65,7 +65,9 @@ def verify_manifest(folder: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"converted model {folder} has no manifest (incomplete or foreign); {hint}") from exc
+        raise ConfigError(
+            f"converted model {folder} has no manifest (incomplete or foreign); {hint}"
+        ) from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(f"converted model {folder} has a damaged manifest; {hint}") from exc
     for relative, size in manifest.get("files", {}).items():
@@ -159,9 +161,7 @@ def prepare_hf_model(settings: GeneratorSettings, data_dir: Path) -> Path:
         return target
     logger.info("converting %s to a %s Hugging Face folder (once; takes 15-45 s)", gguf.name, dtype)
     started = time.perf_counter()
-    cached_build(
-        target, lambda tmp: convert_gguf_to_hf(gguf, tmp, dtype), gguf_sha256=digest, dtype=dtype
-    )
+    cached_build(target, lambda tmp: convert_gguf_to_hf(gguf, tmp, dtype), gguf_sha256=digest, dtype=dtype)
     logger.info("converted %s in %.1f s -> %s", gguf.name, time.perf_counter() - started, target)
     return target
 
@@ -172,7 +172,9 @@ def _snapshot_of_hub_id(model_id: str) -> Path:
     try:
         return Path(snapshot_download(model_id))
     except Exception as exc:  # offline, unknown id, no access: all mean the same to the operator
-        raise ConfigError(f"generator model {model_id!r} is neither a local folder nor reachable: {exc}") from exc
+        raise ConfigError(
+            f"generator model {model_id!r} is neither a local folder nor reachable: {exc}"
+        ) from exc
 
 
 def convert_gguf_to_hf(gguf: Path, out: Path, dtype: str) -> None:
@@ -185,7 +187,7 @@ def convert_gguf_to_hf(gguf: Path, out: Path, dtype: str) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch_dtype)
     # save_pretrained refuses a GGUF-loaded model while it still claims to be quantized; the weights are
     # already dense here, so the claim is dropped.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
@@ -203,7 +205,7 @@ def folder_fingerprint(folder: Path) -> str:
 
 
 def _source_key(hf_dir: Path, data_dir: Path) -> str:
-    """Stable key of an HF folder: its own name when we made it (it carries the GGUF hash), else a fingerprint."""
+    """Stable key of an HF folder: its name when we made it (it carries the GGUF hash), else a fingerprint."""
     if hf_dir.parent == _models_dir(data_dir) / "hf":
         return hf_dir.name
     return f"{hf_dir.name}-{folder_fingerprint(hf_dir)[:16]}"
@@ -241,7 +243,9 @@ def prepare_onnx_model(settings: GeneratorSettings, data_dir: Path) -> Path:
 def build_onnx_model(
     hf_dir: Path, target: Path, precision: str, data_dir: Path, *, lora_template: Path | None = None
 ) -> Path:
-    logger.info("converting %s to ONNX %s with onnxruntime-genai's builder (once; 10-30 s)", hf_dir, precision)
+    logger.info(
+        "converting %s to ONNX %s with onnxruntime-genai's builder (once; 10-30 s)", hf_dir, precision
+    )
     started = time.perf_counter()
 
     def build(tmp: Path) -> None:
@@ -260,7 +264,9 @@ def build_onnx_model(
     return target
 
 
-def run_onnx_builder(hf_dir: Path, out: Path, precision: str, cache_dir: Path, extra_options: list[str]) -> None:
+def run_onnx_builder(
+    hf_dir: Path, out: Path, precision: str, cache_dir: Path, extra_options: list[str]
+) -> None:
     """Run `onnxruntime_genai.models.builder` in a child process (it needs torch; the server need not)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     command = [
@@ -291,7 +297,9 @@ def verify_onnx_model(folder: Path) -> None:
         config = json.loads(config_path.read_text(encoding="utf-8"))
         decoder_file = config["model"]["decoder"]["filename"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError(f"converted model {folder}: {GENAI_CONFIG_NAME} is missing or damaged ({exc})") from exc
+        raise ConfigError(
+            f"converted model {folder}: {GENAI_CONFIG_NAME} is missing or damaged ({exc})"
+        ) from exc
     if not (folder / decoder_file).is_file():
         raise ConfigError(f"converted model {folder}: decoder file {decoder_file} is missing")
 

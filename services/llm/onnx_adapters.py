@@ -62,7 +62,9 @@ def _read_peft_config(peft_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"LoRA adapter {peft_dir}: target_modules must be a list of module names")
     unsupported = sorted(set(modules) - set(_BUILDER_GROUP))
     if unsupported:
-        raise ConfigError(f"LoRA adapter {peft_dir}: modules {unsupported} are not supported by the ONNX backend")
+        raise ConfigError(
+            f"LoRA adapter {peft_dir}: modules {unsupported} are not supported by the ONNX backend"
+        )
     return dict(config)
 
 
@@ -144,7 +146,9 @@ def make_lora_inputs_overridable(model_dir: Path, model_file: str = "model.onnx"
         graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
     data_file = f"{model_file}.data"
     (model_dir / data_file).unlink(missing_ok=True)
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_file)
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_file
+    )
     logger.info("model %s: %d LoRA weights are now adapter inputs (zero by default)", path, len(lora_weights))
     return sorted(lora_weights)
 
@@ -165,11 +169,15 @@ def peft_to_onnx_tensors(peft_dir: Path) -> dict[str, Any]:
     for key, value in load_file(str(weights_file)).items():
         match = _PEFT_KEY.match(key)
         if match is None:
-            raise ConfigError(f"LoRA adapter {peft_dir}: unexpected tensor {key} (only LoRA A/B weights are served)")
+            raise ConfigError(
+                f"LoRA adapter {peft_dir}: unexpected tensor {key} (only LoRA A/B weights are served)"
+            )
         array = value.astype(np.float32)
         if match["ab"] == "B":
             array = array * np.float32(scaling)
-        tensors[_onnx_weight_name(int(match["layer"]), match["module"], match["ab"])] = np.ascontiguousarray(array.T)
+        tensors[_onnx_weight_name(int(match["layer"]), match["module"], match["ab"])] = np.ascontiguousarray(
+            array.T
+        )
     return tensors
 
 
@@ -193,17 +201,23 @@ def convert_peft_adapter(peft_dir: Path, hf_base: Path, out: Path, precision: st
         tensors = peft_to_onnx_tensors(peft_dir)
         too_deep = [n for n in tensors if int(n.split(".")[2]) >= num_layers]
         if too_deep:
-            raise ConfigError(f"LoRA adapter {peft_dir} has layers the base model {hf_base} lacks: {too_deep[0]}")
+            raise ConfigError(
+                f"LoRA adapter {peft_dir} has layers the base model {hf_base} lacks: {too_deep[0]}"
+            )
         adapter = ort.AdapterFormat()
         adapter.set_adapter_version(1)
         adapter.set_model_version(1)
-        adapter.set_parameters({name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in tensors.items()})
+        adapter.set_parameters(
+            {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in tensors.items()}
+        )
         adapter.export_adapter(str(tmp / ADAPTER_FILE_NAME))
         # The peft files travel along: the folder can then serve as the template of a LoRA-ready base.
         for name in (PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME):
             shutil.copyfile(peft_dir / name, tmp / name)
 
-    cached_build(out, build, source_sha256=_peft_fingerprint(peft_dir), precision=precision, base=str(hf_base))
+    cached_build(
+        out, build, source_sha256=_peft_fingerprint(peft_dir), precision=precision, base=str(hf_base)
+    )
     return out / ADAPTER_FILE_NAME
 
 

@@ -109,7 +109,9 @@ class OnnxGenerator:
             model = og.Model(config)
             tokenizer = og.Tokenizer(model)
         except Exception as exc:  # og raises RuntimeError with ORT's message for damaged graphs
-            raise ConfigError(f"cannot load ONNX model {model_dir}: {exc}; delete it to convert again") from exc
+            raise ConfigError(
+                f"cannot load ONNX model {model_dir}: {exc}; delete it to convert again"
+            ) from exc
         og_adapters = None
         if adapter_files:
             og_adapters = og.Adapters(model)

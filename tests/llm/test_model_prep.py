@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.core.errors import ConfigError
+from services.core.packaged import package_dir
 from services.core.settings import GeneratorSettings, Settings
 from services.llm import gguf_assembly, model_prep
 from services.llm.gguf_assembly import HashCache, PackagedGguf, locate_packaged_gguf
@@ -20,7 +21,12 @@ def test_hash_cache_hashes_a_file_once_until_it_changes(tmp_path: Path, monkeypa
     big.write_bytes(b"a" * 1000)
     calls: list[Path] = []
     real = gguf_assembly.file_sha256
-    monkeypatch.setattr(gguf_assembly, "file_sha256", lambda p: calls.append(p) or real(p))
+
+    def counting_sha256(path: Path) -> str:
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(gguf_assembly, "file_sha256", counting_sha256)
     cache = HashCache(tmp_path / "hashes.json")
     assert cache.sha256(big) == hashlib.sha256(b"a" * 1000).hexdigest()
     assert HashCache(tmp_path / "hashes.json").sha256(big) == hashlib.sha256(b"a" * 1000).hexdigest()
@@ -117,7 +123,9 @@ def test_failed_conversion_raises_config_error_with_the_builders_reason(tmp_path
 
 
 @pytest.mark.integration
-def test_second_prepare_reuses_the_cached_conversions(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+def test_second_prepare_reuses_the_cached_conversions(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch
+) -> None:
     # Same session data dir as tests/llm/test_onnx_backend.py, so the SmolLM2 conversion is shared.
     data_dir = tmp_path_factory.getbasetemp() / "onnx-data"
     settings = GeneratorSettings(model="smollm2", onnx_precision="int4")
@@ -141,7 +149,7 @@ def test_qwen_gguf_is_assembled_from_its_packages(tmp_path: Path) -> None:
     spec = gguf_assembly.PACKAGED_GGUFS["qwen2.5-coder-0.5b"]
     try:
         for package, _ in spec.parts:
-            gguf_assembly.package_dir(package)
+            package_dir(package)
     except ConfigError as exc:
         pytest.skip(f"Qwen GGUF packages not installed: {exc}")
     path = locate_packaged_gguf(spec, tmp_path / "gguf", HashCache(tmp_path / "hashes.json"))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from services.core.errors import ConfigError, InvalidRequest, NotReady, Overloaded
 from services.core.settings import GeneratorSettings
-from services.core.types import ChatMessage, GenerationParams
+from services.core.types import ChatMessage, GenerationParams, TokenDelta
 from services.llm.model_prep import prepare_hf_model, prepare_onnx_model
 from services.llm.onnx_backend import OnnxGenerator
 
@@ -27,7 +29,9 @@ def onnx_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_settings() -> GeneratorSettings:
-    return GeneratorSettings(backend="onnx", model="smollm2", onnx_precision="int4", threads=2, max_concurrency=2)
+    return GeneratorSettings(
+        backend="onnx", model="smollm2", onnx_precision="int4", threads=2, max_concurrency=2
+    )
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +48,9 @@ def loaded(settings: GeneratorSettings, data_dir: Path, model_dir: Path) -> Onnx
 
 
 @pytest.fixture
-def generator(smollm2_settings: GeneratorSettings, onnx_data_dir: Path, smollm2_onnx_dir: Path) -> OnnxGenerator:
+def generator(
+    smollm2_settings: GeneratorSettings, onnx_data_dir: Path, smollm2_onnx_dir: Path
+) -> OnnxGenerator:
     return loaded(smollm2_settings, onnx_data_dir, smollm2_onnx_dir)
 
 
@@ -55,7 +61,9 @@ def greedy_reference(smollm2_settings: GeneratorSettings, onnx_data_dir: Path, s
     return result.text
 
 
-async def collect(generator: OnnxGenerator, params: GenerationParams) -> tuple[str, list[str], dict[str, object]]:
+async def collect(
+    generator: OnnxGenerator, params: GenerationParams
+) -> tuple[str, list[str], dict[str, object]]:
     pieces: list[str] = []
     final: dict[str, object] = {}
     async for delta in generator.stream(QUESTION, params):
@@ -69,7 +77,9 @@ async def collect(generator: OnnxGenerator, params: GenerationParams) -> tuple[s
     return "".join(pieces), pieces, final
 
 
-async def test_complete_and_stream_give_the_same_greedy_text(generator: OnnxGenerator, greedy_reference: str) -> None:
+async def test_complete_and_stream_give_the_same_greedy_text(
+    generator: OnnxGenerator, greedy_reference: str
+) -> None:
     result = await generator.complete(QUESTION, GREEDY)
     streamed, pieces, final = await collect(generator, GREEDY)
     assert result.text == greedy_reference
@@ -95,14 +105,16 @@ async def test_stop_string_cuts_the_text_and_never_leaks_a_partial_stop(
         assert running == greedy_reference[: len(running)]  # nothing beyond the cut ever went out
 
 
-async def test_token_counts_equal_the_tokenizers(generator: OnnxGenerator, smollm2_settings, onnx_data_dir) -> None:
+async def test_token_counts_equal_the_tokenizers(
+    generator: OnnxGenerator, smollm2_settings, onnx_data_dir
+) -> None:
     from transformers import AutoTokenizer
 
     hf_tokenizer = AutoTokenizer.from_pretrained(str(prepare_hf_model(smollm2_settings, onnx_data_dir)))
     text = "Larkspur's handbook: résumé, naïve café — 日本語 too."
     assert generator.count_tokens(text) == len(hf_tokenizer.encode(text, add_special_tokens=False))
     chat = [{"role": m.role, "content": m.content} for m in QUESTION]
-    encoded = hf_tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+    encoded: Any = hf_tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
     expected_prompt = len(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
     assert generator.render_prompt_tokens(QUESTION) == expected_prompt
     result = await generator.complete(QUESTION, GenerationParams(max_tokens=7))
@@ -142,7 +154,9 @@ async def test_two_concurrent_streams_both_complete_correctly(
 
 
 async def test_consumer_that_stops_iterating_frees_the_slot(generator: OnnxGenerator) -> None:
-    stream = generator.stream(QUESTION, GenerationParams(max_tokens=200))
+    stream = cast(
+        AsyncGenerator[TokenDelta, None], generator.stream(QUESTION, GenerationParams(max_tokens=200))
+    )
     first = await anext(stream)
     assert first.text
     assert generator.slots.running == 1
@@ -153,7 +167,9 @@ async def test_consumer_that_stops_iterating_frees_the_slot(generator: OnnxGener
 async def test_a_full_queue_is_refused(smollm2_settings, onnx_data_dir, smollm2_onnx_dir) -> None:
     settings = smollm2_settings.model_copy(update={"max_concurrency": 1, "max_queue": 0})
     generator = loaded(settings, onnx_data_dir, smollm2_onnx_dir)
-    busy = generator.stream(QUESTION, GenerationParams(max_tokens=100))
+    busy = cast(
+        AsyncGenerator[TokenDelta, None], generator.stream(QUESTION, GenerationParams(max_tokens=100))
+    )
     await anext(busy)
     with pytest.raises(Overloaded):
         await generator.complete(QUESTION, GREEDY)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from services.core.errors import ConfigError
+from services.privacy.settings import PrivacySettings
 
 Trust = Literal["internal", "external"]
 
@@ -155,6 +156,7 @@ class Settings(BaseSettings):
     router: RouterSettings = RouterSettings()
     prompts: PromptSettings = PromptSettings()
     prices: PriceCard = PriceCard()
+    privacy: PrivacySettings = PrivacySettings()
     auth: AuthSettings = AuthSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
 
@@ -223,6 +225,7 @@ __all__ = [
     "GeneratorSettings",
     "ObservabilitySettings",
     "PriceCard",
+    "PrivacySettings",
     "PromptSettings",
     "RagSettings",
     "RouterSettings",

@@ -20,6 +20,7 @@ from services.core.types import ChatMessage, GenerationParams, Role
 from services.gateway.errors import error_body, status_for
 from services.gateway.schemas import ChatCompletionRequest
 from services.gateway.state import GatewayState
+from services.llm.structured_output import parse_response_format
 from services.pipelines.base import PipelineRequest, RequestTrace
 from services.pipelines.runner import Outcome
 
@@ -47,6 +48,7 @@ def _params(body: ChatCompletionRequest, state: GatewayState) -> GenerationParam
             f"max_tokens: {max_tokens} exceeds the limit of {limits.max_completion_tokens}",
             param="max_tokens",
         )
+    parse_response_format(body.response_format)  # a malformed schema is the client's 400, up front
     return GenerationParams(
         max_tokens=max_tokens,
         temperature=body.temperature,
@@ -189,6 +191,11 @@ class ChatCompletion:
         self._state.metrics.in_flight.dec()
         return JSONResponse(self._completion_body(outcome), headers={"x-request-id": self._request_id})
 
+    def _extension(self, outcome: Outcome) -> dict[str, Any]:
+        if self._trace.adapter is not None:
+            self._trace.adapter_version = self._state.adapter_versions.get(self._trace.adapter, "initial")
+        return build_extension(self._trace, outcome)
+
     def _completion_body(self, outcome: Outcome) -> dict[str, Any]:
         return {
             "id": self._completion_id,
@@ -204,7 +211,7 @@ class ChatCompletion:
                 }
             ],
             "usage": _usage(outcome),
-            "hybrid": build_extension(self._trace, outcome),
+            "hybrid": self._extension(outcome),
         }
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
@@ -242,7 +249,7 @@ class ChatCompletion:
                     break
                 yield _event(self._chunk({"content": item}))
             final = self._chunk({}, finish_reason=outcome.finish_reason)
-            extension = build_extension(self._trace, outcome)
+            extension = self._extension(outcome)
             if include_usage:
                 yield _event(final)
                 yield _event(

@@ -156,8 +156,8 @@ class ServiceMetrics:
             self.template_requests.labels(template=trace.template.name, version=trace.template.version).inc()
         if trace.privacy:
             action = str(trace.privacy.get("action", "allow"))
-            for kind in trace.privacy.get("findings", []):
-                self.privacy_findings.labels(kind=kind, action=action).inc()
+            for kind, count in trace.privacy_counts.items():
+                self.privacy_findings.labels(kind=kind, action=action).inc(count)
         if outcome is None:
             return
         self.tokens.labels(pipeline=pipeline, kind="prompt").inc(outcome.prompt_tokens)

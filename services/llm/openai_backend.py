@@ -29,6 +29,9 @@ CHARS_PER_TOKEN_ESTIMATE = 4
 
 
 class OpenAICompatibleGenerator:
+    # vLLM and cloud APIs enforce `response_format` themselves (structured output / guided decoding).
+    supports_response_format = True
+
     def __init__(self, settings: GeneratorSettings) -> None:
         if not settings.base_url:
             raise ConfigError(f"generator {settings.name!r}: backend 'openai' needs base_url")
@@ -84,9 +87,7 @@ class OpenAICompatibleGenerator:
         # vLLM serves a LoRA module under its own name (`--lora-modules tuned=DIR`).
         return self._settings.adapters[params.adapter]
 
-    def _request_args(
-        self, messages: Sequence[ChatMessage], params: GenerationParams
-    ) -> dict[str, Any]:
+    def _request_args(self, messages: Sequence[ChatMessage], params: GenerationParams) -> dict[str, Any]:
         args: dict[str, Any] = {
             "model": self._upstream_model(params),
             "messages": [{"role": m.role, "content": m.content} for m in messages],
@@ -123,9 +124,7 @@ class OpenAICompatibleGenerator:
                     f"{self.name}: upstream answered {exc.status_code}: {exc.message}"
                 ) from exc
 
-    async def complete(
-        self, messages: Sequence[ChatMessage], params: GenerationParams
-    ) -> GenerationResult:
+    async def complete(self, messages: Sequence[ChatMessage], params: GenerationParams) -> GenerationResult:
         client = self._require_client()
         args = self._request_args(messages, params)
         async with self._slots.acquire():

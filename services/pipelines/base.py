@@ -51,6 +51,9 @@ class RequestTrace:
     privacy: dict[str, Any] | None = None
     fallback: dict[str, str] | None = None
     degraded: str | None = None
+    # The privacy guard's per-request decision (placeholder map); opaque to everything else.
+    guard_state: Any = None
+    privacy_counts: dict[str, int] = field(default_factory=dict)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

@@ -17,9 +17,11 @@ from services.core.settings import GeneratorSettings, Settings
 from services.llm.prompts import PromptLibrary
 from services.pipelines.base import Pipeline
 from services.pipelines.hybrid import HybridPipeline
+from services.pipelines.privacy_guard import PrivacyGuard
 from services.pipelines.prompt import PromptPipeline
 from services.pipelines.rag import RagPipeline
-from services.pipelines.runner import PipelineRunner, RequestGuard
+from services.pipelines.runner import PipelineRunner
+from services.privacy import PrivacyGate
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +55,7 @@ class ServiceComponents:
     unavailable: dict[str, str] = field(default_factory=dict)
 
 
-def build_components(
-    settings: Settings,
-    *,
-    guard: RequestGuard | None = None,
-    on_fallback: Any = None,
-) -> ServiceComponents:
+def build_components(settings: Settings, *, on_fallback: Any = None) -> ServiceComponents:
     """Create and warm up everything. Blocking (loads models): call from a thread at start-up."""
     prompts = PromptLibrary(settings.prompts.templates_dir)
     primary = build_generator(settings.generator, settings.data_dir)
@@ -67,6 +64,8 @@ def build_components(
     if settings.fallback_generator is not None:
         fallback = build_generator(settings.fallback_generator, settings.data_dir)
         fallback.warm_up()
+    internal = next((g for g in (primary, fallback) if g is not None and g.trust == "internal"), None)
+    guard = PrivacyGuard(PrivacyGate(settings.privacy), internal=internal)
     system_prompt = settings.prompts.system_prompt
     pipelines: dict[str, Pipeline] = {"prompt": PromptPipeline(primary, prompts, system_prompt)}
     unavailable: dict[str, str] = {}
@@ -90,7 +89,7 @@ def build_components(
             prompts,
             system_prompt,
             answer_when_irrelevant=settings.rag.no_answer == "generate",
-            context_filter=getattr(guard, "filter_context", None),
+            context_filter=guard.filter_context,
         )
     except HybridError as exc:
         retriever = None
@@ -109,7 +108,7 @@ def build_components(
                 max_length=settings.router.max_length,
             )
             classifier.warm_up()
-            policy = RoutingPolicy(settings.router, threshold=classifier.oos_threshold)
+            policy = RoutingPolicy(settings.router, threshold=getattr(classifier, "oos_threshold", None))
             pipelines["hybrid"] = HybridPipeline(classifier, policy, pipelines, prompts)
         except (HybridError, OSError) as exc:
             classifier = None

@@ -17,6 +17,7 @@ from services.core.cost import CostLedger
 from services.core.errors import GenerationError
 from services.core.protocols import Generator
 from services.core.types import ChatMessage, FinishReason, GenerationParams, TokenDelta
+from services.llm.structured_output import complete_with_response_format
 from services.pipelines.base import Pipeline, PipelineRequest, Plan, RequestTrace
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,12 @@ class PipelineRunner:
         generate_started = time.perf_counter()
         parts: list[str] = []
         try:
-            stream = self._stream_with_fallback(generator, plan.messages, plan.params, trace)
+            if plan.params.response_format is not None and not getattr(
+                generator, "supports_response_format", False
+            ):
+                stream = self._structured(generator, plan.messages, plan.params, trace)
+            else:
+                stream = self._stream_with_fallback(generator, plan.messages, plan.params, trace)
             async for delta in stream:
                 if delta.finish_reason is not None:
                     outcome.finish_reason = delta.finish_reason
@@ -144,6 +150,29 @@ class PipelineRunner:
         finally:
             trace.timings.add("generate", (time.perf_counter() - generate_started) * 1000.0)
         outcome.text = "".join(parts)
+
+    async def _structured(
+        self,
+        generator: Generator,
+        messages: tuple[ChatMessage, ...],
+        params: GenerationParams,
+        trace: RequestTrace,
+    ) -> AsyncIterator[TokenDelta]:
+        """In-process backends cannot constrain decoding here: validate the JSON and repair once.
+
+        The answer is only known to be valid once complete, so it is sent as one piece.
+        """
+        trace.backend, trace.backend_trust = generator.name, generator.trust
+        result = await complete_with_response_format(generator.complete, messages, params)
+        yield TokenDelta(text=result.text)
+        yield TokenDelta(
+            text="",
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            ttft_s=result.ttft_s,
+            busy_s=result.busy_s,
+        )
 
     async def _stream_with_fallback(
         self,

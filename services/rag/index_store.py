@@ -1,0 +1,295 @@
+"""Versioned index layout on disk, with an atomic pointer to the version being served.
+
+    index_dir/
+      CURRENT                      one line: the served version's name
+      .ingest.lock                 held (flock) by the one ingest allowed at a time
+      versions/<UTC time>-<corpus hash>/
+        manifest.json              model, dimensions, counts, corpus hash, created time, index kind, sizes
+        chunks.jsonl               one Chunk per line; line i is vector row i
+        embeddings.npy             float32 (chunks x dimensions): the embedding cache for the next ingest
+        vectors.faiss              the vector store
+        bm25/                      the BM25 index
+
+A version is built in a hidden folder, fsynced, renamed into place, and only then named in CURRENT (temp
+file + fsync + os.replace), so a reader sees either the old version or the complete new one, never a half
+written index, even across a crash. The file sizes in the manifest catch truncated files before they are
+parsed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.core.errors import IndexCorrupted, RetrievalError
+from services.core.types import Chunk
+from services.rag.faiss_store import FaissVectorStore
+from services.rag.sparse import SPARSE_DIR, Bm25Index
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CURRENT_FILE = "CURRENT"
+VERSIONS_DIR = "versions"
+LOCK_FILE = ".ingest.lock"
+MANIFEST_FILE = "manifest.json"
+CHUNKS_FILE = "chunks.jsonl"
+EMBEDDINGS_FILE = "embeddings.npy"
+KEEP_VERSIONS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class IndexInfo:
+    version: str
+    chunks: int
+    created_at: datetime
+    index_dir: Path
+
+
+@dataclass(frozen=True)
+class IndexSnapshot:
+    """One loaded, validated index version. Immutable: a reload builds a new snapshot."""
+
+    version: str
+    manifest: dict[str, Any]
+    chunks: list[Chunk]
+    embeddings: npt.NDArray[np.float32]
+    vectors: FaissVectorStore
+    sparse: Bm25Index
+    directory: Path
+
+    @property
+    def created_at(self) -> datetime:
+        return datetime.fromisoformat(str(self.manifest["created_at"]))
+
+
+def version_name(corpus_hash: str, now: datetime | None = None) -> str:
+    """`20261123T184002.123Z-3f2a1b9c`: sorts by time; readable; no characters that trouble file systems."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{moment:%Y%m%dT%H%M%S}.{moment.microsecond // 1000:03d}Z-{corpus_hash[:8]}"
+
+
+def _fsync_path(path: Path) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def read_current(index_dir: Path) -> str | None:
+    try:
+        name = (index_dir / CURRENT_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return name or None
+
+
+def set_current(index_dir: Path, version: str) -> None:
+    temporary = index_dir / f".{CURRENT_FILE}.{os.getpid()}.tmp"
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.write(version + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, index_dir / CURRENT_FILE)
+    _fsync_path(index_dir)
+
+
+def list_versions(index_dir: Path) -> list[str]:
+    versions = index_dir / VERSIONS_DIR
+    if not versions.is_dir():
+        return []
+    return sorted(p.name for p in versions.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+@contextlib.contextmanager
+def ingest_lock(index_dir: Path) -> Iterator[None]:
+    """Hold the index's ingest lock; RetrievalError at once if another ingest holds it.
+
+    flock is released by the kernel when the process dies, so a crashed ingest never leaves a stale lock.
+    """
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with (index_dir / LOCK_FILE).open("a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise RetrievalError(
+                f"another ingest is running on {index_dir}", code="ingest_in_progress"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def write_version(
+    index_dir: Path,
+    *,
+    corpus_hash: str,
+    chunks: Sequence[Chunk],
+    embeddings: npt.NDArray[np.float32],
+    vectors: FaissVectorStore,
+    sparse: Bm25Index,
+    manifest: dict[str, Any],
+) -> str:
+    """Write a complete new version, fsync it, point CURRENT at it, prune old versions. Returns its name."""
+    created = datetime.now(UTC)
+    name = version_name(corpus_hash, created)
+    versions = index_dir / VERSIONS_DIR
+    versions.mkdir(parents=True, exist_ok=True)
+    building = versions / f".building-{name}"
+    if building.exists():
+        shutil.rmtree(building)
+    building.mkdir()
+
+    written: list[Path] = []
+    with (building / CHUNKS_FILE).open("w", encoding="utf-8") as handle:
+        for chunk in chunks:
+            handle.write(json.dumps(asdict(chunk), ensure_ascii=False) + "\n")
+    written.append(building / CHUNKS_FILE)
+    np.save(building / EMBEDDINGS_FILE, np.ascontiguousarray(embeddings, dtype=np.float32))
+    written.append(building / EMBEDDINGS_FILE)
+    written.extend(vectors.save(building))
+    written.extend(sparse.save(building))
+
+    full_manifest = {
+        **manifest,
+        "format_version": FORMAT_VERSION,
+        "version": name,
+        "created_at": created.isoformat(),
+        "corpus_hash": corpus_hash,
+        "chunks": len(chunks),
+        "dimensions": int(embeddings.shape[1]),
+        "index_kind": vectors.kind,
+        "file_sizes": {path.relative_to(building).as_posix(): path.stat().st_size for path in written},
+    }
+    manifest_path = building / MANIFEST_FILE
+    manifest_path.write_text(json.dumps(full_manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    for path in [*written, manifest_path]:
+        _fsync_path(path)
+    if (building / SPARSE_DIR).is_dir():
+        _fsync_path(building / SPARSE_DIR)
+    _fsync_path(building)
+
+    final = versions / name
+    os.rename(building, final)
+    _fsync_path(versions)
+    set_current(index_dir, name)
+    prune_versions(index_dir, keep=KEEP_VERSIONS)
+    return name
+
+
+def prune_versions(index_dir: Path, *, keep: int = KEEP_VERSIONS) -> list[str]:
+    """Delete all but the newest `keep` versions (never the current one) and leftover build folders."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    current = read_current(index_dir)
+    versions = list_versions(index_dir)
+    removed = [name for name in versions[:-keep] if name != current]
+    for name in removed:
+        shutil.rmtree(index_dir / VERSIONS_DIR / name, ignore_errors=True)
+    for leftover in (index_dir / VERSIONS_DIR).glob(".building-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if removed:
+        logger.info("pruned index versions %s", removed)
+    return removed
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise IndexCorrupted(f"index version {directory.name} has no manifest") from exc
+    except (OSError, ValueError) as exc:
+        raise IndexCorrupted(f"manifest {path} is unreadable: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexCorrupted(f"manifest {path} has an unsupported format (want version {FORMAT_VERSION})")
+    return manifest
+
+
+def _check_file_sizes(directory: Path, manifest: dict[str, Any]) -> None:
+    for relative, size in dict(manifest.get("file_sizes", {})).items():
+        path = directory / relative
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError as exc:
+            raise IndexCorrupted(f"index version {directory.name} is missing {relative}") from exc
+        if actual != size:
+            raise IndexCorrupted(
+                f"index version {directory.name}: {relative} has {actual} bytes, manifest says {size}"
+            )
+
+
+def read_chunks(directory: Path) -> list[Chunk]:
+    chunks = []
+    try:
+        with (directory / CHUNKS_FILE).open(encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                row["heading_path"] = tuple(row.get("heading_path", ()))
+                chunks.append(Chunk(**row))
+    except (OSError, ValueError, TypeError) as exc:
+        raise IndexCorrupted(f"chunks of index version {directory.name} are unreadable: {exc}") from exc
+    return chunks
+
+
+def read_embeddings(directory: Path, *, mmap: bool = True) -> npt.NDArray[np.float32]:
+    try:
+        array = np.load(directory / EMBEDDINGS_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise IndexCorrupted(f"embeddings of index version {directory.name} are unreadable: {exc}") from exc
+    return array  # type: ignore[no-any-return]
+
+
+def load_version(index_dir: Path, version: str) -> IndexSnapshot:
+    """Load and fully validate one version; IndexCorrupted on anything inconsistent."""
+    directory = index_dir / VERSIONS_DIR / version
+    if not directory.is_dir():
+        raise IndexCorrupted(f"CURRENT names version {version!r}, which does not exist in {index_dir}")
+    manifest = read_manifest(directory)
+    _check_file_sizes(directory, manifest)
+    expected = int(manifest["chunks"])
+    chunks = read_chunks(directory)
+    embeddings = read_embeddings(directory)
+    vectors = FaissVectorStore.load(directory, expected_count=expected)
+    sparse = Bm25Index.load(directory, expected_count=expected)
+    if len(chunks) != expected or embeddings.shape != (expected, int(manifest["dimensions"])):
+        raise IndexCorrupted(
+            f"index version {version}: {len(chunks)} chunks and embeddings {embeddings.shape}, "
+            f"manifest says {expected} x {manifest['dimensions']}"
+        )
+    if vectors.dimensions != int(manifest["dimensions"]):
+        raise IndexCorrupted(f"index version {version}: FAISS has {vectors.dimensions} dimensions")
+    return IndexSnapshot(
+        version=version,
+        manifest=manifest,
+        chunks=chunks,
+        embeddings=embeddings,
+        vectors=vectors,
+        sparse=sparse,
+        directory=directory,
+    )
+
+
+def load_current(index_dir: Path) -> IndexSnapshot:
+    """The version CURRENT names. RetrievalError when there is none, IndexCorrupted when it is bad."""
+    version = read_current(index_dir)
+    if version is None:
+        raise RetrievalError(
+            f"no index in {index_dir}: run `hybridllm ingest PATH --index {index_dir}` first", code="no_index"
+        )
+    return load_version(index_dir, version)

@@ -1,0 +1,210 @@
+"""Incremental ingestion: load, chunk, embed only what changed, build a new index version, swap it in.
+
+Unchanged chunks (same id = same source, headings and text) reuse the embeddings stored in the current
+version, so re-ingesting a corpus after editing one file embeds only that file's changed chunks. Files that
+left the corpus leave the index: every version is built from the full corpus as it is now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from services.core.errors import IndexCorrupted, RetrievalError
+from services.core.protocols import Embedder
+from services.core.settings import RagSettings
+from services.core.types import Chunk
+from services.rag.chunking import TokenSpans, chunk_documents, embedding_text, whitespace_token_spans
+from services.rag.embedder import SentenceTransformerEmbedder
+from services.rag.faiss_store import FaissVectorStore
+from services.rag.index_store import (
+    VERSIONS_DIR,
+    ingest_lock,
+    read_chunks,
+    read_current,
+    read_embeddings,
+    read_manifest,
+    write_version,
+)
+from services.rag.loaders import load_corpus
+from services.rag.sparse import Bm25Index
+
+logger = logging.getLogger(__name__)
+
+EMBED_BATCH = 256
+# [CLS] and [SEP] take two of the model's max_seq_length positions.
+_SPECIAL_TOKENS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class IngestReport:
+    version: str
+    chunks: int
+    files: int
+    added_chunks: int
+    removed_chunks: int
+    embedded: int
+    reused_embeddings: int
+    skipped_files: tuple[str, ...]
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["skipped_files"] = list(self.skipped_files)
+        values["seconds"] = round(self.seconds, 3)
+        return values
+
+
+def token_spans_of(embedder: Embedder) -> TokenSpans:
+    """The embedder's own tokenizer when it exposes offsets, else one token per word."""
+    spans = getattr(embedder, "token_spans", None)
+    return spans if callable(spans) else whitespace_token_spans
+
+
+def effective_chunk_tokens(embedder: Embedder, requested: int) -> int:
+    """Chunks longer than the model's input would be silently truncated when embedded: cap them."""
+    limit = getattr(embedder, "max_seq_length", None)
+    if isinstance(limit, int) and limit > _SPECIAL_TOKENS:
+        return min(requested, limit - _SPECIAL_TOKENS)
+    return requested
+
+
+def corpus_hash_of(chunks: Sequence[Chunk]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk.chunk_id.encode("ascii"))
+    return digest.hexdigest()
+
+
+def _previous_embeddings(index_dir: Path, embedder: Embedder) -> dict[str, npt.NDArray[np.float32]]:
+    """chunk id -> vector from the current version, when it was built with the same embedder."""
+    version = read_current(index_dir)
+    if version is None:
+        return {}
+    directory = index_dir / VERSIONS_DIR / version
+    try:
+        manifest = read_manifest(directory)
+        if manifest.get("embedding_model") != embedder.model_id or manifest.get("dimensions") != (
+            embedder.dimensions
+        ):
+            logger.info("embedder changed since version %s: embedding every chunk again", version)
+            return {}
+        chunks = read_chunks(directory)
+        vectors = read_embeddings(directory)
+        if vectors.shape[0] != len(chunks):
+            raise IndexCorrupted(f"{len(chunks)} chunks but {vectors.shape[0]} embeddings")
+    except (IndexCorrupted, RetrievalError) as exc:
+        logger.warning("cannot reuse embeddings of version %s (%s): embedding all chunks", version, exc)
+        return {}
+    return {chunk.chunk_id: vectors[row] for row, chunk in enumerate(chunks)}
+
+
+def _embed(embedder: Embedder, chunks: Sequence[Chunk], *, progress: bool) -> npt.NDArray[np.float32]:
+    parts = []
+    with tqdm(total=len(chunks), desc="embedding", unit="chunk", disable=not progress) as bar:
+        for start in range(0, len(chunks), EMBED_BATCH):
+            batch = chunks[start : start + EMBED_BATCH]
+            parts.append(embedder.embed_documents([embedding_text(chunk) for chunk in batch]))
+            bar.update(len(batch))
+    return np.concatenate(parts) if parts else np.zeros((0, embedder.dimensions), dtype=np.float32)
+
+
+def ingest(
+    paths: Sequence[Path],
+    settings: RagSettings,
+    *,
+    embedder: Embedder | None = None,
+    progress: bool = True,
+) -> IngestReport:
+    """Ingest `paths` (folders or files) into a new version of `settings.index_dir` and make it current.
+
+    With several paths, sources are prefixed by each root's folder name (`handbook/people/x.md`) so they
+    stay unique; with one path they are relative to it. Raises RetrievalError when another ingest holds the
+    lock or no readable document is found.
+    """
+    started = time.perf_counter()
+    index_dir = Path(settings.index_dir)
+    with ingest_lock(index_dir):
+        loaded = load_corpus([Path(path) for path in paths])
+        embedder = embedder or SentenceTransformerEmbedder(settings.embedder)
+        embedder.warm_up()
+        chunk_tokens = effective_chunk_tokens(embedder, settings.chunk_tokens)
+        chunks = chunk_documents(
+            loaded.documents,
+            token_spans_of(embedder),
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=min(settings.chunk_overlap, chunk_tokens // 2),
+        )
+        if not chunks:
+            raise RetrievalError(f"the documents under {[str(p) for p in paths]} produced no text to index")
+        # The same text twice in one source (a repeated boilerplate paragraph) is one chunk.
+        unique: dict[str, Chunk] = {}
+        for chunk in chunks:
+            unique.setdefault(chunk.chunk_id, chunk)
+        chunks = list(unique.values())
+
+        previous = _previous_embeddings(index_dir, embedder)
+        to_embed = [chunk for chunk in chunks if chunk.chunk_id not in previous]
+        fresh = dict(
+            zip(
+                (chunk.chunk_id for chunk in to_embed),
+                _embed(embedder, to_embed, progress=progress),
+                strict=True,
+            )
+        )
+        embeddings = np.stack(
+            [fresh[c.chunk_id] if c.chunk_id in fresh else previous[c.chunk_id] for c in chunks]
+        ).astype(np.float32)
+
+        vectors = FaissVectorStore.create(
+            embeddings.shape[1], expected_count=len(chunks), exact_search_max=settings.exact_search_max_chunks
+        )
+        vectors.add(embeddings)
+        sparse = Bm25Index.build([embedding_text(chunk) for chunk in chunks])
+        current_ids = set(unique)
+        version = write_version(
+            index_dir,
+            corpus_hash=corpus_hash_of(chunks),
+            chunks=chunks,
+            embeddings=embeddings,
+            vectors=vectors,
+            sparse=sparse,
+            manifest={
+                "embedding_model": embedder.model_id,
+                "files": loaded.files,
+                "roots": [Path(path).resolve().name for path in paths],
+                "chunk_tokens": chunk_tokens,
+                "chunk_overlap": settings.chunk_overlap,
+                "skipped_files": loaded.skipped,
+            },
+        )
+    report = IngestReport(
+        version=version,
+        chunks=len(chunks),
+        files=loaded.files,
+        added_chunks=len(current_ids - previous.keys()),
+        removed_chunks=len(previous.keys() - current_ids),
+        embedded=len(to_embed),
+        reused_embeddings=len(chunks) - len(to_embed),
+        skipped_files=tuple(loaded.skipped),
+        seconds=time.perf_counter() - started,
+    )
+    logger.info(
+        "ingested %d files into version %s: %d chunks, %d embedded, %d reused, %d removed",
+        report.files,
+        version,
+        report.chunks,
+        report.embedded,
+        report.reused_embeddings,
+        report.removed_chunks,
+    )
+    return report

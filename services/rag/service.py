@@ -1,0 +1,150 @@
+"""RetrievalService: what the `rag` pipeline calls. Loads the current index version and answers queries.
+
+Hot reload: `reload_if_changed()` reads the small CURRENT file; when it names a new version, that version is
+loaded and validated completely before one reference assignment swaps it in. A query in flight holds its own
+reference to the snapshot it started with, so it finishes on the old version; no query ever sees a
+half-loaded index. A corrupted new version is refused (logged) and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.core.errors import IndexCorrupted, InvalidRequest, NotReady, RetrievalError
+from services.core.protocols import Embedder
+from services.core.settings import RagSettings
+from services.core.types import ScoredChunk
+from services.rag.context import ContextSelection, select_context_within_budget
+from services.rag.embedder import SentenceTransformerEmbedder
+from services.rag.index_store import IndexInfo, IndexSnapshot, load_current, load_version, read_current
+from services.rag.rerank import Reranker, build_reranker
+from services.rag.retriever import RetrievalParams, rank_chunks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievalOutcome:
+    """Chunks best first. `score` of each is its cosine similarity to the query.
+
+    timings_ms has "embed" (query embedding), "search" (dense + sparse + fusion), "rerank".
+    relevant: the best dense cosine reached settings.min_dense_score, i.e. the index likely knows the topic.
+    """
+
+    chunks: list[ScoredChunk]
+    timings_ms: dict[str, float]
+    index_version: str
+    max_dense_score: float
+    relevant: bool
+
+
+class RetrievalService:
+    def __init__(
+        self,
+        settings: RagSettings,
+        embedder: Embedder | None = None,
+        *,
+        reranker: Reranker | None = None,
+    ) -> None:
+        if settings.vector_store != "faiss":
+            raise RetrievalError(
+                f"vector_store {settings.vector_store!r} is not implemented yet; use 'faiss'",
+                code="invalid_config",
+            )
+        self._settings = settings
+        self._index_dir = Path(settings.index_dir)
+        self._embedder = embedder or SentenceTransformerEmbedder(settings.embedder)
+        self._reranker = reranker or build_reranker(settings.reranker)
+        self._params = RetrievalParams.from_settings(settings)
+        self._snapshot: IndexSnapshot | None = None
+        self._refused_version: str | None = None
+        self._reload_lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Load the embedder, the reranker and the CURRENT index.
+
+        Raises RetrievalError when no index exists, IndexCorrupted when the current one is damaged.
+        """
+        self._embedder.warm_up()
+        self._reranker.warm_up()
+        snapshot = load_current(self._index_dir)
+        self._check_compatible(snapshot)
+        self._snapshot = snapshot
+        logger.info("serving index version %s (%d chunks)", snapshot.version, len(snapshot.chunks))
+
+    def _check_compatible(self, snapshot: IndexSnapshot) -> None:
+        model = snapshot.manifest.get("embedding_model")
+        if model != self._embedder.model_id or snapshot.vectors.dimensions != self._embedder.dimensions:
+            raise IndexCorrupted(
+                f"index version {snapshot.version} was built with embedder {model!r} "
+                f"({snapshot.vectors.dimensions} dimensions), the service uses {self._embedder.model_id!r} "
+                f"({self._embedder.dimensions}); re-ingest the corpus",
+                code="embedder_mismatch",
+            )
+
+    def _current(self) -> IndexSnapshot:
+        snapshot = self._snapshot
+        if snapshot is None:
+            raise NotReady("retrieval service is not warmed up")
+        return snapshot
+
+    def retrieve(self, query: str, *, top_k: int | None = None) -> RetrievalOutcome:
+        if not query.strip():
+            raise InvalidRequest("query must not be empty", param="query")
+        if top_k is not None and top_k <= 0:
+            raise InvalidRequest(f"top_k must be > 0, got {top_k}", param="top_k")
+        # One read of the reference: this query uses this snapshot to the end, even if a reload swaps it.
+        snapshot = self._current()
+        params = self._params if top_k is None else RetrievalParams.from_settings(self._settings, top_k=top_k)
+        started = time.perf_counter()
+        query_vector = self._embedder.embed_query(query)
+        embed_ms = (time.perf_counter() - started) * 1000.0
+        ranked = rank_chunks(snapshot, query, query_vector, params, self._reranker)
+        return RetrievalOutcome(
+            chunks=ranked.chunks,
+            timings_ms={"embed": embed_ms, "search": ranked.search_ms, "rerank": ranked.rerank_ms},
+            index_version=snapshot.version,
+            max_dense_score=ranked.max_dense_score,
+            relevant=ranked.max_dense_score >= self._settings.min_dense_score,
+        )
+
+    def select_context(
+        self, chunks: Sequence[ScoredChunk], budget_tokens: int | None = None
+    ) -> ContextSelection:
+        budget = self._settings.context_budget_tokens if budget_tokens is None else budget_tokens
+        return select_context_within_budget(chunks, budget)
+
+    def reload_if_changed(self) -> bool:
+        """Swap in the version CURRENT names if it changed and is valid. True when a swap happened."""
+        with self._reload_lock:
+            current = self._current()
+            version = read_current(self._index_dir)
+            if version is None or version == current.version or version == self._refused_version:
+                return False
+            try:
+                snapshot = load_version(self._index_dir, version)
+                self._check_compatible(snapshot)
+            except RetrievalError as exc:
+                # Remember the refusal so a periodic caller does not reload a broken version every tick.
+                self._refused_version = version
+                logger.error("refusing index version %s, still serving %s: %s", version, current.version, exc)
+                return False
+            self._snapshot = snapshot
+            self._refused_version = None
+            logger.info("now serving index version %s (%d chunks)", version, len(snapshot.chunks))
+            return True
+
+    @property
+    def index_info(self) -> IndexInfo:
+        snapshot = self._current()
+        return IndexInfo(
+            version=snapshot.version,
+            chunks=len(snapshot.chunks),
+            created_at=snapshot.created_at,
+            index_dir=self._index_dir,
+        )

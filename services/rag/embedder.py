@@ -51,7 +51,10 @@ class SentenceTransformerEmbedder:
 
     @property
     def dimensions(self) -> int:
-        return int(self._loaded().get_sentence_embedding_dimension())
+        model = self._loaded()
+        # sentence-transformers 5.x renamed the method; keep both working.
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter())
 
     @property
     def max_seq_length(self) -> int:
@@ -78,7 +81,7 @@ class SentenceTransformerEmbedder:
             logger.info(
                 "embedder %s loaded: %d dimensions, max_seq_length %d",
                 self._model_name,
-                model.get_sentence_embedding_dimension(),
+                self.dimensions,
                 model.max_seq_length,
             )
 

@@ -75,6 +75,8 @@ class RetrievalService:
         snapshot = load_current(self._index_dir)
         self._check_compatible(snapshot)
         self._snapshot = snapshot
+        # One throwaway query pays the first-call costs (lazy imports, allocator growth) here, not on a user.
+        self.retrieve("warm up")
         logger.info("serving index version %s (%d chunks)", snapshot.version, len(snapshot.chunks))
 
     def _check_compatible(self, snapshot: IndexSnapshot) -> None:

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,21 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_READY_TIMEOUT_S = 600.0
 DEFAULT_INGEST_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceHandle:
+    base_url: str
+    pid: int
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds of the server process so far (Linux /proc; None elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        # Fields 14 and 15 of /proc/PID/stat (utime, stime), counted after the ")" that ends the name.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def hybridllm_command() -> list[str]:
@@ -100,26 +116,29 @@ def stop(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
 
 
 @contextlib.contextmanager
-def running_service(
-    corpus: Path,
+def started_service(
+    corpus: Path | None,
     *,
     extra_env: Mapping[str, str] | None = None,
     config: Path | None = None,
     index_dir: Path | None = None,
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
-) -> Iterator[str]:
-    """Ingest `corpus` into a temporary index, serve it on a free port of 127.0.0.1; yields the base URL.
+) -> Iterator[ServiceHandle]:
+    """Ingest `corpus` into a temporary index, serve it on a free port of 127.0.0.1; yields its handle.
 
     `extra_env` sets `HYBRID_...` overrides for the service (e.g. the generator backend). With `index_dir`
-    an existing index is served and ingestion is skipped. The server's log goes to a temporary file whose
-    tail is in any error raised. The process is stopped on exit, whatever happened.
+    an existing index is served and ingestion is skipped; with neither (corpus None) the service starts
+    without an index and offers only the pipelines that need none (`prompt`, `tuned`). The server's
+    log goes to a temporary file whose tail is in any error raised. The process is stopped on exit.
     """
     env = service_env(extra_env)
     with tempfile.TemporaryDirectory(prefix="hybridllm-svc-") as tmp:
         tmp_dir = Path(tmp)
         if index_dir is None:
             index_dir = tmp_dir / "index"
-            ingest(corpus, index_dir, env, DEFAULT_INGEST_TIMEOUT_S)
+            if corpus is not None:
+                ingest(corpus, index_dir, env, DEFAULT_INGEST_TIMEOUT_S)
+            # else: an empty index folder, so a stray var/index of the caller's is never served by accident
         port = free_port()
         command = [
             *hybridllm_command(),
@@ -140,9 +159,25 @@ def running_service(
         try:
             wait_ready(base_url, process, log_path, ready_timeout_s)
             logger.info("service ready at %s (pid %d)", base_url, process.pid)
-            yield base_url
+            yield ServiceHandle(base_url=base_url, pid=process.pid)
         finally:
             stop(process)
+
+
+@contextlib.contextmanager
+def running_service(
+    corpus: Path | None,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    config: Path | None = None,
+    index_dir: Path | None = None,
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+) -> Iterator[str]:
+    """`started_service`, yielding only the base URL (what evals, benchmarks and tests need)."""
+    with started_service(
+        corpus, extra_env=extra_env, config=config, index_dir=index_dir, ready_timeout_s=ready_timeout_s
+    ) as handle:
+        yield handle.base_url
 
 
 def evaluate_e2e_local(data: Path, corpus: Path, **kw: Any) -> dict[str, Any]:

@@ -86,8 +86,9 @@ class RagSettings(Section):
     dense_weight: float = Field(0.5, ge=0, le=1)
     reranker: str = Field("none", description="none | mmr | a CrossEncoder id or folder")
     rerank_candidates: int = Field(20, ge=1)
-    top_k: int = Field(5, ge=1)
-    context_budget_tokens: int = Field(900, ge=32)
+    top_k: int = Field(4, ge=1)
+    # Small generators answer worse with long contexts: ~450 tokens suits SmolLM2-135M (see rag.j2).
+    context_budget_tokens: int = Field(450, ge=32)
     min_dense_score: float = Field(0.25, ge=-1, le=1)
     no_answer: Literal["say_so", "generate"] = "say_so"
     watch_interval_s: float = Field(2.0, ge=0, description="0 disables picking up new index versions")

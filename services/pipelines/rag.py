@@ -14,6 +14,7 @@ from services.core.types import ChatMessage, ScoredChunk
 from services.llm.prompts import PromptLibrary
 from services.pipelines.base import PipelineRequest, Plan, RequestTrace
 from services.pipelines.prompt import with_system_prompt
+from services.privacy import quote_context_block
 
 
 class RetrievalOutcomeLike(Protocol):
@@ -47,12 +48,6 @@ class Retriever(Protocol):
 # Injected by the factory: privacy filtering of retrieved text before it enters a prompt.
 ContextFilter = Callable[[list[str], RequestTrace], list[str]]
 ContextQuoter = Callable[[int, str, str], str]
-
-
-def quote_context_block(index: int, source: str, text: str) -> str:
-    """A delimited, quoted passage. Delimiter look-alikes inside the text are neutralised."""
-    safe = text.replace("<<<", "‹‹‹").replace(">>>", "›››")
-    return f"[{index}] source: {source}\n<<<\n{safe}\n>>>"
 
 
 class RagPipeline:

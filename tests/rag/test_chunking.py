@@ -20,7 +20,8 @@ def markdown(text: str, source: str = "guide/doc.md") -> Document:
 
 
 def test_sections_follow_headings_and_keep_the_heading_chain() -> None:
-    title, sections = split_markdown_sections("# Guide\n\nIntro.\n\n## Setup\n\nStep one.\n\n### Linux\n\napt.\n")
+    text = "# Guide\n\nIntro.\n\n## Setup\n\nStep one.\n\n### Linux\n\napt.\n"
+    title, sections = split_markdown_sections(text)
     assert title == "Guide"
     assert [(s.heading_path, s.body) for s in sections] == [
         (("Guide",), "Intro."),
@@ -120,7 +121,7 @@ def test_bad_sizes_are_rejected(tokens: int, overlap: int) -> None:
 
 
 @pytest.mark.integration
-def test_chunks_fit_the_model_tokenizer(minilm) -> None:  # type: ignore[no-untyped-def]
+def test_chunks_fit_the_model_tokenizer(minilm) -> None:
     body = " ".join(f"Trip {i} to Lisbon requires receipts for reimbursement." for i in range(200))
     doc = markdown(f"# Expenses\n\n## Travel\n\n{body}")
     chunks = chunk_document(doc, minilm.token_spans, chunk_tokens=128, chunk_overlap=16)

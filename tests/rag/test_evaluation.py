@@ -42,7 +42,10 @@ def test_evaluate_beir_on_a_tiny_generated_set(tmp_path: Path) -> None:
     (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td3\t1\n")
     for mode in ("fused", "dense", "sparse", "weighted"):
         result = evaluate_beir(
-            tmp_path, settings=RagSettings(), mode=mode, embedder=HashingEmbedder()  # type: ignore[arg-type]
+            tmp_path,
+            settings=RagSettings(),
+            mode=mode,
+            embedder=HashingEmbedder(),
         )
         assert result["ndcg@10"] == 100.0 and result["mrr@10"] == 100.0, (mode, result)
         assert result["queries"] == 2 and result["corpus_docs"] == 3
@@ -50,7 +53,7 @@ def test_evaluate_beir_on_a_tiny_generated_set(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_scifact_dense_reproduces_published_minilm_ndcg(minilm) -> None:  # type: ignore[no-untyped-def]
+def test_scifact_dense_reproduces_published_minilm_ndcg(minilm) -> None:
     """Full corpus, all 300 test queries: dense nDCG@10 within 1 point of the MTEB paper's 64.51.
 
     Embedding 5,183 abstracts takes minutes on 2 cores, so embeddings are cached under var/cache/beir

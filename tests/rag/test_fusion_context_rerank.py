@@ -41,7 +41,8 @@ def test_single_list_modes_and_bad_mode() -> None:
 
 
 def scored(chunk_id: str, text: str, tokens: int, score: float = 0.5) -> ScoredChunk:
-    return ScoredChunk(Chunk(chunk_id=chunk_id, source=f"{chunk_id}.md", text=text, token_count=tokens), score)
+    chunk = Chunk(chunk_id=chunk_id, source=f"{chunk_id}.md", text=text, token_count=tokens)
+    return ScoredChunk(chunk, score)
 
 
 def test_context_dedupes_keeps_order_and_stops_at_budget() -> None:
@@ -83,7 +84,7 @@ def test_build_reranker_names() -> None:
 
 @pytest.mark.integration
 def test_cross_encoder_code_path_with_a_tiny_model_built_from_minilm(tmp_path: Path) -> None:
-    """No CrossEncoder weights exist offline: build one from the packaged MiniLM (untrained head, num_labels=1).
+    """No CrossEncoder weights exist offline: build one from the packaged MiniLM (untrained, num_labels=1).
 
     Its scores are meaningless, so this checks the code path (load by folder, score pairs, reorder), and that
     the order follows the model's own scores.
@@ -97,7 +98,8 @@ def test_cross_encoder_code_path_with_a_tiny_model_built_from_minilm(tmp_path: P
     reranker = CrossEncoderReranker(str(folder))
     reranker.warm_up()
     texts = ["vacation days per year", "the printer on floor 2", "carry over unused vacation"]
-    order = reranker.rerank("how much vacation", np.zeros(3, dtype=np.float32), texts, np.zeros((3, 3)), 3)
+    unused = np.zeros((3, 3), dtype=np.float32)
+    order = reranker.rerank("how much vacation", unused[0], texts, unused, 3)
     assert sorted(order) == [0, 1, 2]
     model = CrossEncoder(str(folder), num_labels=1, device="cpu")
     scores = model.predict([("how much vacation", t) for t in texts])

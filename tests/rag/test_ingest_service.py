@@ -35,7 +35,8 @@ def test_reingest_embeds_only_changed_and_added_chunks_and_drops_removed_files(
         encoding="utf-8",
     )
     (corpus / "people" / "onboarding.md").unlink()
-    (corpus / "people" / "parking.md").write_text("# Parking\n\nBikes park in the basement.\n", encoding="utf-8")
+    parking = corpus / "people" / "parking.md"
+    parking.write_text("# Parking\n\nBikes park in the basement.\n", encoding="utf-8")
     embedder.embedded_texts = 0
     second = ingest([corpus], settings, embedder=embedder, progress=False)
 
@@ -162,7 +163,8 @@ def test_versions_swap_atomically_while_queries_run(tmp_path: Path, corpus: Path
     try:
         for round_number in range(4):
             (corpus / f"news-{round_number}.md").write_text(
-                f"# News {round_number}\n\nThe cafeteria menu number {round_number} changed.\n", encoding="utf-8"
+                f"# News {round_number}\n\nThe cafeteria menu number {round_number} changed.\n",
+                encoding="utf-8",
             )
             versions.append(ingest([corpus], settings, embedder=embedder, progress=False).version)
             assert service.reload_if_changed() is True
@@ -180,7 +182,7 @@ def test_versions_swap_atomically_while_queries_run(tmp_path: Path, corpus: Path
 @pytest.mark.integration
 def test_real_embedder_finds_the_fact_and_flags_unrelated_queries(
     tmp_path: Path, corpus: Path, minilm
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     settings = rag_settings(tmp_path / "index", chunk_tokens=256, chunk_overlap=32, min_dense_score=0.25)
     report = ingest([corpus], settings, embedder=minilm, progress=False)
     assert report.chunks == 10

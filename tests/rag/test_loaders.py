@@ -45,7 +45,7 @@ def test_every_format_is_read_with_relative_posix_sources(tmp_path: Path) -> Non
     assert result.files == 4 and result.skipped == []
 
 
-def test_binary_and_unsupported_files_are_skipped_and_named(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_binary_and_unsupported_files_are_skipped_and_named(tmp_path: Path, caplog) -> None:
     (tmp_path / "ok.md").write_text("fine", encoding="utf-8")
     (tmp_path / "blob.txt").write_bytes(b"\x00\x01\x02binary")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))

@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT / "corpus" / "eval" / "handbook_eval.jsonl"
 DEFAULT_CORPUS = REPO_ROOT / "corpus" / "handbook"
 DEFAULT_PIPELINES = ("prompt", "rag", "tuned", "hybrid")
-QUICK_LIMIT = 30
+QUICK_LIMIT = 36
 UPDATE_COST_FILE = RESULTS_ROOT / "update_cost.json"
+
+
+def spread_sample(items: Sequence[EvalItem], n: int | None) -> list[EvalItem]:
+    """n items evenly spaced over the file, so a file grouped by route keeps its route mix."""
+    if n is None or n >= len(items):
+        return list(items)
+    if n <= 0:
+        raise ValueError(f"limit must be > 0, got {n}")
+    return [items[i * len(items) // n] for i in range(n)]
 
 
 async def list_models(client: httpx.AsyncClient, base_url: str, headers: dict[str, str] | None) -> list[str]:
@@ -63,6 +73,18 @@ def score_records(
     ]  # fmt: skip
 
 
+@dataclass(slots=True)
+class PipelineRun:
+    """One pipeline's runs: per-level entries, the first level's records (for quality), every record, the
+    /metrics delta over all levels and the last scrape (for gauges)."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    first_records: list[RequestRecord] = field(default_factory=list)
+    all_records: list[RequestRecord] = field(default_factory=list)
+    server_delta: prom.Scrape = field(default_factory=dict)
+    last_scrape: prom.Scrape = field(default_factory=dict)
+
+
 async def run_pipeline(
     client: httpx.AsyncClient,
     base_url: str,
@@ -73,8 +95,8 @@ async def run_pipeline(
     max_tokens: int,
     stream: bool,
     headers: dict[str, str] | None,
-) -> tuple[list[dict[str, Any]], list[RequestRecord], prom.Scrape]:
-    """Each concurrency level once over the whole workload; the first level's records give quality."""
+) -> PipelineRun:
+    """Each concurrency level once over the whole workload."""
 
     async def send(item: PromptItem) -> RequestRecord:
         return await send_chat(
@@ -82,45 +104,44 @@ async def run_pipeline(
         )
 
     await send(prompts[0])  # warm-up: lazy loads and caches are not what we measure
-    runs: list[dict[str, Any]] = []
-    first_records: list[RequestRecord] = []
+    result = PipelineRun()
     before_all = await prom.scrape(client, base_url)
     for concurrency in concurrencies:
         before = await prom.scrape(client, base_url)
         records, duration = await run_closed_loop(send, prompts, concurrency, Bounds(len(prompts), None))
         after = await prom.scrape(client, base_url)
-        runs.append(
-            run_entry(pipeline, "closed", concurrency, records, duration, {}, prom.delta(before, after))
-        )
-        if not first_records:
-            first_records = records
-        s = runs[-1]["summary"]
+        entry = run_entry(pipeline, "closed", concurrency, records, duration, {}, prom.delta(before, after))
+        result.runs.append(entry)
+        result.all_records += records
+        if not result.first_records:
+            result.first_records = records
+        s = entry["summary"]
         logger.info(
             "%s c=%d: %d ok, %d failed, e2e p50 %.0f ms p95 %.0f ms",
             pipeline, concurrency, s["completed"], s["failed"],
             s["e2e_ms"].get("p50", float("nan")), s["e2e_ms"].get("p95", float("nan")),
         )  # fmt: skip
-    after_all = await prom.scrape(client, base_url)
-    return runs, first_records, prom.delta(before_all, after_all)
+    result.last_scrape = await prom.scrape(client, base_url)
+    result.server_delta = prom.delta(before_all, result.last_scrape)
+    return result
 
 
-def pipeline_summary(
-    pipeline: str,
-    runs: Sequence[dict[str, Any]],
-    scores: Sequence[ItemScore],
-    records: Sequence[RequestRecord],
-    server: prom.Scrape,
-) -> dict[str, Any]:
-    """Quality, latency per level, cost per 1k requests two ways, tokens, egress for one pipeline."""
+def _response_cost(record: RequestRecord) -> float | None:
+    total = (record.hybrid.get("cost_usd") or {}).get("total")
+    return float(total) if isinstance(total, int | float) and record.ok else None
+
+
+def pipeline_summary(pipeline: str, run: PipelineRun, scores: Sequence[ItemScore]) -> dict[str, Any]:
+    """Quality (first level), latency per level, cost per 1k requests two ways over the same requests,
+    tokens and egress for one pipeline."""
     quality = aggregate(scores)
     quality.pop("items")
-    completed = sum(r["summary"]["completed"] for r in runs)
-    ext_costs = [s.cost_usd for s in scores if s.cost_usd is not None]
+    costs = [c for r in run.all_records if (c := _response_cost(r)) is not None]
     contexts = [s.context_tokens for s in scores if s.context_tokens is not None]
-    delta = prom.summarize_delta(server)
+    delta = prom.summarize_delta(run.server_delta)
     metrics_cost = delta["cost_usd_by_pipeline"].get(pipeline)
-    # The warm-up request precedes the first scrape, so the server delta covers exactly these runs.
-    served = max(completed, 1)
+    # The warm-up request precedes the first scrape, so the server delta covers exactly these requests.
+    served = max(sum(1 for r in run.all_records if r.ok), 1)
     return {
         "pipeline": pipeline,
         "quality": quality,
@@ -131,10 +152,10 @@ def pipeline_summary(
                 "ttft_p50": r["summary"]["ttft_ms"].get("p50"),
                 "req_per_s": r["summary"]["request_throughput"],
             }
-            for r in runs
+            for r in run.runs
         },
         "cost_per_1k_usd": {
-            "from_responses": sum(ext_costs) / len(ext_costs) * 1000.0 if ext_costs else None,
+            "from_responses": sum(costs) / len(costs) * 1000.0 if costs else None,
             "from_metrics": metrics_cost / served * 1000.0 if metrics_cost is not None else None,
         },
         "mean_context_tokens": sum(contexts) / len(contexts) if contexts else None,
@@ -144,9 +165,9 @@ def pipeline_summary(
             for backend, per_trust in delta["egress_tokens"].items()
             for trust, value in per_trust.items()
         },
-        "privacy_actions": _count_privacy(records),
+        "privacy_actions": _count_privacy(run.first_records),
         "with_sources": sum(1 for s in scores if s.sources) / len(scores) if scores else None,
-        "index_chunks": _gauge(server, "hybrid_index_chunks"),
+        "index_chunks": _gauge(run.last_scrape, "hybrid_index_chunks"),
     }
 
 
@@ -212,13 +233,13 @@ async def compare(
         summaries: dict[str, dict[str, Any]] = {}
         scores: dict[str, list[ItemScore]] = {}
         for pipeline in chosen:
-            runs, records, server = await run_pipeline(
+            run = await run_pipeline(
                 client, base_url, pipeline, prompts, concurrencies, max_tokens=max_tokens, stream=stream,
                 headers=headers,
             )  # fmt: skip
-            all_runs += runs
-            scores[pipeline] = score_records(items_by_id, records, pipeline)
-            summaries[pipeline] = pipeline_summary(pipeline, runs, scores[pipeline], records, server)
+            all_runs += run.runs
+            scores[pipeline] = score_records(items_by_id, run.first_records, pipeline)
+            summaries[pipeline] = pipeline_summary(pipeline, run, scores[pipeline])
     sweep_input = sweep_items(scores)
     if shadow_sample is not None:
         sweep_input = sweep_input[:shadow_sample]
@@ -262,9 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--concurrency", type=_int_list, default=None, help="closed-loop levels (default 1,4)"
     )
-    parser.add_argument("--limit", type=int, default=None, help="first N items of --data")
+    parser.add_argument("--limit", type=int, default=None, help="N items evenly spaced over --data")
     parser.add_argument("--max-tokens", type=int, default=None, help="default 64 (48 with --quick)")
-    parser.add_argument("--quick", action="store_true", help=f"first {QUICK_LIMIT} items, c=1,4, 48 tokens")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_LIMIT} items, c=1,4, 48 tokens")
     parser.add_argument("--no-stream", action="store_true")
     parser.add_argument(
         "--shadow-sample", type=int, default=None, help="items for the sweep/shadow (default all)"
@@ -294,7 +315,7 @@ def bench_compare_main(argv: list[str]) -> int:
     concurrencies = args.concurrency or (1, 4)
     max_tokens = args.max_tokens or (48 if args.quick else 64)
     try:
-        items = load_eval_items(args.data, limit)
+        items = spread_sample(load_eval_items(args.data), limit)
     except (HybridError, ValueError, OSError) as exc:
         print(json.dumps({"error": str(exc)}))
         return 2

@@ -1,6 +1,7 @@
 """The load generator end to end against the benchmark fixture upstream (real HTTP on 127.0.0.1)."""
 
 import json
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ def upstream():
         yield url
 
 
-def last_json_line(capsys):
+def last_json_line(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 

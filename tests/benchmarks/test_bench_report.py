@@ -18,7 +18,7 @@ hybrid_stage_duration_seconds_sum{pipeline="rag",stage="generate"} 0.9
 """
 
 
-def records(n, e2e):
+def records(n: int, e2e: float) -> list[RequestRecord]:
     return [RequestRecord("rag", str(i), 0.0, e2e, True, ttft_s=e2e / 4, output_tokens=8) for i in range(n)]
 
 

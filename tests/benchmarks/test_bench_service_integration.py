@@ -8,6 +8,7 @@ and bookkeeping (routing of requests, retrieval hits, cost agreement, reports), 
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ def service():
             yield {"upstream": upstream, "gateway": url}
 
 
-def last_json_line(capsys):
+def last_json_line(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 

@@ -15,7 +15,13 @@ from benchmarks.stats import (
 pytestmark = pytest.mark.unit
 
 
-def record(e2e, ttft=None, tokens=0, ok=True, itl=()):
+def record(
+    e2e: float,
+    ttft: float | None = None,
+    tokens: int = 0,
+    ok: bool = True,
+    itl: tuple[float, ...] | list[float] = (),
+) -> RequestRecord:
     return RequestRecord("hybrid", "x", 0.0, e2e, ok, ttft_s=ttft, output_tokens=tokens, itl_s=list(itl))
 
 

@@ -18,7 +18,8 @@ def upstream():
 
 
 def last_json_line(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    line: dict[str, Any] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return line
 
 
 def test_closed_and_open_loop_streaming(upstream, tmp_path, capsys):

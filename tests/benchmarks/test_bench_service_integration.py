@@ -35,7 +35,8 @@ def service():
 
 
 def last_json_line(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    line: dict[str, Any] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return line
 
 
 def test_tiny_comparison_through_the_real_service(service, tmp_path, capsys):

@@ -31,14 +31,24 @@ class FaissVectorStore:
         self._index = index
 
     @classmethod
-    def create(cls, dimensions: int, *, expected_count: int, exact_search_max: int) -> FaissVectorStore:
+    def create(
+        cls,
+        dimensions: int,
+        *,
+        expected_count: int,
+        exact_search_max: int,
+        hnsw_m: int = HNSW_M,
+        hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION,
+    ) -> FaissVectorStore:
         """An empty store: flat when `expected_count <= exact_search_max`, else HNSW."""
         if dimensions <= 0:
             raise ValueError(f"dimensions must be > 0, got {dimensions}")
+        if hnsw_m < 2 or hnsw_ef_construction < 1:
+            raise ValueError(f"bad HNSW m={hnsw_m} or ef_construction={hnsw_ef_construction}")
         if expected_count <= exact_search_max:
             return cls(faiss.IndexFlatIP(dimensions))
-        index = faiss.IndexHNSWFlat(dimensions, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index = faiss.IndexHNSWFlat(dimensions, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = hnsw_ef_construction
         index.hnsw.efSearch = HNSW_EF_SEARCH
         return cls(index)
 

@@ -33,12 +33,24 @@ class PipelineRequest:
 
 
 @dataclass(slots=True)
+class ClockedStageTimings(StageTimings):
+    """Stage timings that also remember when each stage was recorded (wall clock, ns): trace spans need
+    to know where a stage sat in time, not only how long it took."""
+
+    ended_ns: dict[str, int] = field(default_factory=dict)
+
+    def add(self, stage: str, milliseconds: float) -> None:
+        StageTimings.add(self, stage, milliseconds)  # slots dataclass: no zero-argument super()
+        self.ended_ns[stage] = time.time_ns()
+
+
+@dataclass(slots=True)
 class RequestTrace:
     """Everything observed while serving one request; becomes the `hybrid` extension and the metrics."""
 
     pipeline: str
     request_id: str = ""
-    timings: StageTimings = field(default_factory=StageTimings)
+    timings: StageTimings = field(default_factory=ClockedStageTimings)
     route: RouteDecision | None = None
     sources: list[dict[str, Any]] = field(default_factory=list)
     context_tokens: int = 0

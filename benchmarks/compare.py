@@ -29,7 +29,7 @@ import httpx
 from benchmarks import prom
 from benchmarks.client import PromptItem, send_chat
 from benchmarks.compare_report import goals, write_compare_report
-from benchmarks.load import RESULTS_ROOT, configure_logging, make_http_client, run_entry
+from benchmarks.load import RESULTS_ROOT, configure_logging, display_path, make_http_client, run_entry
 from benchmarks.stats import RequestRecord
 from benchmarks.sweep import SweepItem, analyse, p_knowledge
 from benchmarks.workload import Bounds, run_closed_loop
@@ -42,7 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT / "corpus" / "eval" / "handbook_eval.jsonl"
 DEFAULT_CORPUS = REPO_ROOT / "corpus" / "handbook"
 DEFAULT_PIPELINES = ("prompt", "rag", "tuned", "hybrid")
-QUICK_LIMIT = 36
+QUICK_LIMIT = 30
 UPDATE_COST_FILE = RESULTS_ROOT / "update_cost.json"
 
 
@@ -253,16 +253,18 @@ async def compare(
     }
 
 
-def _count_privacy(records: Sequence[RequestRecord]) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def _count_privacy(records: Sequence[RequestRecord]) -> dict[str, dict[str, int]]:
+    """How often the privacy gate took each action, and which backend trust level answered."""
+    actions: dict[str, int] = {}
+    trust: dict[str, int] = {}
     for r in records:
         privacy = r.hybrid.get("privacy") or {}
         action = str(privacy.get("action") or "none")
-        counts[action] = counts.get(action, 0) + 1
-        trust = privacy.get("backend_trust")
-        if trust:
-            counts[f"trust:{trust}"] = counts.get(f"trust:{trust}", 0) + 1
-    return counts
+        actions[action] = actions.get(action, 0) + 1
+        level = privacy.get("backend_trust") or (r.hybrid.get("backend") or {}).get("trust")
+        if level:
+            trust[str(level)] = trust.get(str(level), 0) + 1
+    return {"actions": actions, "backend_trust": trust}
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -333,8 +335,8 @@ def bench_compare_main(argv: list[str]) -> int:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}))
         return 1
     results["config"] = {
-        "base_url": args.base_url or f"started on {args.corpus}",
-        "data": str(args.data),
+        "base_url": args.base_url or f"started on {display_path(args.corpus)}",
+        "data": display_path(args.data),
         "items": len(items),
         "concurrency": list(concurrencies),
         "max_tokens": max_tokens,

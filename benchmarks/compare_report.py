@@ -60,6 +60,10 @@ def goals(pipelines: Mapping[str, Mapping[str, Any]], level: int) -> dict[str, d
     return out
 
 
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "–"
+
+
 def _egress_cell(summary: Mapping[str, Any]) -> str:
     per_request = summary["egress_tokens_per_request"]
     if not per_request:
@@ -107,7 +111,8 @@ def scorecard(results: Mapping[str, Any]) -> str:
     rows.append(
         ["privacy"]
         + [
-            f"{_egress_cell(s)}; actions {dict(sorted(s['privacy_actions'].items()))}"
+            f"{_egress_cell(s)}; gate actions {_counts(s['privacy_actions']['actions'])}; "
+            f"answered by trust {_counts(s['privacy_actions']['backend_trust'])}"
             for s in pipelines.values()
         ]
     )

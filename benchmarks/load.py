@@ -62,6 +62,14 @@ class LoadConfig:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
 
 
+def display_path(path: Path) -> str:
+    """Relative to the working directory where possible: reports must not carry this machine's paths."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def make_http_client(max_connections: int, timeout_s: float) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
     return httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits)
@@ -258,7 +266,7 @@ def bench_load_main(argv: list[str]) -> int:
             "max_tokens": config.max_tokens,
             "stream": config.stream,
             "slos_ms": {k: v * 1000 for k, v in config.slos.items()},
-            "prompts": str(args.data) if args.data else "built-in",
+            "prompts": display_path(args.data) if args.data else "built-in",
         },
         "runs": runs,
     }

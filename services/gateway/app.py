@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 
@@ -15,9 +17,10 @@ from services.core.errors import HybridError, PayloadTooLarge
 from services.core.settings import Settings
 from services.gateway.auth import KeyChecker
 from services.gateway.errors import install_error_handlers, response_for
-from services.gateway.metrics import ServiceMetrics
+from services.gateway.metrics import ServiceMetrics, claim_multiprocess_dir, multiprocess_enabled
 from services.gateway.routes import admin, chat, health, models, retrieve
 from services.gateway.state import GatewayState
+from services.gateway.tracing import RequestTracer, tracer_from_settings
 from services.pipelines.factory import ServiceComponents, build_components
 
 logger = logging.getLogger(__name__)
@@ -49,8 +52,16 @@ async def _watch_index(state: GatewayState, interval_s: float) -> None:
             logger.exception("index reload check failed")
 
 
-def create_app(settings: Settings, *, builder: ComponentsBuilder = default_builder) -> FastAPI:
+def create_app(
+    settings: Settings, *, builder: ComponentsBuilder = default_builder, tracer: RequestTracer | None = None
+) -> FastAPI:
+    """`tracer` replaces the one `observability.otel_*` describes (tests pass an in-memory exporter's)."""
+    if multiprocess_enabled():
+        # Before the first metric exists: a new server starts its counters from zero, not from the last run.
+        server_pid = os.getppid() if settings.server.workers > 1 else os.getpid()
+        claim_multiprocess_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]), server_pid)
     metrics = ServiceMetrics()
+    metrics.tracer = tracer if tracer is not None else tracer_from_settings(settings.observability)
     state = GatewayState(settings=settings, metrics=metrics, auth=KeyChecker(settings.auth))
 
     @asynccontextmanager
@@ -87,6 +98,9 @@ def create_app(settings: Settings, *, builder: ComponentsBuilder = default_build
             for generator in (components.primary, components.fallback):
                 if generator is not None:
                     await generator.aclose()
+            metrics.close()
+            if metrics.tracer is not None:
+                metrics.tracer.shutdown()
 
     app = FastAPI(title="hybridllm", version="0.1.0", lifespan=lifespan)
     app.state.gateway = state

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from services.core import errors
 from services.core.types import ChatMessage, GenerationParams, Role
 from services.gateway.errors import error_body, status_for
+from services.gateway.logging_setup import redacted_exchange
 from services.gateway.schemas import ChatCompletionRequest
 from services.gateway.state import GatewayState
 from services.llm.structured_output import parse_response_format
@@ -118,6 +119,7 @@ class ChatCompletion:
         self._completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self._created = int(time.time())
         self._started = time.perf_counter()
+        self._started_ns = time.time_ns()  # wall clock, for trace spans
         self._pipeline_name = body.model or state.settings.default_pipeline
         self._trace = RequestTrace(pipeline=self._pipeline_name, request_id=request_id)
         self._finished = False
@@ -162,6 +164,23 @@ class ChatCompletion:
             record["cost_usd"] = outcome.cost_usd.get("total", 0.0)
         if error is not None:
             record["error"] = error
+        tracer = self._state.metrics.tracer
+        if tracer is not None:
+            try:
+                record["trace_id"] = tracer.record(
+                    self._trace,
+                    outcome,
+                    status=status,
+                    stream=self._body.stream,
+                    started_ns=self._started_ns,
+                    ended_ns=self._started_ns + int(seconds * 1e9),
+                )
+            except Exception:  # tracing is best effort; the answer and its metrics are not
+                logger.exception("recording trace spans failed")
+        if self._state.settings.observability.log_prompts:
+            messages = [(m.role, m.text()) for m in self._body.messages]
+            answer = outcome.text if outcome is not None else None
+            record.update(redacted_exchange(self._state.settings.privacy, messages, answer))
         logger.info("request", extra={"fields": record})
 
     def _status_of(self, outcome: Outcome) -> str:

@@ -1,14 +1,21 @@
 """Prometheus metrics: names carry units, buckets fit what they time, labels are bounded.
 
 Collecting (the request trace) is separate from exporting (this class). With several worker processes,
-prometheus_client's multiprocess mode is used when PROMETHEUS_MULTIPROC_DIR is set; gauges then declare
-how workers combine.
+prometheus_client's multiprocess mode is used when PROMETHEUS_MULTIPROC_DIR is set (before
+prometheus_client is imported: it picks its value store at import); gauges then declare how workers
+combine, the folder is emptied of a previous server's files when a new server starts
+(`claim_multiprocess_dir`), and a worker that stops marks its live gauges dead (`close`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import time
 from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,6 +28,11 @@ from prometheus_client import (
 
 from services.pipelines.base import RequestTrace
 from services.pipelines.runner import Outcome
+
+if TYPE_CHECKING:
+    from services.gateway.tracing import RequestTracer
+
+logger = logging.getLogger(__name__)
 
 STAGES = ("privacy", "route", "embed", "search", "rerank", "select", "generate")
 TOKEN_KINDS = ("prompt", "completion", "context")
@@ -42,6 +54,34 @@ CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+_OWNER_FILE = "server.owner"
+
+
+def claim_multiprocess_dir(directory: Path, server_pid: int) -> bool:
+    """Empty `directory` of another server's metric files, once per server; True when it was emptied.
+
+    Every worker calls this at start, before it creates a metric; the workers of one server share a
+    parent (uvicorn's supervisor), whose pid is the owner mark (a single-process server is its own).
+    The first worker of a new server finds a foreign mark, deletes the old `*.db` files (counters would
+    otherwise resume from the last run) and writes its own mark; the others, and workers restarted
+    later, find the mark theirs and keep the files.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".lock").open("a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        owner = directory / _OWNER_FILE
+        try:
+            current = owner.read_text().strip()
+        except FileNotFoundError:
+            current = ""
+        if current == str(server_pid):
+            return False
+        for stale in directory.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        owner.write_text(str(server_pid))
+        return True
 
 
 class ServiceMetrics:
@@ -121,6 +161,9 @@ class ServiceMetrics:
             ["backend"], buckets=STAGE_BUCKETS, registry=r,
         )  # fmt: skip
         self._index_version: str | None = None
+        self._index_built_at: float | None = None
+        # Spans of finished requests (services.gateway.tracing); None while tracing is off.
+        self.tracer: RequestTracer | None = None
 
     def initialise_labels(self, pipelines: Iterable[str], backends: Iterable[tuple[str, str]]) -> None:
         """Create every bounded series at zero, so rates and alerts work before the first request."""
@@ -183,8 +226,16 @@ class ServiceMetrics:
         self.index_info.labels(version=version).set(1)
         self.index_chunks.set(chunks)
         self.index_age.set(age_s)
+        self._index_built_at = time.time() - age_s
+
+    def close(self) -> None:
+        """At worker exit: drop this process's live gauges (in-flight) from the multiprocess totals."""
+        if multiprocess_enabled():
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     def render(self) -> bytes:
+        if self._index_built_at is not None:  # the age grows between index reloads
+            self.index_age.set(max(0.0, time.time() - self._index_built_at))
         if multiprocess_enabled():
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -48,6 +48,7 @@ class LoadConfig:
     warmup: int = 2
     timeout_s: float = 300.0
     seed: int = 0
+    drain_timeout_s: float | None = 60.0
 
     def __post_init__(self) -> None:
         if not self.pipelines:
@@ -130,7 +131,12 @@ async def run_load(
                     records, duration = await run_closed_loop(send, prompts, int(level), config.bounds)
                 else:
                     records, duration = await run_open_loop(
-                        send, prompts, level, config.bounds, seed=config.seed
+                        send,
+                        prompts,
+                        level,
+                        config.bounds,
+                        seed=config.seed,
+                        drain_timeout_s=config.drain_timeout_s,
                     )
                 after = await prom.scrape(client, config.base_url)
                 entry = run_entry(
@@ -207,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="requests per pipeline before measuring")
     parser.add_argument("--timeout", type=float, default=300.0, help="per-request timeout in seconds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="open loop: seconds to wait for requests still in flight after the last arrival (then failed)",
+    )
     parser.add_argument("--name", default="load")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<name>")
     return parser
@@ -229,6 +241,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         warmup=args.warmup,
         timeout_s=args.timeout,
         seed=args.seed,
+        drain_timeout_s=args.drain_timeout,
     )
 
 

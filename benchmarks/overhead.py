@@ -86,6 +86,8 @@ def run_load_process(
         str(max_tokens),
         "--warmup",
         str(LOAD_WARMUP),
+        "--drain-timeout",
+        str(max(5.0, duration_s)),
         "--out",
         str(out_dir),
         "--name",

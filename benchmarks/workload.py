@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -104,17 +105,27 @@ async def run_closed_loop(
 
 
 async def run_open_loop(
-    send: SendFn, prompts: Sequence[PromptItem], rate: float, bounds: Bounds, *, seed: int = 0
+    send: SendFn,
+    prompts: Sequence[PromptItem],
+    rate: float,
+    bounds: Bounds,
+    *,
+    seed: int = 0,
+    drain_timeout_s: float | None = None,
 ) -> tuple[list[RequestRecord], float]:
     """Requests arrive as a Poisson process at `rate` per second, whether or not earlier ones answered.
 
-    Arrivals are scheduled against absolute times so a slow event loop does not lower the offered rate;
-    requests in flight at the deadline are awaited (their latency is the point of an overload test).
+    Arrivals are scheduled against absolute times so a slow event loop does not lower the offered rate.
+    Requests in flight when arrivals stop are awaited (their latency is the point of an overload test), for
+    at most `drain_timeout_s`; those still unanswered then are cancelled and recorded as failed, so an
+    overloaded server cannot stretch a bounded run without end.
     """
     if rate <= 0:
         raise ValueError(f"rate must be > 0, got {rate}")
+    if drain_timeout_s is not None and drain_timeout_s < 0:
+        raise ValueError(f"drain_timeout_s must be >= 0, got {drain_timeout_s}")
     rng = random.Random(seed)
-    tasks: list[asyncio.Task[RequestRecord]] = []
+    tasks: list[tuple[PromptItem, float, asyncio.Task[RequestRecord]]] = []
     start = time.perf_counter()
     next_arrival = start
     index = 0
@@ -125,7 +136,23 @@ async def run_open_loop(
         delay = next_arrival - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(send(prompts[index % len(prompts)])))
+        item = prompts[index % len(prompts)]
+        tasks.append((item, time.perf_counter(), asyncio.create_task(send(item))))
         index += 1
-    records = list(await asyncio.gather(*tasks))
+    if tasks:
+        await asyncio.wait([task for _, _, task in tasks], timeout=drain_timeout_s)
+    records = []
+    for item, sent_at, task in tasks:
+        if task.done():
+            records.append(task.result())
+            continue
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        now = time.perf_counter()
+        records.append(
+            RequestRecord(
+                "", item.item_id, sent_at, now - sent_at, ok=False, error="drain_timeout: unanswered"
+            )
+        )
     return records, time.perf_counter() - start

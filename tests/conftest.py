@@ -68,3 +68,26 @@ def serve_in_thread(app: object, *, ready_path: str = "/readyz", timeout_s: floa
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def handbook_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default corpus ingested once per session with the real embedder and FAISS."""
+    from services.core.settings import load_settings
+    from services.rag.ingest import ingest
+
+    index_dir = tmp_path_factory.mktemp("handbook-index")
+    settings = load_settings(rag={"index_dir": str(index_dir)})
+    ingest([REPO_ROOT / "corpus" / "handbook"], settings.rag, progress=False)
+    return index_dir
+
+
+@pytest.fixture(scope="session")
+def service_router(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The service's router, trained on the project's routing data with a bounded number of steps."""
+    from training.train_router import train_router
+
+    out = tmp_path_factory.mktemp("router") / "model"
+    data = REPO_ROOT / "corpus" / "router"
+    train_router(data / "train.jsonl", out, eval_file=data / "val.jsonl", max_steps=240, progress=False)
+    return out

@@ -1,4 +1,5 @@
-"""The gateway as a user sees it: the official openai client against a live server with real SmolLM2."""
+"""The gateway as a user sees it: the official openai client against a live server with real SmolLM2
+(the embedded default backend, ONNX Runtime GenAI)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _settings(tmp: Path, **generator: object) -> Settings:
     return load_settings(
         data_dir=str(MODEL_CACHE),
         default_pipeline="prompt",
-        generator={"backend": "transformers", "max_queue": 8, **generator},
+        generator={"max_queue": 8, **generator},
         rag={"index_dir": str(tmp / "no-index"), "watch_interval_s": 0},
         server={"max_body_bytes": 64_000, "max_completion_tokens": 128},
         observability={"log_json": True},

@@ -31,13 +31,13 @@ from services.core.settings import RagSettings
 from services.core.types import Chunk
 from services.rag.chunking import chunk_documents, embedding_text
 from services.rag.embedder import SentenceTransformerEmbedder
-from services.rag.faiss_store import FaissVectorStore
 from services.rag.index_store import IndexSnapshot
 from services.rag.ingest import effective_chunk_tokens, token_spans_of
 from services.rag.loaders import read_beir_corpus
 from services.rag.rerank import build_reranker
 from services.rag.retriever import RetrievalParams, rank_chunks
 from services.rag.sparse import Bm25Index
+from services.rag.store import create_vector_store
 
 logger = logging.getLogger(__name__)
 
@@ -143,9 +143,7 @@ def _build_snapshot(
     key = f"{embedder.model_id}|{getattr(embedder, 'max_seq_length', '')}|{doc_mode}"
     embeddings = _embed_cached(embedder, texts, cache_dir, key)
     embed_seconds = time.perf_counter() - started
-    vectors = FaissVectorStore.create(
-        embeddings.shape[1], expected_count=len(chunks), exact_search_max=settings.exact_search_max_chunks
-    )
+    vectors = create_vector_store(settings, embeddings.shape[1], expected_count=len(chunks))
     vectors.add(embeddings)
     snapshot = IndexSnapshot(
         version=f"beir-{beir_dir.name}",

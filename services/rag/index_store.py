@@ -7,7 +7,7 @@
         manifest.json              model, dimensions, counts, corpus hash, created time, index kind, sizes
         chunks.jsonl               one Chunk per line; line i is vector row i
         embeddings.npy             float32 (chunks x dimensions): the embedding cache for the next ingest
-        vectors.faiss              the vector store
+        vectors.faiss              the vector store (FAISS; Qdrant: qdrant.json [+ qdrant/ in local mode])
         bm25/                      the BM25 index
 
 A version is built in a hidden folder, fsynced, renamed into place, and only then named in CURRENT (temp
@@ -35,8 +35,8 @@ import numpy.typing as npt
 
 from services.core.errors import IndexCorrupted, RetrievalError
 from services.core.types import Chunk
-from services.rag.faiss_store import FaissVectorStore
 from services.rag.sparse import SPARSE_DIR, Bm25Index
+from services.rag.store import VectorStore, load_vector_store, release_vector_store
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class IndexSnapshot:
     manifest: dict[str, Any]
     chunks: list[Chunk]
     embeddings: npt.NDArray[np.float32]
-    vectors: FaissVectorStore
+    vectors: VectorStore
     sparse: Bm25Index
     directory: Path
 
@@ -141,7 +141,7 @@ def write_version(
     corpus_hash: str,
     chunks: Sequence[Chunk],
     embeddings: npt.NDArray[np.float32],
-    vectors: FaissVectorStore,
+    vectors: VectorStore,
     sparse: Bm25Index,
     manifest: dict[str, Any],
 ) -> str:
@@ -200,7 +200,10 @@ def prune_versions(index_dir: Path, *, keep: int = KEEP_VERSIONS) -> list[str]:
     versions = list_versions(index_dir)
     removed = [name for name in versions[:-keep] if name != current]
     for name in removed:
-        shutil.rmtree(index_dir / VERSIONS_DIR / name, ignore_errors=True)
+        directory = index_dir / VERSIONS_DIR / name
+        with contextlib.suppress(IndexCorrupted):
+            release_vector_store(directory, read_manifest(directory))
+        shutil.rmtree(directory, ignore_errors=True)
     for leftover in (index_dir / VERSIONS_DIR).glob(".building-*"):
         shutil.rmtree(leftover, ignore_errors=True)
     if removed:
@@ -265,7 +268,7 @@ def load_version(index_dir: Path, version: str) -> IndexSnapshot:
     expected = int(manifest["chunks"])
     chunks = read_chunks(directory)
     embeddings = read_embeddings(directory)
-    vectors = FaissVectorStore.load(directory, expected_count=expected)
+    vectors = load_vector_store(directory, manifest, expected_count=expected)
     sparse = Bm25Index.load(directory, expected_count=expected)
     if len(chunks) != expected or embeddings.shape != (expected, int(manifest["dimensions"])):
         raise IndexCorrupted(
@@ -273,7 +276,7 @@ def load_version(index_dir: Path, version: str) -> IndexSnapshot:
             f"manifest says {expected} x {manifest['dimensions']}"
         )
     if vectors.dimensions != int(manifest["dimensions"]):
-        raise IndexCorrupted(f"index version {version}: FAISS has {vectors.dimensions} dimensions")
+        raise IndexCorrupted(f"index version {version}: the vector store has {vectors.dimensions} dimensions")
     return IndexSnapshot(
         version=version,
         manifest=manifest,

@@ -25,7 +25,6 @@ from services.core.settings import RagSettings
 from services.core.types import Chunk
 from services.rag.chunking import TokenSpans, chunk_documents, embedding_text, whitespace_token_spans
 from services.rag.embedder import SentenceTransformerEmbedder
-from services.rag.faiss_store import FaissVectorStore
 from services.rag.index_store import (
     VERSIONS_DIR,
     ingest_lock,
@@ -37,6 +36,7 @@ from services.rag.index_store import (
 )
 from services.rag.loaders import load_corpus
 from services.rag.sparse import Bm25Index
+from services.rag.store import create_vector_store
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +165,7 @@ def ingest(
             [fresh[c.chunk_id] if c.chunk_id in fresh else previous[c.chunk_id] for c in chunks]
         ).astype(np.float32)
 
-        vectors = FaissVectorStore.create(
-            embeddings.shape[1], expected_count=len(chunks), exact_search_max=settings.exact_search_max_chunks
-        )
+        vectors = create_vector_store(settings, embeddings.shape[1], expected_count=len(chunks))
         vectors.add(embeddings)
         sparse = Bm25Index.build([embedding_text(chunk) for chunk in chunks])
         current_ids = set(unique)

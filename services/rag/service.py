@@ -51,11 +51,6 @@ class RetrievalService:
         *,
         reranker: Reranker | None = None,
     ) -> None:
-        if settings.vector_store != "faiss":
-            raise RetrievalError(
-                f"vector_store {settings.vector_store!r} is not implemented yet; use 'faiss'",
-                code="invalid_config",
-            )
         self._settings = settings
         self._index_dir = Path(settings.index_dir)
         self._embedder = embedder or SentenceTransformerEmbedder(settings.embedder)

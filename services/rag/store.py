@@ -1,16 +1,26 @@
-"""The vector store seam. FAISS is the default; a Qdrant store can implement the same five methods.
+"""The vector store seam. FAISS is the default; Qdrant (services/rag/qdrant_store.py) is the scale-out option.
 
 Vectors are addressed by their row: the position of the chunk in the index version's chunk list, so the
 store never needs to know chunk ids and rows map straight back to chunks.
+
+`create_vector_store` and `load_vector_store` are the only places that pick a concrete store: ingestion and
+evaluation create through the first (from RagSettings.vector_store), the index loader reads through the
+second (from the manifest's index_kind, so a version is read with the store that wrote it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from services.core.settings import RagSettings
+from services.rag.faiss_store import FaissVectorStore
+
+QDRANT_KIND = "qdrant"
 
 
 class VectorStore(Protocol):
@@ -18,6 +28,9 @@ class VectorStore(Protocol):
     def kind(self) -> str:
         """A short name for the manifest: "flat", "hnsw", "qdrant"."""
         ...
+
+    @property
+    def dimensions(self) -> int: ...
 
     def count(self) -> int: ...
 
@@ -32,3 +45,40 @@ class VectorStore(Protocol):
     def save(self, directory: Path) -> list[Path]:
         """Write the store into `directory`; return the files written (for the manifest and fsync)."""
         ...
+
+
+def create_vector_store(settings: RagSettings, dimensions: int, *, expected_count: int) -> VectorStore:
+    """An empty store of the kind settings.vector_store names."""
+    if settings.vector_store == QDRANT_KIND:
+        # Imported here: qdrant-client is only needed by deployments that choose it.
+        from services.rag.qdrant_store import QdrantVectorStore
+
+        return QdrantVectorStore.create(
+            dimensions,
+            url=settings.qdrant_url,
+            # Read with defaults until RagSettings declares them.
+            shard_number=int(getattr(settings, "qdrant_shards", 1)),
+            replication_factor=int(getattr(settings, "qdrant_replication_factor", 1)),
+        )
+    return FaissVectorStore.create(
+        dimensions, expected_count=expected_count, exact_search_max=settings.exact_search_max_chunks
+    )
+
+
+def load_vector_store(
+    directory: Path, manifest: Mapping[str, Any], *, expected_count: int | None = None
+) -> VectorStore:
+    """The store saved in an index version folder, of the kind its manifest records."""
+    if manifest.get("index_kind") == QDRANT_KIND:
+        from services.rag.qdrant_store import QdrantVectorStore
+
+        return QdrantVectorStore.load(directory, expected_count=expected_count)
+    return FaissVectorStore.load(directory, expected_count=expected_count)
+
+
+def release_vector_store(directory: Path, manifest: Mapping[str, Any]) -> None:
+    """Free what a pruned version holds outside its folder (a remote Qdrant collection); else nothing."""
+    if manifest.get("index_kind") == QDRANT_KIND:
+        from services.rag.qdrant_store import drop_saved_collection
+
+        drop_saved_collection(directory)

@@ -169,6 +169,12 @@ class StreamingTextFilter:
         return self._transform(rest) if rest else ""
 
     def _safe_cut(self, buffer: str) -> int:
+        tail = buffer[-self._holdback :]
+        if not _may_hold_a_finding(tail) and not _inside_pem_block(buffer):
+            # Plain prose: every multi-word value we detect has digits, a placeholder bracket, a PEM
+            # dash run or a `key=`-style marker in it; one-word values are never split at whitespace.
+            # So only the word still being written is held back, and streaming stays token by token.
+            return max(buffer.rfind(" "), buffer.rfind("\n"), buffer.rfind("\t")) + 1
         if len(buffer) <= self._holdback:
             return 0
         forced = len(buffer) >= self._max_buffer
@@ -190,6 +196,18 @@ class StreamingTextFilter:
         if bracket >= 0 and "]" not in buffer[bracket:cut]:
             cut = bracket
         return cut
+
+
+_RISKY_TAIL = re.compile(r"[0-9\[=:@]|-----|pass|secret|token|key|bearer", re.IGNORECASE)
+
+
+def _may_hold_a_finding(text: str) -> bool:
+    return _RISKY_TAIL.search(text) is not None
+
+
+def _inside_pem_block(buffer: str) -> bool:
+    begin = buffer.rfind("-----BEGIN")
+    return begin >= 0 and buffer.find("-----END", begin) < 0
 
 
 __all__ = ["PLACEHOLDER_LABELS", "PLACEHOLDER_PATTERN", "Redactor", "StreamingTextFilter"]

@@ -92,8 +92,10 @@ class PrivacySettings(BaseModel):
     restore_placeholders: bool = True
     # Kinds the model must never return, even from an internal backend (values it produced or echoed).
     output_redact_kinds: list[str] = Field(default_factory=lambda: ["secret"])
-    # Characters the streaming output filter holds back so a value split across chunks is seen whole.
-    stream_holdback_chars: int = Field(96, ge=16, le=4096)
+    # Streaming answers are held back by this many characters so a value with spaces in it (an IBAN
+    # with spaces is up to 42) is seen whole; tokens without spaces are never split whatever the value.
+    # Larger is safer for odd formats; every character held back adds to time to first token.
+    stream_holdback_chars: int = Field(48, ge=16, le=4096)
     # Beyond this, a stream buffer without a safe cut point is flushed anyway (redacting what it must).
     stream_max_buffer_chars: int = Field(16_384, ge=256)
 

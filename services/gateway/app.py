@@ -73,9 +73,14 @@ def create_app(
             logger.error("start-up failed: %s", exc.message)
             raise
         state.components = components
+        router = settings.router
         metrics.initialise_labels(
             components.pipelines,
             [(g.name, g.trust) for g in (components.primary, components.fallback) if g is not None],
+            route_targets={*router.targets.values(), router.low_confidence_target}
+            if components.classifier is not None
+            else (),
+            privacy_kinds=settings.privacy.detectors if settings.privacy.enabled else (),
         )
         admin.refresh_index_metrics(state)
         logger.info(

@@ -28,6 +28,7 @@ from prometheus_client import (
 
 from services.pipelines.base import RequestTrace
 from services.pipelines.runner import Outcome
+from services.privacy.settings import ACTION_ORDER
 
 if TYPE_CHECKING:
     from services.gateway.tracing import RequestTracer
@@ -165,8 +166,25 @@ class ServiceMetrics:
         # Spans of finished requests (services.gateway.tracing); None while tracing is off.
         self.tracer: RequestTracer | None = None
 
-    def initialise_labels(self, pipelines: Iterable[str], backends: Iterable[tuple[str, str]]) -> None:
-        """Create every bounded series at zero, so rates and alerts work before the first request."""
+    def initialise_labels(
+        self,
+        pipelines: Iterable[str],
+        backends: Iterable[tuple[str, str]],
+        *,
+        route_targets: Iterable[str] = (),
+        privacy_kinds: Iterable[str] = (),
+    ) -> None:
+        """Create every bounded series at zero, so rates and alerts work before the first request.
+
+        `route_targets`: where the router may send a request (with a router); `privacy_kinds`: the
+        detector kinds that run.
+        """
+        for intent in INTENTS:
+            for target in route_targets:
+                self.route_decisions.labels(intent=intent, target=target)
+        for kind in privacy_kinds:
+            for action in ACTION_ORDER:
+                self.privacy_findings.labels(kind=kind, action=action)
         for pipeline in pipelines:
             for stage in STAGES:
                 self.stage_duration.labels(stage=stage, pipeline=pipeline)

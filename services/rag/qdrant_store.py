@@ -185,7 +185,8 @@ class QdrantVectorStore:
                 query=np.asarray(query, dtype=np.float32).reshape(-1).tolist(),
                 limit=k,
                 with_payload=False,
-                search_params=models.SearchParams(hnsw_ef=max(HNSW_EF_SEARCH, k)),
+                # Embedded mode searches exactly and warns about search parameters: only a server gets them.
+                search_params=models.SearchParams(hnsw_ef=max(HNSW_EF_SEARCH, k)) if self._url else None,
             )
         except Exception as exc:
             raise RetrievalError(f"Qdrant search in {self._collection!r} failed: {exc}") from exc

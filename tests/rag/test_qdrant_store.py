@@ -163,7 +163,7 @@ def test_cluster_collection_per_version_and_dropped_when_pruned(tmp_path: Path) 
 def test_scifact_dense_ndcg_with_qdrant_matches_faiss(minilm) -> None:
     """All 300 SciFact test queries over 5,183 abstracts: dense nDCG@10 within 0.5 point of FAISS.
 
-    Uses the embedding cache the FAISS SciFact test fills (var/cache/beir); without it, embedding takes minutes.
+    Reuses the embedding cache the FAISS SciFact test fills (var/cache/beir), else embedding takes minutes.
     """
     if not (SCIFACT / "corpus.jsonl").is_file():
         pytest.skip(f"SciFact not found at {SCIFACT} (../shared/datasets/beir_scifact)")

@@ -33,7 +33,8 @@ SCIFACT = SHARED_DATASETS / "beir_scifact"
 
 def unit_vectors(count: int, dimensions: int, seed: int) -> npt.NDArray[np.float32]:
     vectors = np.random.default_rng(seed).standard_normal((count, dimensions)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    normalised: npt.NDArray[np.float32] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return normalised
 
 
 @pytest.mark.unit

@@ -20,11 +20,15 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from benchmarks import prom
 from benchmarks.fixture_upstream import MODEL_NAME, FixtureBehaviour, running_fixture_upstream
 from benchmarks.load import RESULTS_ROOT, configure_logging
 from benchmarks.report import markdown_table, write_json
@@ -39,6 +43,7 @@ GOAL_ADDED_P99_MS = 10.0
 SATURATED_THROUGHPUT = 0.9
 SATURATED_ERRORS = 0.01
 LOAD_WARMUP = 20
+IDLE_WAIT_S = 60.0
 
 
 def gateway_env(upstream_url: str, max_inflight: int) -> dict[str, str]:
@@ -96,12 +101,36 @@ def run_load_process(
     if not stream:
         command.append("--no-stream")
     repo_root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, check=False)
+    drain_s = max(5.0, duration_s)
+    # A hard bound on the whole run: warm-up, arrivals, drain, start-up and writing the report.
+    limit_s = 120.0 + duration_s + drain_s
+    try:
+        done = subprocess.run(
+            command, cwd=repo_root, capture_output=True, text=True, check=False, timeout=limit_s
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"load generator did not finish within {limit_s:.0f} s at {rate:g} req/s") from exc
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     results = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
     run: dict[str, Any] = results["runs"][0]
     return run
+
+
+def wait_until_idle(base_url: str, timeout_s: float) -> bool:
+    """Wait until the gateway reports no request in flight (a backlog from the last run skews the next)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            scrape = prom.parse_metrics(httpx.get(f"{base_url}/metrics", timeout=5.0).text)
+        except (httpx.HTTPError, ValueError):
+            return False
+        in_flight = sum(v for (name, _), v in scrape.items() if name == "hybrid_requests_in_flight")
+        if in_flight <= 0:
+            return True
+        time.sleep(0.5)
+    logger.warning("gateway still busy after %.0f s; measuring anyway", timeout_s)
+    return False
 
 
 def _side(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,6 +176,15 @@ def verdict(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "saturates_at_rps": saturation,
         "highest_unsaturated_rps": max((r["rate"] for r in rows if not r["gateway_saturated"]), default=None),
     }
+    if at_goal is None and saturation is not None and saturation <= GOAL_RATE:
+        out["goal"] = {
+            "rate": GOAL_RATE,
+            "added_p50_ms": None,
+            "added_p99_ms": None,
+            "p50_met": False,
+            "p99_met": False,
+            "note": f"the gateway saturated at {saturation:g} req/s, below the goal rate",
+        }
     if at_goal is not None:
         p50, p99 = at_goal["added_p50_ms"], at_goal["added_p99_ms"]
         out["goal"] = {
@@ -203,6 +241,8 @@ def write_overhead_report(results: Mapping[str, Any], out_dir: Path) -> Path:
         f"{GOAL_ADDED_P99_MS:g} ms ({'met' if goal['p99_met'] else 'NOT met'}: "
         f"{goal['added_p99_ms']:.2f} ms)."
         if goal and goal["added_p50_ms"] is not None and goal["added_p99_ms"] is not None
+        else f"Goal at {GOAL_RATE:g} req/s: NOT met ({goal['note']}; runs stop at the first saturated rate)."
+        if goal and goal.get("note")
         else f"Goal rate {GOAL_RATE:g} req/s was not measured."
     )
     config = results["config"]
@@ -272,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--upstream-url", default=None, help="an upstream already running (default: start one)"
     )
+    parser.add_argument("--all-rates", action="store_true", help="go on past the first saturated rate")
     parser.add_argument("--name", default="overhead")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<name>")
     return parser
@@ -313,6 +354,7 @@ def bench_overhead_main(argv: list[str]) -> int:
                     out_dir=Path(tmp) / f"direct-{rate:g}",
                     **kw,
                 )
+                wait_until_idle(gateway_url, timeout_s=IDLE_WAIT_S)
                 cpu_before = _cpu(gateway)
                 through = run_load_process(
                     gateway_url, "prompt", rate, args.duration, out_dir=Path(tmp) / f"gateway-{rate:g}", **kw
@@ -331,6 +373,9 @@ def bench_overhead_main(argv: list[str]) -> int:
                     rows[-1]["added_p99_ms"],
                     rows[-1]["gateway_saturated"],
                 )
+                if rows[-1]["gateway_saturated"] and not args.all_rates:
+                    # Past saturation, higher rates only grow the backlog; the saturation point is found.
+                    break
     except (RuntimeError, TimeoutError) as exc:
         print(json.dumps({"error": str(exc).splitlines()[0]}))
         return 1

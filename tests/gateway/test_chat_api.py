@@ -138,13 +138,33 @@ def test_request_id_round_trip(base_url: str) -> None:
         (b"{not json", 400, "not valid JSON"),
         (json.dumps({"model": "prompt"}).encode(), 400, "messages"),
         (json.dumps({"model": "prompt", "messages": []}).encode(), 400, "messages"),
-        (json.dumps({"model": "prompt", "messages": [{"role": "wizard", "content": "x"}]}).encode(), 400, "role"),
-        (json.dumps({"model": "prompt", "messages": QUESTION, "temperature": 7}).encode(), 400, "temperature"),
-        (json.dumps({"model": "prompt", "messages": QUESTION, "max_tokens": 100000}).encode(), 400, "max_tokens"),
+        (
+            json.dumps({"model": "prompt", "messages": [{"role": "wizard", "content": "x"}]}).encode(),
+            400,
+            "role",
+        ),
+        (
+            json.dumps({"model": "prompt", "messages": QUESTION, "temperature": 7}).encode(),
+            400,
+            "temperature",
+        ),
+        (
+            json.dumps({"model": "prompt", "messages": QUESTION, "max_tokens": 100000}).encode(),
+            400,
+            "max_tokens",
+        ),
         (json.dumps({"model": "prompt", "messages": QUESTION, "n": 2}).encode(), 400, "n"),
         (json.dumps({"model": "gpt-17", "messages": QUESTION}).encode(), 404, "prompt"),
-        (json.dumps({"model": "prompt", "messages": [{"role": "system", "content": "x"}]}).encode(), 400, "user"),
-        (json.dumps({"model": "prompt", "messages": [{"role": "user", "content": "x" * 70_000}]}).encode(), 413, "limit"),
+        (
+            json.dumps({"model": "prompt", "messages": [{"role": "system", "content": "x"}]}).encode(),
+            400,
+            "user",
+        ),
+        (
+            json.dumps({"model": "prompt", "messages": [{"role": "user", "content": "x" * 70_000}]}).encode(),
+            413,
+            "limit",
+        ),
     ],
 )
 def test_errors_are_openai_shaped(base_url: str, body: bytes, status: int, needle: str) -> None:
@@ -175,7 +195,9 @@ def test_unknown_route_is_openai_shaped_404(base_url: str) -> None:
 
 def test_openai_backend_against_a_real_upstream(base_url: str, tmp_path: Path) -> None:
     """The `openai` backend talks to a real OpenAI-compatible server: this gateway itself."""
-    settings = _settings(tmp_path, backend="openai", base_url=base_url + "/v1", model="prompt", name="upstream")
+    settings = _settings(
+        tmp_path, backend="openai", base_url=base_url + "/v1", model="prompt", name="upstream"
+    )
     downstream = create_app(settings)
     with serve_in_thread(downstream) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
@@ -187,15 +209,22 @@ def test_openai_backend_against_a_real_upstream(base_url: str, tmp_path: Path) -
         assert via.usage.completion_tokens == ref.usage.completion_tokens
         assert via.model_extra["hybrid"]["backend"] == {"name": "upstream", "trust": "internal"}
         streamed = client.chat.completions.create(
-            model="prompt", messages=QUESTION, max_tokens=12, stream=True  # type: ignore[arg-type]
+            model="prompt",
+            messages=QUESTION,
+            max_tokens=12,
+            stream=True,  # type: ignore[arg-type]
         )
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
 
 
 def test_unreachable_upstream_is_502(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, backend="openai", base_url="http://127.0.0.1:9/v1", model="x", max_retries=1)
+    settings = _settings(
+        tmp_path, backend="openai", base_url="http://127.0.0.1:9/v1", model="x", max_retries=1
+    )
     with serve_in_thread(create_app(settings)) as url:
-        resp = httpx.post(url + "/v1/chat/completions", json={"model": "prompt", "messages": QUESTION}, timeout=30)
+        resp = httpx.post(
+            url + "/v1/chat/completions", json={"model": "prompt", "messages": QUESTION}, timeout=30
+        )
         assert resp.status_code == 502
         assert resp.json()["error"]["code"] == "generation_failed"
         streamed = httpx.post(

@@ -63,7 +63,9 @@ async def test_seeded_sampling_is_reproducible(generator: TransformersGenerator)
     assert first.text == second.text
 
 
-async def test_concurrency_is_bounded_and_queue_overflow_is_overloaded(generator: TransformersGenerator) -> None:
+async def test_concurrency_is_bounded_and_queue_overflow_is_overloaded(
+    generator: TransformersGenerator,
+) -> None:
     params = GenerationParams(max_tokens=12)
     results = await asyncio.gather(
         generator.complete(MESSAGES, params),

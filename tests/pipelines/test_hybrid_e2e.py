@@ -28,7 +28,10 @@ def client(handbook_index: Path, service_router: Path) -> Iterator[openai.OpenAI
 
 def _ask(client: openai.OpenAI, text: str, **kw: object) -> tuple[str, dict]:  # type: ignore[type-arg]
     resp = client.chat.completions.create(
-        model="hybrid", messages=[{"role": "user", "content": text}], max_tokens=48, **kw  # type: ignore[arg-type, call-overload]
+        model="hybrid",
+        messages=[{"role": "user", "content": text}],
+        max_tokens=48,
+        **kw,  # type: ignore[arg-type, call-overload]
     )
     return resp.choices[0].message.content or "", resp.model_extra["hybrid"]  # type: ignore[index]
 
@@ -86,7 +89,10 @@ def test_streaming_hybrid_carries_route_on_last_chunk(client: openai.OpenAI) -> 
 def test_retrieve_endpoint_ranks_the_gold_document_first(client: openai.OpenAI) -> None:
     import httpx
 
-    resp = httpx.post(str(client.base_url).replace("/v1/", "") + "/v1/retrieve", json={"query": "report a phishing email", "top_k": 3})
+    resp = httpx.post(
+        str(client.base_url).replace("/v1/", "") + "/v1/retrieve",
+        json={"query": "report a phishing email", "top_k": 3},
+    )
     assert resp.status_code == 200
     data = resp.json()["data"]
     assert len(data) == 3

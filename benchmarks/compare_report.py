@@ -71,27 +71,34 @@ def _egress_cell(summary: Mapping[str, Any]) -> str:
     return "; ".join(f"{k}: {v:.0f} tok/req" for k, v in sorted(per_request.items()))
 
 
-def _update_cell(pipeline: str, update_cost: Mapping[str, Any] | None) -> str:
+UPDATE_FIELDS: tuple[str, ...] = ("seconds", "cpu_seconds", "quality_before", "quality_after")
+
+
+def update_cell(pipeline: str, update_cost: Mapping[str, Any] | None) -> str:
+    """What an update takes for this architecture, with benchmarks/update_cost.py's numbers when present.
+
+    That file holds {"architectures": {"rag"|"tuned"|"prompt": {"seconds", "cpu_seconds", "quality_before",
+    "quality_after", ...}}}; hybrid updates its knowledge the way rag does.
+    """
     kind = {
-        "prompt": "edit a template",
+        "prompt": "edit a template + restart",
         "rag": "re-ingest changed documents",
         "tuned": "retrain the LoRA adapter",
-        "hybrid": "re-ingest; retrain the router for new intents",
+        "hybrid": "re-ingest (as rag); retrain the router for new intents",
     }
     base = kind.get(pipeline, "–")
     if not update_cost:
         return f"{base} (no benchmarks/results/update_cost.json)"
-    entry = update_cost.get(pipeline)
-    if entry is None and pipeline in ("rag", "hybrid"):
-        entry = update_cost.get("ingest") or update_cost.get("rag")
-    if entry is None and pipeline == "tuned":
-        entry = update_cost.get("train_generator") or update_cost.get("tuned")
-    if isinstance(entry, Mapping):
-        numbers = ", ".join(f"{k} {fmt(v, 2)}" for k, v in entry.items() if isinstance(v, int | float))
-        return f"{base}: {numbers}"
-    if isinstance(entry, int | float):
-        return f"{base}: {fmt(float(entry), 2)}"
-    return base
+    entries = update_cost.get("architectures", update_cost)
+    entry = entries.get("rag" if pipeline == "hybrid" else pipeline) if isinstance(entries, Mapping) else None
+    if not isinstance(entry, Mapping):
+        return f"{base} (not in update_cost.json)"
+    numbers = ", ".join(
+        f"{key.replace('_', ' ')} {fmt(entry[key], 2)}"
+        for key in UPDATE_FIELDS
+        if isinstance(entry.get(key), int | float)
+    )
+    return f"{base}: {numbers}" if numbers else base
 
 
 def _index_part(summary: Mapping[str, Any]) -> str:
@@ -135,7 +142,7 @@ def scorecard(results: Mapping[str, Any]) -> str:
             for s in pipelines.values()
         ]
     )
-    rows.append(["update frequency"] + [_update_cell(p, results.get("update_cost")) for p in names])
+    rows.append(["update frequency"] + [update_cell(p, results.get("update_cost")) for p in names])
     rows.append(
         ["deployment target"]
         + [

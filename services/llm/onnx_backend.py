@@ -21,9 +21,9 @@ from typing import Any
 
 from services.core.errors import ConfigError, GenerationError, InvalidRequest, NotReady
 from services.core.settings import GeneratorSettings
-from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta, Trust
+from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta
+from services.llm.backend_base import ConfiguredBackend
 from services.llm.model_prep import GENAI_CONFIG_NAME, prepare_onnx_model, verify_onnx_model
-from services.llm.slots import GenerationSlots
 from services.llm.stop_strings import StopStringMatcher
 from services.llm.streaming import collect_stream, run_producer_in_thread
 
@@ -52,13 +52,12 @@ class _RequestState:
     hit_eos: bool = False
 
 
-class OnnxGenerator:
+class OnnxGenerator(ConfiguredBackend):
     def __init__(self, settings: GeneratorSettings, data_dir: Path) -> None:
         if settings.backend != "onnx":
             raise ValueError(f"OnnxGenerator needs backend 'onnx', got {settings.backend!r}")
-        self._settings = settings
+        super().__init__(settings)
         self._data_dir = data_dir
-        self._slots = GenerationSlots(settings.max_concurrency, settings.max_queue)
         self._model: Any = None
         self._tokenizer: Any = None
         self._og_adapters: Any = None
@@ -66,24 +65,6 @@ class OnnxGenerator:
         self._eos_ids: frozenset[int] = frozenset()
         self._context_length = 0
         self.model_dir: Path | None = None
-
-    # ------------------------------------------------------------------ identity
-
-    @property
-    def name(self) -> str:
-        return self._settings.name
-
-    @property
-    def trust(self) -> Trust:
-        return self._settings.trust
-
-    @property
-    def adapters(self) -> Sequence[str]:
-        return tuple(self._settings.adapters)
-
-    @property
-    def slots(self) -> GenerationSlots:
-        return self._slots
 
     # ------------------------------------------------------------------ loading
 

@@ -17,8 +17,8 @@ from openai import AsyncOpenAI
 
 from services.core.errors import ConfigError, GenerationError, GenerationTimeout, InvalidRequest
 from services.core.settings import GeneratorSettings
-from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta, Trust
-from services.llm.slots import GenerationSlots
+from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta
+from services.llm.backend_base import ConfiguredBackend
 from services.llm.stop_strings import StopStringMatcher
 
 logger = logging.getLogger(__name__)
@@ -28,32 +28,15 @@ logger = logging.getLogger(__name__)
 CHARS_PER_TOKEN_ESTIMATE = 4
 
 
-class OpenAICompatibleGenerator:
+class OpenAICompatibleGenerator(ConfiguredBackend):
     # vLLM and cloud APIs enforce `response_format` themselves (structured output / guided decoding).
     supports_response_format = True
 
     def __init__(self, settings: GeneratorSettings) -> None:
         if not settings.base_url:
             raise ConfigError(f"generator {settings.name!r}: backend 'openai' needs base_url")
-        self._settings = settings
-        self._slots = GenerationSlots(settings.max_concurrency, settings.max_queue)
+        super().__init__(settings)
         self._client: AsyncOpenAI | None = None
-
-    @property
-    def name(self) -> str:
-        return self._settings.name
-
-    @property
-    def trust(self) -> Trust:
-        return self._settings.trust
-
-    @property
-    def adapters(self) -> Sequence[str]:
-        return tuple(self._settings.adapters)
-
-    @property
-    def slots(self) -> GenerationSlots:
-        return self._slots
 
     def warm_up(self) -> None:
         # The client is cheap; reachability is probed by readiness checks, not at start, so the gateway

@@ -18,9 +18,7 @@ class StopStringMatcher:
         if not self._stops:
             return text, False
         self._pending += text
-        first_hit = min(
-            (idx for idx in (self._pending.find(s) for s in self._stops) if idx >= 0), default=-1
-        )
+        first_hit = min((idx for idx in (self._pending.find(s) for s in self._stops) if idx >= 0), default=-1)
         if first_hit >= 0:
             emit = self._pending[:first_hit]
             self._pending = ""

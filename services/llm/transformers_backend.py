@@ -17,8 +17,8 @@ from typing import Any
 
 from services.core.errors import ConfigError, GenerationError, InvalidRequest, NotReady
 from services.core.settings import GeneratorSettings
-from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta, Trust
-from services.llm.slots import GenerationSlots
+from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta
+from services.llm.backend_base import ConfiguredBackend
 from services.llm.stop_strings import StopStringMatcher
 from services.llm.streaming import collect_stream, run_producer_in_thread
 
@@ -44,31 +44,14 @@ class _GenerationState:
     generated_ids: list[int] = field(default_factory=list)
 
 
-class TransformersGenerator:
+class TransformersGenerator(ConfiguredBackend):
     def __init__(self, settings: GeneratorSettings, data_dir: Path) -> None:
-        self._settings = settings
+        super().__init__(settings)
         self._data_dir = data_dir
-        self._slots = GenerationSlots(settings.max_concurrency, settings.max_queue)
         self._model: Any = None
         self._tokenizer: Any = None
         self._seed_lock = threading.Lock()
         self.model_dir: Path | None = None
-
-    @property
-    def name(self) -> str:
-        return self._settings.name
-
-    @property
-    def trust(self) -> Trust:
-        return self._settings.trust
-
-    @property
-    def adapters(self) -> Sequence[str]:
-        return tuple(self._settings.adapters)
-
-    @property
-    def slots(self) -> GenerationSlots:
-        return self._slots
 
     def warm_up(self) -> None:
         import torch

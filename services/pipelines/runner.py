@@ -16,7 +16,7 @@ from typing import Protocol
 from services.core.cost import CostLedger
 from services.core.errors import GenerationError
 from services.core.protocols import Generator
-from services.core.types import ChatMessage, FinishReason, GenerationParams, TokenDelta
+from services.core.types import ChatMessage, FinishReason, GenerationParams, GenerationResult, TokenDelta
 from services.llm.structured_output import complete_with_response_format
 from services.pipelines.base import Pipeline, PipelineRequest, Plan, RequestTrace
 
@@ -75,15 +75,24 @@ class PipelineRunner:
 
     async def complete(self, pipeline: Pipeline, request: PipelineRequest, trace: RequestTrace) -> Outcome:
         outcome = Outcome()
-        async for item in self.stream(pipeline, request, trace):
+        async for item in self.stream(pipeline, request, trace, incremental=False):
             if isinstance(item, Outcome):
                 outcome = item
         return outcome
 
     async def stream(
-        self, pipeline: Pipeline, request: PipelineRequest, trace: RequestTrace
+        self,
+        pipeline: Pipeline,
+        request: PipelineRequest,
+        trace: RequestTrace,
+        *,
+        incremental: bool = True,
     ) -> AsyncIterator[str | Outcome]:
-        """Yield answer text as it is produced, then one final `Outcome`."""
+        """Yield answer text as it is produced, then one final `Outcome`.
+
+        `incremental=False` (non-streaming requests) asks the backend for the whole answer at once: for an
+        HTTP upstream that is one response instead of parsing a chunk per token.
+        """
         started = time.perf_counter()
         if self._guard is not None:
             with trace.stage("privacy"):
@@ -99,7 +108,7 @@ class PipelineRunner:
             outcome.ttft_s = time.perf_counter() - started
             yield text
         else:
-            async for piece in self._generate(plan, trace, outcome, started):
+            async for piece in self._generate(plan, trace, outcome, started, incremental):
                 yield piece
         outcome.cost_usd = self._ledger.request_costs(
             trace.timings.ms,
@@ -112,7 +121,7 @@ class PipelineRunner:
         yield outcome
 
     async def _generate(
-        self, plan: Plan, trace: RequestTrace, outcome: Outcome, started: float
+        self, plan: Plan, trace: RequestTrace, outcome: Outcome, started: float, incremental: bool
     ) -> AsyncIterator[str]:
         assert plan.generator is not None
         generator = plan.generator
@@ -126,8 +135,10 @@ class PipelineRunner:
                 generator, "supports_response_format", False
             ):
                 stream = self._structured(generator, plan.messages, plan.params, trace)
-            else:
+            elif incremental:
                 stream = self._stream_with_fallback(generator, plan.messages, plan.params, trace)
+            else:
+                stream = self._complete_with_fallback(generator, plan.messages, plan.params, trace)
             async for delta in stream:
                 if delta.finish_reason is not None:
                     outcome.finish_reason = delta.finish_reason
@@ -135,6 +146,9 @@ class PipelineRunner:
                     outcome.completion_tokens = delta.completion_tokens or 0
                     outcome.busy_s = delta.busy_s or 0.0
                     outcome.generated = True
+                    if not incremental and delta.ttft_s is not None:
+                        # One-piece answers arrive at the end; the backend measured when its first token came.
+                        outcome.ttft_s = (generate_started - started) + delta.ttft_s
                     continue
                 text = out_filter.feed(delta.text) if out_filter else delta.text
                 if text:
@@ -164,15 +178,34 @@ class PipelineRunner:
         """
         trace.backend, trace.backend_trust = generator.name, generator.trust
         result = await complete_with_response_format(generator.complete, messages, params)
-        yield TokenDelta(text=result.text)
-        yield TokenDelta(
-            text="",
-            finish_reason=result.finish_reason,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            ttft_s=result.ttft_s,
-            busy_s=result.busy_s,
-        )
+        for delta in _as_deltas(result):
+            yield delta
+
+    async def _complete_with_fallback(
+        self,
+        generator: Generator,
+        messages: tuple[ChatMessage, ...],
+        params: GenerationParams,
+        trace: RequestTrace,
+    ) -> AsyncIterator[TokenDelta]:
+        trace.backend, trace.backend_trust = generator.name, generator.trust
+        try:
+            result = await generator.complete(messages, params)
+        except GenerationError as exc:
+            fallback = self._fallback
+            if fallback is None or fallback is generator:
+                raise
+            logger.warning("generator %s failed (%s); falling back to %s", generator.name, exc, fallback.name)
+            self._record_fallback(trace, generator, fallback)
+            result = await fallback.complete(messages, params)
+        for delta in _as_deltas(result):
+            yield delta
+
+    def _record_fallback(self, trace: RequestTrace, failed: Generator, fallback: Generator) -> None:
+        trace.fallback = {"from": failed.name, "to": fallback.name}
+        if self._on_fallback is not None:
+            self._on_fallback(failed.name, fallback.name)
+        trace.backend, trace.backend_trust = fallback.name, fallback.trust
 
     async def _stream_with_fallback(
         self,
@@ -193,9 +226,21 @@ class PipelineRunner:
             if emitted or fallback is None or fallback is generator:
                 raise
             logger.warning("generator %s failed (%s); falling back to %s", generator.name, exc, fallback.name)
-        trace.fallback = {"from": generator.name, "to": fallback.name}
-        if self._on_fallback is not None:
-            self._on_fallback(generator.name, fallback.name)
-        trace.backend, trace.backend_trust = fallback.name, fallback.trust
+        self._record_fallback(trace, generator, fallback)
         async for delta in fallback.stream(messages, params):
             yield delta
+
+
+def _as_deltas(result: GenerationResult) -> tuple[TokenDelta, TokenDelta]:
+    """A whole answer as the two deltas a stream would end with: the text, then the final counts."""
+    return (
+        TokenDelta(text=result.text),
+        TokenDelta(
+            text="",
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            ttft_s=result.ttft_s,
+            busy_s=result.busy_s,
+        ),
+    )

@@ -142,3 +142,14 @@ async def test_privacy_redacts_before_an_external_backend_and_restores_for_the_u
     assert trace.privacy is not None and trace.privacy["findings"] == ["email"]
     assert trace.privacy["action"] == "redact"
     assert trace.privacy_counts == {"email": 1}
+
+
+async def test_non_streaming_completion_uses_complete_and_falls_back() -> None:
+    broken = ScriptedGenerator(fail_before_first=True)
+    backup = ScriptedGenerator("whole answer", name="backup")
+    runner = PipelineRunner(CostLedger(PRICES), primary=broken, fallback=backup)
+    trace = RequestTrace(pipeline="prompt")
+    outcome = await runner.complete(PromptPipeline(broken, PROMPTS, "sys"), _request(), trace)
+    assert outcome.text == "whole answer" and outcome.generated
+    assert trace.fallback == {"from": "fake", "to": "backup"}
+    assert outcome.ttft_s is not None and outcome.ttft_s > 0

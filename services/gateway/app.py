@@ -6,18 +6,18 @@ import asyncio
 import contextlib
 import logging
 import os
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
-from services.core.errors import HybridError, PayloadTooLarge
+from services.core.errors import HybridError
 from services.core.settings import Settings
 from services.gateway.auth import KeyChecker
-from services.gateway.errors import install_error_handlers, response_for
+from services.gateway.errors import install_error_handlers
 from services.gateway.metrics import ServiceMetrics, claim_multiprocess_dir, multiprocess_enabled
+from services.gateway.middleware import GatewayMiddleware
 from services.gateway.routes import admin, chat, health, models, retrieve
 from services.gateway.state import GatewayState
 from services.gateway.tracing import RequestTracer, tracer_from_settings
@@ -25,8 +25,6 @@ from services.pipelines.factory import ServiceComponents, build_components
 
 logger = logging.getLogger(__name__)
 
-# Paths that stay open without an API key: probes and scraping.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"})
 
 ComponentsBuilder = Callable[[Settings, ServiceMetrics], ServiceComponents]
 
@@ -111,29 +109,8 @@ def create_app(
     app.state.gateway = state
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def gateway_middleware(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id[:128]
-        try:
-            _check_body_size(request, settings.server.max_body_bytes)
-            if request.url.path not in OPEN_PATHS and not request.url.path.startswith("/admin"):
-                request.state.key_id = state.auth.identify(request.headers.get("authorization"))
-        except HybridError as exc:
-            response: Response = response_for(exc)
-        else:
-            response = await call_next(request)
-        response.headers["x-request-id"] = request.state.request_id
-        return response
+    app.add_middleware(GatewayMiddleware, auth=state.auth, max_body_bytes=settings.server.max_body_bytes)
 
     for module in (chat, models, health, retrieve, admin):
         app.include_router(module.router)
     return app
-
-
-def _check_body_size(request: Request, limit: int) -> None:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")

@@ -92,6 +92,9 @@ class RagSettings(Section):
     min_dense_score: float = Field(0.25, ge=-1, le=1)
     no_answer: Literal["say_so", "generate"] = "say_so"
     watch_interval_s: float = Field(2.0, ge=0, description="0 disables picking up new index versions")
+    # When retrieval fails (index unavailable, embedder error): `fail` answers 503; `degrade` answers
+    # without context through the `prompt` pipeline and says so in `hybrid.degraded`.
+    on_failure: Literal["fail", "degrade"] = "fail"
 
 
 class RouterSettings(Section):
@@ -132,6 +135,29 @@ class AuthSettings(Section):
     admin_key_sha256: list[str] = Field(default_factory=list)
 
 
+class LimitsSettings(Section):
+    """Per-API-key rate limits and daily budgets (in-process, per worker); 0 turns a limit off.
+
+    All off by default: the always-on caps are the request-shape limits in `server` (body size, messages,
+    prompt tokens, max_tokens). Daily budgets reset at 00:00 UTC.
+    """
+
+    requests_per_minute: int = Field(0, ge=0)
+    tokens_per_minute: int = Field(0, ge=0)
+    tokens_per_day: int = Field(0, ge=0)
+    usd_per_day: float = Field(0.0, ge=0)
+    max_tracked_keys: int = Field(10_000, ge=1, description="keys idle longest are forgotten beyond this")
+
+
+class CircuitSettings(Section):
+    """Circuit breaker on the primary generator when a fallback generator is configured."""
+
+    enabled: bool = True
+    failure_threshold: int = Field(5, ge=1, description="consecutive failures within window_s that open it")
+    window_s: float = Field(30.0, gt=0)
+    cooldown_s: float = Field(10.0, gt=0, description="open time before one probe request is let through")
+
+
 class ObservabilitySettings(Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = True
@@ -159,6 +185,8 @@ class Settings(BaseSettings):
     prices: PriceCard = PriceCard()
     privacy: PrivacySettings = PrivacySettings()
     auth: AuthSettings = AuthSettings()
+    limits: LimitsSettings = LimitsSettings()
+    circuit: CircuitSettings = CircuitSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
 
     @classmethod
@@ -223,7 +251,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 __all__ = [
     "AuthSettings",
+    "CircuitSettings",
     "GeneratorSettings",
+    "LimitsSettings",
     "ObservabilitySettings",
     "PriceCard",
     "PrivacySettings",

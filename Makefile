@@ -75,7 +75,7 @@ lint: install-dev
 	$(BIN)/mypy services training benchmarks
 
 bench: prepare index router
-	$(BIN)/python -m benchmarks.compare
+	$(BIN)/python -m benchmarks.compare --quick
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) .mypy_cache .ruff_cache .pytest_cache

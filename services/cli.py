@@ -176,14 +176,17 @@ def cmd_eval_e2e(args: argparse.Namespace) -> None:
                 api_key=args.api_key,
                 pipeline=args.pipeline,
                 concurrency=args.concurrency,
+                out=args.out,
             )
         )
     else:
         from services.evaluation.local_server import evaluate_e2e_local
 
         result = evaluate_e2e_local(
-            args.data, args.corpus, pipeline=args.pipeline, concurrency=args.concurrency
+            args.data, args.corpus, pipeline=args.pipeline, concurrency=args.concurrency, out=args.out
         )
+    # Per-item records go to --out; the summary line stays one readable JSON object.
+    result.pop("items", None)
     _emit(result)
 
 
@@ -193,6 +196,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         from benchmarks.load import bench_load_main
 
         raise SystemExit(bench_load_main(rest))
+    if args.kind == "overhead":
+        from benchmarks.overhead import bench_overhead_main
+
+        raise SystemExit(bench_overhead_main(rest))
     from benchmarks.compare import bench_compare_main
 
     raise SystemExit(bench_compare_main(rest))
@@ -257,10 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev_e2e.add_argument("--api-key", default=None)
     ev_e2e.add_argument("--pipeline", default="hybrid")
     ev_e2e.add_argument("--concurrency", type=int, default=2)
+    ev_e2e.add_argument("--out", type=Path, default=None, help="write per-item results (JSONL) here")
     ev_e2e.set_defaults(handler=cmd_eval_e2e, config=None)
 
     bench = sub.add_parser("bench", help="load generator and architecture comparison (benchmarks/)")
-    bench.add_argument("kind", choices=["load", "compare"])
+    bench.add_argument("kind", choices=["load", "compare", "overhead"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(handler=cmd_bench, config=None)
     return parser

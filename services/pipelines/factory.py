@@ -14,12 +14,14 @@ from services.core.cost import CostLedger
 from services.core.errors import ConfigError, HybridError
 from services.core.protocols import Generator
 from services.core.settings import GeneratorSettings, Settings
+from services.llm.circuit import CircuitBreaker, CircuitBreakerGenerator, StateListener
 from services.llm.prompts import PromptLibrary
 from services.pipelines.base import Pipeline
 from services.pipelines.hybrid import HybridPipeline
 from services.pipelines.privacy_guard import PrivacyGuard
 from services.pipelines.prompt import PromptPipeline
 from services.pipelines.rag import RagPipeline
+from services.pipelines.retrieval_policy import RetrievalFailurePolicy
 from services.pipelines.runner import PipelineRunner
 from services.privacy import PrivacyGate
 
@@ -55,7 +57,9 @@ class ServiceComponents:
     unavailable: dict[str, str] = field(default_factory=dict)
 
 
-def build_components(settings: Settings, *, on_fallback: Any = None) -> ServiceComponents:
+def build_components(
+    settings: Settings, *, on_fallback: Any = None, on_circuit_change: StateListener | None = None
+) -> ServiceComponents:
     """Create and warm up everything. Blocking (loads models): call from a thread at start-up."""
     prompts = PromptLibrary(settings.prompts.templates_dir)
     primary = build_generator(settings.generator, settings.data_dir)
@@ -64,6 +68,17 @@ def build_components(settings: Settings, *, on_fallback: Any = None) -> ServiceC
     if settings.fallback_generator is not None:
         fallback = build_generator(settings.fallback_generator, settings.data_dir)
         fallback.warm_up()
+        if settings.circuit.enabled:
+            # With somewhere else to go, a failing primary is skipped instead of waited on each time.
+            circuit = settings.circuit
+            breaker = CircuitBreaker(
+                primary.name,
+                failure_threshold=circuit.failure_threshold,
+                window_s=circuit.window_s,
+                cooldown_s=circuit.cooldown_s,
+                on_change=on_circuit_change,
+            )
+            primary = CircuitBreakerGenerator(primary, breaker)
     internal = next((g for g in (primary, fallback) if g is not None and g.trust == "internal"), None)
     guard = PrivacyGuard(PrivacyGate(settings.privacy), internal=internal)
     system_prompt = settings.prompts.system_prompt
@@ -83,7 +98,7 @@ def build_components(settings: Settings, *, on_fallback: Any = None) -> ServiceC
 
         retriever = RetrievalService(settings.rag)
         retriever.warm_up()
-        pipelines["rag"] = RagPipeline(
+        rag = RagPipeline(
             primary,
             retriever,
             prompts,
@@ -91,6 +106,7 @@ def build_components(settings: Settings, *, on_fallback: Any = None) -> ServiceC
             answer_when_irrelevant=settings.rag.no_answer == "generate",
             context_filter=guard.filter_context,
         )
+        pipelines["rag"] = RetrievalFailurePolicy(rag, pipelines["prompt"], settings.rag.on_failure)
     except HybridError as exc:
         retriever = None
         unavailable["rag"] = exc.message

@@ -11,16 +11,20 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from prometheus_client import Gauge
 
 from services.core.errors import HybridError
 from services.core.settings import Settings
 from services.gateway.auth import KeyChecker
+from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.errors import install_error_handlers
+from services.gateway.limits import KeyLimiter, RateLimitMiddleware
 from services.gateway.metrics import ServiceMetrics, claim_multiprocess_dir, multiprocess_enabled
 from services.gateway.middleware import GatewayMiddleware
 from services.gateway.routes import admin, chat, health, models, retrieve
 from services.gateway.state import GatewayState
 from services.gateway.tracing import RequestTracer, tracer_from_settings
+from services.llm.circuit import CircuitState
 from services.pipelines.factory import ServiceComponents, build_components
 
 logger = logging.getLogger(__name__)
@@ -33,7 +37,23 @@ def default_builder(settings: Settings, metrics: ServiceMetrics) -> ServiceCompo
     def count_fallback(from_backend: str, to_backend: str) -> None:
         metrics.fallbacks.labels(from_backend=from_backend, to_backend=to_backend).inc()
 
-    return build_components(settings, on_fallback=count_fallback)
+    circuit_state = Gauge(
+        "hybrid_circuit_state", "Circuit of a generator backend: 0 closed, 1 open, 2 half-open.",
+        ["backend"], registry=metrics.registry, multiprocess_mode="max",
+    )  # fmt: skip
+
+    def show_circuit(backend: str, state: CircuitState) -> None:
+        circuit_state.labels(backend=backend).set(int(state))
+
+    return build_components(settings, on_fallback=count_fallback, on_circuit_change=show_circuit)
+
+
+def _observe_queue_wait(components: ServiceComponents, metrics: ServiceMetrics) -> None:
+    """Backends with generation slots report each request's wait for one (hybrid_queue_wait_seconds)."""
+    for generator in (components.primary, components.fallback):
+        slots = getattr(generator, "slots", None)
+        if generator is not None and slots is not None:
+            slots.on_wait = metrics.queue_wait.labels(backend=generator.name).observe
 
 
 async def _watch_index(state: GatewayState, interval_s: float) -> None:
@@ -71,6 +91,7 @@ def create_app(
             logger.error("start-up failed: %s", exc.message)
             raise
         state.components = components
+        _observe_queue_wait(components, metrics)
         router = settings.router
         metrics.initialise_labels(
             components.pipelines,
@@ -109,6 +130,9 @@ def create_app(
     app.state.gateway = state
     install_error_handlers(app)
 
+    # Innermost first: the body cap and rate limits run after the gateway middleware identified the key.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
+    app.add_middleware(RateLimitMiddleware, limiter=KeyLimiter(settings.limits))
     app.add_middleware(GatewayMiddleware, auth=state.auth, max_body_bytes=settings.server.max_body_bytes)
 
     for module in (chat, models, health, retrieve, admin):

@@ -6,18 +6,20 @@ path the request took (answer, refusal, client error, server error, disconnect).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from services.core import errors
 from services.core.types import ChatMessage, GenerationParams, Role
 from services.gateway.errors import error_body, status_for
+from services.gateway.limits import report_usage
 from services.gateway.logging_setup import redacted_exchange
 from services.gateway.schemas import ChatCompletionRequest
 from services.gateway.state import GatewayState
@@ -28,6 +30,8 @@ from services.pipelines.runner import Outcome
 logger = logging.getLogger("services.gateway.requests")
 
 DEFAULT_MAX_TOKENS = 256
+
+T = TypeVar("T")
 
 
 def _to_messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
@@ -156,6 +160,8 @@ class ChatCompletion:
             "timings_ms": {k: round(v, 2) for k, v in self._trace.timings.ms.items()},
         }
         if outcome is not None:
+            used_tokens = outcome.prompt_tokens + outcome.completion_tokens
+            report_usage(used_tokens, outcome.cost_usd.get("total", 0.0))
             record["tokens"] = {
                 "prompt": outcome.prompt_tokens,
                 "completion": outcome.completion_tokens,
@@ -187,6 +193,20 @@ class ChatCompletion:
         refused = self._trace.route is not None and self._trace.route.target == "refuse"
         return "refused" if refused else "ok"
 
+    async def _within_deadline(self, step: Awaitable[T]) -> T:
+        """Await one step of the request within what is left of server.request_timeout_s (-> 504)."""
+        timeout_s = self._state.settings.server.request_timeout_s
+        remaining_s = max(0.0, timeout_s - (time.perf_counter() - self._started))
+        try:
+            async with asyncio.timeout(remaining_s) as deadline:
+                return await step
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            raise errors.GenerationTimeout(
+                f"request exceeded its deadline of {timeout_s:g} s (server.request_timeout_s)"
+            ) from exc
+
     def _error_status(self, exc: errors.HybridError) -> str:
         status, _ = status_for(exc)
         return "client_error" if status < 500 else "server_error"
@@ -197,7 +217,8 @@ class ChatCompletion:
             pipeline, request = self._resolve()
             if self._body.stream:
                 return await self._stream_response(pipeline, request)
-            outcome = await self._state.require_components().runner.complete(pipeline, request, self._trace)
+            runner = self._state.require_components().runner
+            outcome = await self._within_deadline(runner.complete(pipeline, request, self._trace))
         except errors.HybridError as exc:
             self._finish(None, self._error_status(exc), exc.code)
             self._state.metrics.in_flight.dec()
@@ -247,7 +268,7 @@ class ChatCompletion:
         items = runner.stream(pipeline, request, self._trace)
         # Pull the first item before answering 200, so routing, policy and retrieval errors still
         # get their proper status code instead of an error event inside a 200 stream.
-        first = await items.__anext__()
+        first = await self._within_deadline(items.__anext__())
         return StreamingResponse(
             self._sse(first, items),
             media_type="text/event-stream",
@@ -262,7 +283,7 @@ class ChatCompletion:
             yield _event(self._chunk({"role": "assistant", "content": ""}))
             pending: list[str | Outcome] = [first]
             while True:
-                item = pending.pop() if pending else await items.__anext__()
+                item = pending.pop() if pending else await self._within_deadline(items.__anext__())
                 if isinstance(item, Outcome):
                     outcome = item
                     break

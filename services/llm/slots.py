@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from services.core.errors import Overloaded
@@ -27,6 +27,8 @@ class GenerationSlots:
         self._waiting = 0
         self._running = 0
         self.last_queue_wait_s = 0.0
+        # Set by the gateway: receives each request's queue wait in seconds (a metric's observe).
+        self.on_wait: Callable[[float], None] | None = None
 
     @property
     def waiting(self) -> int:
@@ -53,6 +55,8 @@ class GenerationSlots:
             self._waiting -= 1
         queued_s = time.perf_counter() - started
         self.last_queue_wait_s = queued_s
+        if self.on_wait is not None:
+            self.on_wait(queued_s)
         self._running += 1
         try:
             yield queued_s

@@ -7,6 +7,7 @@ bounded by `GenerationSlots`. LoRA adapters are served per request with peft's m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -51,6 +52,10 @@ class TransformersGenerator(ConfiguredBackend):
         self._model: Any = None
         self._tokenizer: Any = None
         self._seed_lock = threading.Lock()
+        # peft's mixed-adapter inference (`adapter_names=`) installs forward hooks on the shared model for
+        # the length of one generate() call, so two concurrent calls overwrite each other's hooks (a tuned
+        # request answered with base weights in a test). With adapters, generations run one at a time.
+        self._adapter_lock = threading.Lock()
         self.model_dir: Path | None = None
 
     def warm_up(self) -> None:
@@ -215,8 +220,9 @@ class TransformersGenerator(ConfiguredBackend):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if self._settings.adapters:
             kwargs["adapter_names"] = [params.adapter or BASE_ADAPTER]
+        lock = self._adapter_lock if self._settings.adapters else contextlib.nullcontext()
         try:
-            with torch.inference_mode():
+            with lock, torch.inference_mode():
                 if params.seed is not None:
                     # torch's RNG is process-global: serialise seeded sampling so the seed means something.
                     with self._seed_lock:

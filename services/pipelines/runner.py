@@ -159,6 +159,8 @@ class PipelineRunner:
             if out_filter is not None:
                 tail = out_filter.flush()
                 if tail:
+                    if outcome.ttft_s is None:
+                        outcome.ttft_s = time.perf_counter() - started
                     parts.append(tail)
                     yield tail
         finally:

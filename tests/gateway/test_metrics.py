@@ -297,12 +297,6 @@ def test_fallbacks_and_in_flight(fallback_gateway: str) -> None:
     assert delta(after, before, "hybrid_time_per_output_token_seconds_count", pipeline="prompt") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (services/pipelines/runner.py): a streamed answer shorter than the privacy output "
-    "filter's hold-back reaches the client only at flush, and that path never sets ttft_s, so TTFT and "
-    "TPOT are not observed for short streamed answers",
-)
 def test_short_streamed_answers_still_have_a_time_to_first_token(gateway: str) -> None:
     before = scrape(gateway)
     chat(gateway, "prompt", QUESTIONS["direct"], stream=True, max_tokens=4)  # 23 characters, all held back

@@ -200,11 +200,9 @@ async def test_backend_switches_adapter_per_request(backend: Any) -> None:
     assert answers[2:] == answers[:2]  # switching back and forth leaves no trace
 
 
-# peft's mixed-adapter inference (`adapter_names=`) installs forward hooks on the shared model for the
-# duration of one generate() call; two threads generating with different adapters at once overwrite each
-# other's hooks (seen here: the tuned request answered "The secret word is SALAR."). Fix in
-# TransformersGenerator: serialise generate() calls while adapters are configured, or batch them.
-@pytest.mark.xfail(reason="transformers backend: concurrent requests with different adapters interfere")
+# peft's mixed-adapter inference installs forward hooks on the shared model for one generate() call;
+# concurrent calls with different adapters used to overwrite each other's hooks. The backend now
+# serialises generate() while adapters are loaded; this test guards that.
 @pytest.mark.integration
 async def test_backend_switches_adapter_per_request_concurrently(backend: Any) -> None:
     params = GenerationParams(max_tokens=12)

@@ -152,6 +152,36 @@ def cmd_train_router(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_train_generator(args: argparse.Namespace) -> None:
+    from training.train_generator import train_generator
+
+    settings = _settings(args)
+    _emit(
+        train_generator(
+            args.data,
+            args.out,
+            config=args.generator_config,
+            base=args.base or settings.generator.model,
+            max_steps=args.max_steps,
+            progress=sys.stderr.isatty(),
+            data_dir=settings.data_dir,
+            onnx_adapter=settings.generator.backend == "onnx",
+            onnx_precision=settings.generator.onnx_precision,
+        )
+    )
+
+
+def cmd_eval_generator(args: argparse.Namespace) -> None:
+    from training.train_generator import evaluate_generator
+
+    settings = load_settings()
+    _emit(
+        evaluate_generator(
+            args.model, args.data, base=settings.generator.model, data_dir=settings.data_dir, limit=args.limit
+        )
+    )
+
+
 def cmd_eval_router(args: argparse.Namespace) -> None:
     from services.router.evaluation import evaluate_router
 
@@ -244,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--router-config", type=_existing_file, default=None, help="LoRA training YAML")
     train.add_argument("--max-steps", type=int, default=None)
 
+    train_gen = command("train-generator", cmd_train_generator, "train a LoRA adapter for the tuned pipeline")
+    train_gen.add_argument(
+        "--data", type=_existing_path, required=True, help="JSONL, or a folder with train/val"
+    )
+    train_gen.add_argument("--out", type=Path, required=True)
+    train_gen.add_argument("--generator-config", type=_existing_file, default=None, help="LoRA training YAML")
+    train_gen.add_argument("--base", default=None, help="base model (default: generator.model)")
+    train_gen.add_argument("--max-steps", type=int, default=None)
+
     evaluate = sub.add_parser("eval", help="evaluate a component").add_subparsers(dest="what", required=True)
     ev_router = evaluate.add_parser("router")
     ev_router.add_argument("--model", type=_existing_dir, required=True)
@@ -251,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev_router.add_argument("--text-col", default="text")
     ev_router.add_argument("--label-col", default="label")
     ev_router.set_defaults(handler=cmd_eval_router, config=None)
+    ev_generator = evaluate.add_parser("generator")
+    ev_generator.add_argument("--model", type=_existing_dir, required=True, help="adapter directory")
+    ev_generator.add_argument("--data", type=_existing_path, required=True)
+    ev_generator.add_argument("--limit", type=int, default=12)
+    ev_generator.set_defaults(handler=cmd_eval_generator, config=None)
     ev_retrieval = evaluate.add_parser("retrieval")
     ev_retrieval.add_argument("--beir", type=_existing_dir, required=True)
     ev_retrieval.add_argument("--split", default="test")

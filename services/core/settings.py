@@ -76,6 +76,8 @@ class RagSettings(Section):
     embedder: str = "packaged:all-MiniLM-L6-v2"
     vector_store: Literal["faiss", "qdrant"] = "faiss"
     qdrant_url: str | None = None
+    qdrant_shards: int = Field(1, ge=1)
+    qdrant_replication_factor: int = Field(1, ge=1)
     chunk_tokens: int = Field(256, ge=32, le=512)
     chunk_overlap: int = Field(32, ge=0)
     exact_search_max_chunks: int = Field(50_000, ge=1, description="above this, FAISS builds HNSW")

@@ -57,8 +57,8 @@ def create_vector_store(settings: RagSettings, dimensions: int, *, expected_coun
             dimensions,
             url=settings.qdrant_url,
             # Read with defaults until RagSettings declares them.
-            shard_number=int(getattr(settings, "qdrant_shards", 1)),
-            replication_factor=int(getattr(settings, "qdrant_replication_factor", 1)),
+            shard_number=settings.qdrant_shards,
+            replication_factor=settings.qdrant_replication_factor,
         )
     return FaissVectorStore.create(
         dimensions, expected_count=expected_count, exact_search_max=settings.exact_search_max_chunks

@@ -74,6 +74,9 @@ class RagSettings(Section):
     index_dir: Path = Path("var/index")
     corpus_dirs: list[Path] = Field(default_factory=lambda: [Path("corpus/handbook")])
     embedder: str = "packaged:all-MiniLM-L6-v2"
+    # Query embedding at serving time: "onnx" (ONNX Runtime, 1 thread, exported once to
+    # <index_dir>/../embedder-cache) or "torch" (sentence-transformers). Vectors agree to ~1e-6: same index.
+    embedder_engine: Literal["onnx", "torch"] = "onnx"
     vector_store: Literal["faiss", "qdrant"] = "faiss"
     qdrant_url: str | None = None
     qdrant_shards: int = Field(1, ge=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,9 @@ import numpy.typing as npt
 
 from services.core.errors import ConfigError, NotReady
 from services.core.packaged import PACKAGED_MINILM, resolve_encoder
+from services.core.protocols import Embedder
+from services.core.settings import RagSettings
+from services.rag.onnx_embedder import OnnxEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -116,3 +120,23 @@ class SentenceTransformerEmbedder:
     def embed_query(self, text: str) -> npt.NDArray[np.float32]:
         vector: npt.NDArray[np.float32] = self.embed_documents([text])[0]
         return vector
+
+
+def embedder_cache_dir(settings: RagSettings) -> Path:
+    """Where the ONNX export lives: beside the index folder (`var/index` -> `var/embedder-cache`)."""
+    return Path(settings.index_dir).parent / "embedder-cache"
+
+
+def build_query_embedder(settings: RagSettings) -> Embedder:
+    """The embedder for queries at serving time, per `rag.embedder_engine` (default ONNX Runtime).
+
+    ONNX runs one thread: with the cores shared by the generator, a second intra-op thread made a query
+    slower, not faster (benchmarks/results/embedder.md). The torch engine keeps the library's threads,
+    because torch.set_num_threads would also change the thread count of an in-process generator.
+    """
+    engine = settings.embedder_engine
+    if engine == "torch":
+        return SentenceTransformerEmbedder(settings.embedder)
+    if engine != "onnx":
+        raise ConfigError(f"rag.embedder_engine must be 'onnx' or 'torch', got {engine!r}")
+    return OnnxEmbedder(settings.embedder, cache_dir=embedder_cache_dir(settings), threads=1)

@@ -133,7 +133,10 @@ class OnnxEmbedder:
             fingerprint = folder_fingerprint(model_dir)
             export_dir = self._cache_dir / f"{_safe_name(Path(self._model_name).name)}-{fingerprint[:16]}"
             if not export_dir.exists():
-                _export_atomically(model_dir, export_dir, fingerprint)
+                try:
+                    _export_atomically(model_dir, export_dir, fingerprint)
+                except OSError as exc:
+                    raise ConfigError(f"cannot write the embedder export to {export_dir}: {exc}") from exc
                 self.exported = True
             manifest = _verified_manifest(export_dir, fingerprint)
             limit = int(manifest["max_position_embeddings"])

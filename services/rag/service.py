@@ -20,7 +20,7 @@ from services.core.protocols import Embedder
 from services.core.settings import RagSettings
 from services.core.types import ScoredChunk
 from services.rag.context import ContextSelection, select_context_within_budget
-from services.rag.embedder import SentenceTransformerEmbedder
+from services.rag.embedder import build_query_embedder
 from services.rag.index_store import IndexInfo, IndexSnapshot, load_current, load_version, read_current
 from services.rag.rerank import Reranker, build_reranker
 from services.rag.retriever import RetrievalParams, rank_chunks
@@ -53,7 +53,7 @@ class RetrievalService:
     ) -> None:
         self._settings = settings
         self._index_dir = Path(settings.index_dir)
-        self._embedder = embedder or SentenceTransformerEmbedder(settings.embedder)
+        self._embedder = embedder or build_query_embedder(settings)
         self._reranker = reranker or build_reranker(settings.reranker)
         self._params = RetrievalParams.from_settings(settings)
         self._snapshot: IndexSnapshot | None = None

@@ -65,9 +65,10 @@ class RetrievalService:
 
         Raises RetrievalError when no index exists, IndexCorrupted when the current one is damaged.
         """
+        # The index first: without one there is nothing to serve, so no reason to load (or export) models.
+        snapshot = load_current(self._index_dir)
         self._embedder.warm_up()
         self._reranker.warm_up()
-        snapshot = load_current(self._index_dir)
         self._check_compatible(snapshot)
         self._snapshot = snapshot
         # One throwaway query pays the first-call costs (lazy imports, allocator growth) here, not on a user.

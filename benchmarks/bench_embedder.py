@@ -72,11 +72,11 @@ def summarize(samples_ms: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--queries", type=int, default=200, help="single queries per engine")
-    parser.add_argument("--documents", type=int, default=256, help="documents per batch-throughput run")
+    parser.add_argument("--documents", type=int, default=128, help="documents per batch-throughput run")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--corpus", type=Path, default=Path("corpus/handbook"))
-    parser.add_argument("--cache-dir", type=Path, default=None, help="ONNX export cache (default: a temp dir)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="ONNX export cache (default: temp dir)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
 
@@ -149,7 +149,7 @@ def main() -> None:
             throughput[name].append(len(documents) / (time.perf_counter() - started))
 
     tokens = [onnx_engines[1].count_tokens(text) for text in documents]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in engines:
         stats = summarize(latencies[name])
         rows.append({
@@ -186,8 +186,13 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         ["engine", "query p50 ms", "p90 ms", "p99 ms", "p50 speed-up", "batch texts/s", "batch vs torch 1t"],
         [
             [
-                r["engine"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["p50_speedup_vs_torch_1t"],
-                r["batch_texts_per_s"], r["throughput_vs_torch_1t"],
+                r["engine"],
+                r["p50_ms"],
+                r["p90_ms"],
+                r["p99_ms"],
+                r["p50_speedup_vs_torch_1t"],
+                r["batch_texts_per_s"],
+                r["throughput_vs_torch_1t"],
             ]
             for r in results["engines"]
         ],  # fmt: skip
@@ -203,7 +208,8 @@ engines interleaved in rounds. Batch throughput: {results["documents"]} handbook
 
 {table}
 
-Equivalence on {eq["texts"]} texts: min cosine {eq["min_cosine"]:.7f}, max |difference| {eq["max_abs_diff"]:.2e}.
+Equivalence on {eq["texts"]} texts: min cosine {eq["min_cosine"]:.7f},
+max |difference| {eq["max_abs_diff"]:.2e}.
 ONNX export + load (first start): {results["onnx_export_and_load_s"]} s; load from the cache:
 {results["onnx_cached_load_s"]} s (no torch imported on that path in a fresh process).
 """

@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from services.core.protocols import Embedder  # noqa: E402
 from services.core.settings import RagSettings  # noqa: E402
 from services.core.types import Chunk  # noqa: E402
 from services.rag.context import select_context_within_budget  # noqa: E402
@@ -35,6 +36,7 @@ from services.rag.embedder import SentenceTransformerEmbedder  # noqa: E402
 from services.rag.faiss_store import FaissVectorStore  # noqa: E402
 from services.rag.index_store import IndexSnapshot  # noqa: E402
 from services.rag.ingest import ingest  # noqa: E402
+from services.rag.onnx_embedder import OnnxEmbedder  # noqa: E402
 from services.rag.retriever import RetrievalParams, rank_chunks  # noqa: E402
 from services.rag.service import RetrievalService  # noqa: E402
 from services.rag.sparse import Bm25Index  # noqa: E402
@@ -164,7 +166,7 @@ def bench_size(
     return result
 
 
-def measure_query_embedding(embedder: SentenceTransformerEmbedder, repeats: int) -> list[float]:
+def measure_query_embedding(embedder: Embedder, repeats: int) -> list[float]:
     timings = []
     for number in range(repeats):
         started = time.perf_counter()
@@ -263,9 +265,15 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     lines = [
         "# Retrieval benchmark",
         "",
-        f"Machine: {results['machine']}. Query embedding (real MiniLM, 1 query): "
+        f"Machine: {results['machine']}. Query embedding (real MiniLM, 1 query, "
+        f"{results.get('query_engine', 'torch')} engine, used in the totals): "
         f"p50 {results['query_embed_p50_ms']} ms,"
         f" p99 {results['query_embed_p99_ms']} ms.",
+        "",
+        *[
+            f"- query embedding, {engine}: p50 {ms['p50_ms']} ms, p99 {ms['p99_ms']:.3f} ms"
+            for engine, ms in results.get("query_embed_by_engine", {}).items()
+        ],
         "",
         "| chunks | index | total p50 ms | total p99 ms | search+fuse+select p50 | p99 | HNSW recall@10 "
         "| vector build s | BM25 build s |",
@@ -335,6 +343,13 @@ def main() -> None:
         "--realism", type=Path, default=None, help="e.g. ../shared/datasets/sourcegraph_handbook/content"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch and FAISS threads")
+    parser.add_argument(
+        "--query-engine",
+        choices=["onnx", "torch"],
+        default="onnx",
+        help="query embedder timed into the totals (the service's default is onnx); ingestion uses torch",
+    )
+    parser.add_argument("--embedder-cache", type=Path, default=None, help="ONNX export cache (default: temp)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
 
@@ -343,13 +358,28 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     embedder = SentenceTransformerEmbedder(threads=args.threads)
     embedder.warm_up()
-    measure_query_embedding(embedder, 5)
-    embed_ms = measure_query_embedding(embedder, 100)
+    onnx_embedder = OnnxEmbedder(
+        cache_dir=args.embedder_cache or Path(tempfile.mkdtemp(prefix="embedder-cache-")), threads=1
+    )
+    onnx_embedder.warm_up()
+    # Interleaved, so load from other processes falls on both engines alike.
+    measured: dict[str, list[float]] = {"torch": [], "onnx": []}
+    for candidate in (embedder, onnx_embedder):
+        measure_query_embedding(candidate, 5)
+    for _ in range(4):
+        for engine, candidate in (("torch", embedder), ("onnx", onnx_embedder)):
+            measured[engine].extend(measure_query_embedding(candidate, 25))
+    embed_ms = measured[args.query_engine]
     results: dict[str, Any] = {
         "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start, "
         f"{args.threads} thread(s)",
+        "query_engine": args.query_engine,
         "query_embed_p50_ms": round(statistics.median(embed_ms), 3),
         "query_embed_p99_ms": percentile(embed_ms, 99),
+        "query_embed_by_engine": {
+            engine: {"p50_ms": round(statistics.median(ms), 3), "p99_ms": percentile(ms, 99)}
+            for engine, ms in measured.items()
+        },
         "latency": [],
     }
     rng = np.random.default_rng(7)

@@ -131,13 +131,10 @@ class OnnxEmbedder:
                 return
             model_dir = _local_model_dir(self._model_name)
             fingerprint = folder_fingerprint(model_dir)
-            export_dir = self._cache_dir / f"{_safe_name(Path(self._model_name).name)}-{fingerprint[:16]}"
+            export_name = f"{_safe_name(Path(self._model_name).name)}-{fingerprint[:16]}"
+            export_dir = self._cache_dir / export_name
             if not export_dir.exists():
-                try:
-                    _export_atomically(model_dir, export_dir, fingerprint)
-                except OSError as exc:
-                    raise ConfigError(f"cannot write the embedder export to {export_dir}: {exc}") from exc
-                self.exported = True
+                export_dir = self._export_somewhere_writable(model_dir, export_name, fingerprint)
             manifest = _verified_manifest(export_dir, fingerprint)
             limit = int(manifest["max_position_embeddings"])
             if self._max_seq_length > limit:
@@ -159,6 +156,40 @@ class OnnxEmbedder:
             self._max_seq_length,
             self._threads,
         )
+
+    def _export_somewhere_writable(self, model_dir: Path, export_name: str, fingerprint: str) -> Path:
+        """Export into cache_dir, or into the temp folder when cache_dir is read-only.
+
+        A container whose index volume's parent is not writable (a non-root user under a root-owned mount)
+        still serves, paying the export at each start: a warning names the folder to make writable.
+        """
+        export_dir = self._cache_dir / export_name
+        try:
+            _export_atomically(model_dir, export_dir, fingerprint)
+        except PermissionError as exc:
+            fallback = Path(tempfile.gettempdir()) / "hybridllm-embedder-cache" / export_name
+            logger.warning(
+                "embedder cache %s is not writable (%s): exporting to %s instead; make %s writable "
+                "(or export there once at build time) so restarts skip the export",
+                self._cache_dir,
+                exc,
+                fallback,
+                self._cache_dir,
+            )
+            export_dir = fallback
+            if not fallback.exists():
+                try:
+                    _export_atomically(model_dir, fallback, fingerprint)
+                except OSError as fallback_exc:
+                    raise ConfigError(
+                        f"cannot write the embedder export to {fallback}: {fallback_exc}"
+                    ) from fallback_exc
+                self.exported = True
+            return export_dir
+        except OSError as exc:
+            raise ConfigError(f"cannot write the embedder export to {export_dir}: {exc}") from exc
+        self.exported = True
+        return export_dir
 
     def count_tokens(self, text: str) -> int:
         self._require_loaded()

@@ -8,12 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from services.core.errors import ConfigError, NotReady
+from services.rag import onnx_embedder
 from services.rag.embedder import SentenceTransformerEmbedder, build_query_embedder, embedder_cache_dir
 from services.rag.ingest import ingest
 from services.rag.onnx_embedder import MANIFEST_FILE, ONNX_FILE, TOKENIZER_FILE, OnnxEmbedder
@@ -136,6 +138,7 @@ def test_second_construction_reuses_the_export(onnx_minilm: OnnxEmbedder, onnx_b
 
 def _copy_of_export(onnx_minilm: OnnxEmbedder, cache_dir: Path) -> Path:
     copy = cache_dir / onnx_minilm.export_dir.name
+    cache_dir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(onnx_minilm.export_dir, copy)
     return copy
 
@@ -169,6 +172,27 @@ def test_damaged_export_is_refused(
     with pytest.raises(ConfigError, match=message) as raised:
         embedder.warm_up()
     assert str(export) in raised.value.message  # the operator learns which folder to delete
+
+
+@pytest.mark.integration
+def test_read_only_cache_falls_back_to_the_temp_folder(
+    onnx_minilm: OnnxEmbedder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Tests run as root here, so chmod cannot make a folder read-only: the export raises instead.
+    def refuse(model_dir: Path, export_dir: Path, fingerprint: str) -> None:
+        raise PermissionError(13, "Permission denied", str(export_dir))
+
+    monkeypatch.setattr(onnx_embedder, "_export_atomically", refuse)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    fallback = _copy_of_export(onnx_minilm, tmp_path / "tmp" / "hybridllm-embedder-cache")
+    embedder = OnnxEmbedder(cache_dir=tmp_path / "read-only")
+    embedder.warm_up()
+    assert embedder.export_dir == fallback and not embedder.exported
+    assert "is not writable" in caplog.text
+    np.testing.assert_allclose(embedder.embed_query("laptop"), onnx_minilm.embed_query("laptop"), atol=1e-5)
 
 
 @pytest.mark.integration

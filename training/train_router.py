@@ -630,7 +630,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     # onnxruntime's quantizer logs one INFO line per tensor it leaves alone.
     logging.getLogger("onnxruntime").setLevel(logging.WARNING)
-    logging.getLogger().handlers[0].addFilter(lambda record: not record.getMessage().startswith("Quantization"))
+    quiet = logging.Filter()
+    quiet.filter = lambda record: not record.getMessage().startswith("Quantization")  # type: ignore[method-assign]
+    logging.getLogger().handlers[0].addFilter(quiet)
     try:
         metrics = train_router(
             args.data,

@@ -38,7 +38,9 @@ def final_predictions(model: IntentRouterModel, predictions: Sequence[IntentPred
     return [apply_oos_threshold(p, threshold, oos_label).intent for p in predictions]
 
 
-def measure_latency(model: IntentRouterModel, texts: Sequence[str], *, queries: int = LATENCY_QUERIES) -> dict[str, float]:
+def measure_latency(
+    model: IntentRouterModel, texts: Sequence[str], *, queries: int = LATENCY_QUERIES
+) -> dict[str, float]:
     """Single-query latency end to end (tokenizer included), and batched throughput over all texts."""
     sample = [texts[i % len(texts)] for i in range(min(queries, max(len(texts), 1)))]
     timings = []
@@ -94,7 +96,7 @@ def evaluate_router(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m services.router.evaluation --model DIR --data FILE` (the CLI's `eval router` does the same)."""
+    """`python -m services.router.evaluation --model DIR --data FILE` (as `hybridllm eval router`)."""
     import argparse
     import sys
 

@@ -1,0 +1,159 @@
+"""Real training on a small subset (bounded steps), then the folder it writes served by both engines."""
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.core.errors import ConfigError
+from services.router.classifier import IntentRouterModel
+from services.router.evaluation import evaluate_router
+from training import train_router as train_module
+from training.train_router import train_router
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+ROUTER_DATA = REPO / "corpus" / "router"
+CLINC = REPO.parent / "shared" / "datasets" / "clinc150" / "data_full.json"
+
+
+def _subset(source: Path, target: Path, per_label: int, seed: int = 0) -> Path:
+    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    random.Random(seed).shuffle(rows)
+    picked: list[dict[str, str]] = []
+    counts: dict[str, int] = {}
+    for row in rows:
+        if counts.get(row["label"], 0) < per_label:
+            counts[row["label"]] = counts.get(row["label"], 0) + 1
+            picked.append(row)
+    target.write_text("".join(json.dumps(r) + "\n" for r in picked))
+    return target
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Path]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not (ROUTER_DATA / "train.jsonl").is_file():
+        pytest.skip(f"router data not found at {ROUTER_DATA}")
+    root = tmp_path_factory.mktemp("router")
+    train = _subset(ROUTER_DATA / "train.jsonl", root / "train.jsonl", per_label=100)
+    val = _subset(ROUTER_DATA / "val.jsonl", root / "val.jsonl", per_label=30)
+    out = root / "model"
+    metrics = train_router(train, out, eval_file=val, max_steps=60, progress=False, export_int8=False)
+    return out, metrics, val
+
+
+def test_small_training_is_well_above_chance(trained: tuple[Path, dict, Path]) -> None:
+    out, metrics, _ = trained
+    assert metrics["steps"] == 60
+    assert metrics["accuracy"] > 0.7  # chance is ~0.33 with three labels
+    for name in (
+        "adapter/adapter_config.json",
+        "model.onnx",
+        "labels.json",
+        "threshold.json",
+        "calibration.json",
+        "metrics.json",
+        "confusion_matrix.png",
+        "MODEL_CARD.md",
+        "router_config.yaml",
+        "tokenizer.json",
+    ):
+        assert (out / name).is_file(), name
+
+
+def test_onnx_and_merged_torch_agree_and_reload_is_identical(trained: tuple[Path, dict, Path]) -> None:
+    out, _, val = trained
+    texts = [json.loads(line)["text"] for line in val.read_text().splitlines()][:32]
+    onnx = IntentRouterModel(out, engine="onnx")
+    torch_model = IntentRouterModel(out, engine="torch")
+    onnx.warm_up()
+    torch_model.warm_up()
+    assert (onnx.engine, torch_model.engine) == ("onnx", "torch")
+    np.testing.assert_allclose(onnx.logits(texts), torch_model.logits(texts), atol=1e-3)
+    assert [p.intent for p in onnx.predict_batch(texts)] == [
+        p.intent for p in torch_model.predict_batch(texts)
+    ]
+    again = IntentRouterModel(out, engine="onnx")
+    again.warm_up()
+    np.testing.assert_array_equal(again.logits(texts), onnx.logits(texts))
+    single = onnx.predict(texts[0])
+    assert single.intent in onnx.labels
+    assert sum(single.scores.values()) == pytest.approx(1.0)
+
+
+def test_evaluate_router_reports_quality_and_latency(trained: tuple[Path, dict, Path]) -> None:
+    out, _, val = trained
+    report = evaluate_router(out, val)
+    for key in ("accuracy", "macro_f1", "in_scope_accuracy", "p50_ms", "p99_ms", "batch_qps", "examples"):
+        assert key in report
+    assert report["oos_recall"] is not None  # val holds out_of_scope examples
+
+
+def test_a_failing_run_leaves_the_previous_model_intact(
+    trained: tuple[Path, dict, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, _, val = trained
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+    def broken_export(*args: object, **kwargs: object) -> Path:
+        raise RuntimeError("export failed")
+
+    monkeypatch.setattr(train_module, "export_onnx", broken_export)
+    with pytest.raises(RuntimeError, match="export failed"):
+        train_router(val, out, max_steps=2, progress=False, export_int8=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def test_threshold_method_stores_a_threshold(tmp_path: Path, trained: tuple[Path, dict, Path]) -> None:
+    _, _, val = trained
+    train = _subset(ROUTER_DATA / "train.jsonl", tmp_path / "t.jsonl", per_label=40, seed=1)
+    metrics = train_router(
+        train,
+        tmp_path / "m",
+        eval_file=val,
+        max_steps=10,
+        progress=False,
+        oos_method="threshold",
+        export_int8=False,
+    )
+    assert 0.0 <= metrics["threshold"] <= 1.0
+    model = IntentRouterModel(tmp_path / "m")
+    assert model.oos_threshold == metrics["threshold"]
+    assert "out_of_scope" not in model.labels  # never trained on it: the threshold decides
+    assert model.oos_label == "out_of_scope"
+
+
+def test_missing_or_corrupt_model_dir_is_a_config_error(
+    tmp_path: Path, trained: tuple[Path, dict, Path]
+) -> None:
+    with pytest.raises(ConfigError, match="make router"):
+        IntentRouterModel(tmp_path / "nothing")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "labels.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="labels.json"):
+        IntentRouterModel(broken)
+
+
+def test_clinc150_subset_trains(tmp_path: Path) -> None:
+    if not CLINC.is_file():
+        pytest.skip(f"CLINC150 not found at {CLINC}")
+    raw = json.loads(CLINC.read_text())
+    intents = sorted({label for _, label in raw["train"]})[:8]
+    keep = {
+        k: [r for r in v if r[1] in intents or k.startswith("oos")][:400]
+        for k, v in raw.items()
+        if isinstance(v, list)
+    }
+    subset = tmp_path / "data_full.json"
+    subset.write_text(json.dumps(keep))
+    metrics = train_router(subset, tmp_path / "m", max_steps=80, progress=False, export_int8=False)
+    assert metrics["evaluated_on"] == "test"
+    assert metrics["in_scope_accuracy"] > 0.35  # over 3x chance (1/9) after well under 2 epochs
+    assert "oos_recall" in metrics

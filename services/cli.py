@@ -138,18 +138,19 @@ def cmd_route(args: argparse.Namespace) -> None:
 def cmd_train_router(args: argparse.Namespace) -> None:
     from training.train_router import train_router
 
-    _emit(
-        train_router(
-            args.data,
-            args.out,
-            text_col=args.text_col,
-            label_col=args.label_col,
-            eval_file=args.eval,
-            config=args.router_config,
-            max_steps=args.max_steps,
-            progress=sys.stderr.isatty(),
-        )
+    metrics = train_router(
+        args.data,
+        args.out,
+        text_col=args.text_col,
+        label_col=args.label_col,
+        eval_file=args.eval,
+        config=args.router_config,
+        max_steps=args.max_steps,
+        progress=sys.stderr.isatty(),
     )
+    # The per-step history is in DIR/metrics.json; the summary line stays readable.
+    metrics.pop("history", None)
+    _emit(metrics)
 
 
 def cmd_train_generator(args: argparse.Namespace) -> None:

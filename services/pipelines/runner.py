@@ -17,6 +17,7 @@ from services.core.cost import CostLedger
 from services.core.errors import GenerationError
 from services.core.protocols import Generator
 from services.core.types import ChatMessage, FinishReason, GenerationParams, GenerationResult, TokenDelta
+from services.llm.circuit import CircuitOpen
 from services.llm.structured_output import complete_with_response_format
 from services.pipelines.base import Pipeline, PipelineRequest, Plan, RequestTrace
 
@@ -197,7 +198,7 @@ class PipelineRunner:
             fallback = self._fallback
             if fallback is None or fallback is generator:
                 raise
-            logger.warning("generator %s failed (%s); falling back to %s", generator.name, exc, fallback.name)
+            _log_fallback(generator, fallback, exc)
             self._record_fallback(trace, generator, fallback)
             result = await fallback.complete(messages, params)
         for delta in _as_deltas(result):
@@ -227,10 +228,16 @@ class PipelineRunner:
             fallback = self._fallback
             if emitted or fallback is None or fallback is generator:
                 raise
-            logger.warning("generator %s failed (%s); falling back to %s", generator.name, exc, fallback.name)
+            _log_fallback(generator, fallback, exc)
         self._record_fallback(trace, generator, fallback)
         async for delta in fallback.stream(messages, params):
             yield delta
+
+
+def _log_fallback(failed: Generator, fallback: Generator, exc: GenerationError) -> None:
+    # While the circuit is open every request skips the primary: the breaker logged the opening once.
+    level = logging.DEBUG if isinstance(exc, CircuitOpen) else logging.WARNING
+    logger.log(level, "generator %s failed (%s); falling back to %s", failed.name, exc, fallback.name)
 
 
 def _as_deltas(result: GenerationResult) -> tuple[TokenDelta, TokenDelta]:

@@ -98,13 +98,40 @@ def cmd_serve(args: argparse.Namespace) -> None:
         return
     from services.gateway.app import create_app
 
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.server.host,
         port=settings.server.port,
         log_config=None,
         timeout_graceful_shutdown=int(settings.server.shutdown_grace_s),
     )
+    _serve_draining(config, app.state.gateway)
+
+
+def _serve_draining(config: Any, state: Any) -> None:
+    """Run uvicorn; a stop signal marks the gateway draining at once, so /readyz answers 503 while
+    in-flight requests finish (the app's lifespan shutdown runs only after they have)."""
+    import signal
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            state.draining = True
+            super().handle_exit(sig, frame)
+
+    # uvicorn re-raises the stop signal after draining; a clean drain on SIGTERM exits 0, not 143.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    server = DrainingServer(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # Ctrl-C during the drain: stop, as uvicorn.run does
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not server.started:  # start-up failed (logged): uvicorn.run's exit status for that
+        raise SystemExit(3)
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:

@@ -49,8 +49,10 @@ class GeneratorSettings(Section):
     trust: Trust = "internal"
     # transformers: torch dtype; `auto` picks bf16 where the CPU supports it.
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
-    # onnx: precision the ONNX Runtime GenAI builder converts to.
-    onnx_precision: Literal["int4", "int8", "fp32"] = "int4"
+    # onnx: precision the ONNX Runtime GenAI builder converts to. int8 is the embedded default: on the
+    # handbook eval it kept transformers bf16's answer quality (int4 lost half of it) at 107 tokens/s
+    # for SmolLM2 on 2 cores (benchmarks/results/generator.md).
+    onnx_precision: Literal["int4", "int8", "fp32"] = "int8"
     threads: int = Field(0, ge=0, description="intra-op threads; 0 = library default")
     max_concurrency: int = Field(1, ge=1, description="generations running at once in this process")
     max_queue: int = Field(32, ge=0, description="requests waiting for a slot before 503")

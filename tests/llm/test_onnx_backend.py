@@ -30,7 +30,7 @@ def onnx_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_settings() -> GeneratorSettings:
     return GeneratorSettings(
-        backend="onnx", model="smollm2", onnx_precision="int4", threads=2, max_concurrency=2
+        backend="onnx", model="smollm2", onnx_precision="int8", threads=2, max_concurrency=2
     )
 
 

@@ -48,7 +48,8 @@ async def load_adapter(
     """Load a new adapter version without a restart; running requests finish on the old weights."""
     state.auth.require_admin(authorization)
     generator = state.require_components().primary
-    loader = getattr(generator, "load_adapter", None)
+    # A primary behind the circuit breaker is wrapped; the adapter belongs to the backend inside.
+    loader = getattr(getattr(generator, "inner", generator), "load_adapter", None)
     if loader is None:
         raise InvalidRequest(f"generator backend {generator.name!r} cannot load adapters at run time")
     path = Path(body.path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from services.core.errors import InvalidRequest
 from services.core.settings import GeneratorSettings
 from services.core.types import Trust
 from services.llm.slots import GenerationSlots
@@ -30,3 +31,10 @@ class ConfiguredBackend:
     @property
     def slots(self) -> GenerationSlots:
         return self._slots
+
+    def check_adapter(self, adapter: str | None) -> None:
+        """An adapter name a request asks for must be one this backend was configured with."""
+        if adapter is not None and adapter not in self._settings.adapters:
+            raise InvalidRequest(
+                f"unknown adapter {adapter!r}; known: {sorted(self._settings.adapters)}", param="model"
+            )

@@ -199,10 +199,7 @@ class OnnxGenerator(ConfiguredBackend):
             raise InvalidRequest(f"temperature must be >= 0, got {params.temperature}", param="temperature")
         if not 0 < params.top_p <= 1:
             raise InvalidRequest(f"top_p must be in (0, 1], got {params.top_p}", param="top_p")
-        if params.adapter is not None and params.adapter not in self._settings.adapters:
-            raise InvalidRequest(
-                f"unknown adapter {params.adapter!r}; known: {sorted(self._settings.adapters)}", param="model"
-            )
+        self.check_adapter(params.adapter)
 
     def _search_options(self, prompt_len: int, params: GenerationParams) -> dict[str, Any]:
         max_length = min(prompt_len + params.max_tokens, self._context_length)

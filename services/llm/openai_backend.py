@@ -15,7 +15,7 @@ from typing import Any
 import openai
 from openai import AsyncOpenAI
 
-from services.core.errors import ConfigError, GenerationError, GenerationTimeout, InvalidRequest
+from services.core.errors import ConfigError, GenerationError, GenerationTimeout
 from services.core.settings import GeneratorSettings
 from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta
 from services.llm.backend_base import ConfiguredBackend
@@ -63,10 +63,7 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
     def _upstream_model(self, params: GenerationParams) -> str:
         if params.adapter is None:
             return self._settings.model
-        if params.adapter not in self._settings.adapters:
-            raise InvalidRequest(
-                f"unknown adapter {params.adapter!r}; known: {sorted(self._settings.adapters)}"
-            )
+        self.check_adapter(params.adapter)
         # vLLM serves a LoRA module under its own name (`--lora-modules tuned=DIR`).
         return self._settings.adapters[params.adapter]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.core.errors import ConfigError, GenerationError, InvalidRequest, NotReady
+from services.core.errors import ConfigError, GenerationError, NotReady
 from services.core.settings import GeneratorSettings
 from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta
 from services.llm.backend_base import ConfiguredBackend
@@ -135,10 +135,7 @@ class TransformersGenerator(ConfiguredBackend):
         self, messages: Sequence[ChatMessage], params: GenerationParams
     ) -> AsyncIterator[TokenDelta]:
         model = self._require_model()
-        if params.adapter is not None and params.adapter not in self._settings.adapters:
-            raise InvalidRequest(
-                f"unknown adapter {params.adapter!r}; known: {sorted(self._settings.adapters)}"
-            )
+        self.check_adapter(params.adapter)
         prompt_ids = self._prompt_ids(messages)
         async with self._slots.acquire():
             started = time.perf_counter()

@@ -1,7 +1,7 @@
 """Train the intent router: all-MiniLM-L6-v2 + a LoRA adapter (peft, SEQ_CLS) + a classification head.
 
 Steps: config -> data -> model -> train (early stopping on validation macro-F1) -> calibrate (temperature,
-and the out-of-scope threshold for the threshold method) -> evaluate -> export (adapter, merged ONNX fp32
+and the out-of-scope threshold for the threshold methods) -> evaluate -> export (adapter, merged ONNX fp32
 and int8) -> write the folder atomically (build a sibling temp folder, then swap it in).
 """
 
@@ -28,6 +28,7 @@ import yaml
 from services.core.errors import ConfigError
 from services.core.packaged import resolve_encoder
 from services.router import artifacts as layout
+from services.router.classifier import pad_encodings
 from services.router.export import export_onnx, quantize_int8
 from services.router.metrics import (
     calibrate_oos_threshold,
@@ -63,6 +64,9 @@ class RouterTrainConfig:
     patience: int = 2
     val_fraction: float = 0.15
     oos_method: str = "class"
+    # The threshold's objective: None maximises in-scope accuracy + oos recall on validation; a number d
+    # maximises oos recall while validation in-scope accuracy stays within d of the unthresholded model's.
+    threshold_max_in_scope_drop: float | None = 0.01
     oos_labels: tuple[str, ...] = ("out_of_scope", "oos")
     torch_threads: int = 1
     onnx_opset: int = 17
@@ -81,7 +85,9 @@ class RouterTrainConfig:
             "eval_every_steps": self.eval_every_steps >= 0,
             "patience": self.patience >= 1,
             "val_fraction": 0 < self.val_fraction < 1,
-            "oos_method": self.oos_method in ("class", "threshold"),
+            "oos_method": self.oos_method in layout.OOS_METHODS,
+            "threshold_max_in_scope_drop": self.threshold_max_in_scope_drop is None
+            or 0 <= self.threshold_max_in_scope_drop < 1,
             "torch_threads": self.torch_threads >= 1,
             "onnx_opset": self.onnx_opset >= 14,
         }
@@ -132,13 +138,16 @@ def prepare_labels(splits: RouterSplits, cfg: RouterTrainConfig) -> PreparedData
     present = {label for _, label in splits.train} | {label for _, label in splits.val}
     oos_label = next((name for name in cfg.oos_labels if name in present), None)
     train = list(splits.train)
-    if cfg.oos_method == "threshold":
+    if cfg.oos_method in layout.THRESHOLD_METHODS:
         if oos_label is None:
             raise ConfigError(
-                f"oos_method=threshold needs out-of-scope examples labelled one of {cfg.oos_labels}"
+                f"oos_method={cfg.oos_method} needs out-of-scope examples labelled one of {cfg.oos_labels}"
             )
         if oos_label not in {label for _, label in splits.val}:
-            raise ConfigError(f"oos_method=threshold needs {oos_label!r} examples in the validation data")
+            raise ConfigError(
+                f"oos_method={cfg.oos_method} needs {oos_label!r} examples in the validation data"
+            )
+    if cfg.oos_method == "threshold":
         # The threshold method never sees out-of-scope data in training (Larson et al. 2019, oos-threshold).
         train = [e for e in train if e[1] != oos_label]
     labels = sorted({label for _, label in train})
@@ -199,18 +208,13 @@ class _Trainer:
         self.torch = torch
 
     def encode(self, texts: Sequence[str]) -> dict[str, Any]:
-        torch = self.torch
-        encodings = self.tokenizer.encode_batch(list(texts))
-        width = max(len(e.ids) for e in encodings)
-        ids = torch.zeros((len(encodings), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        types = torch.zeros_like(ids)
-        for row, enc in enumerate(encodings):
-            n = len(enc.ids)
-            ids[row, :n] = torch.tensor(enc.ids)
-            mask[row, :n] = 1
-            types[row, :n] = torch.tensor(enc.type_ids)
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        ids, mask, types = pad_encodings(self.tokenizer.encode_batch(list(texts)))
+        from_numpy = self.torch.from_numpy
+        return {
+            "input_ids": from_numpy(ids),
+            "attention_mask": from_numpy(mask),
+            "token_type_ids": from_numpy(types),
+        }
 
     def logits(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Eval-mode logits; texts sorted by length so batches pad little, then put back in order."""
@@ -347,15 +351,30 @@ def _calibrate(trainer: _Trainer, data: PreparedData, cfg: RouterTrainConfig) ->
     targets = [trainer.label_index[data.val[i][1]] for i in in_model]
     temperature = fit_temperature(val_logits[in_model], targets)
     result: dict[str, Any] = {"temperature": temperature, "threshold": None, "val_logits": val_logits}
-    if cfg.oos_method == "threshold":
+    if cfg.oos_method in layout.THRESHOLD_METHODS:
         probabilities = softmax(val_logits, temperature)
-        best = probabilities.argmax(axis=1)
-        correct = [trainer.labels[int(b)] == label for b, (_, label) in zip(best, data.val, strict=True)]
+        best = [trainer.labels[int(b)] for b in probabilities.argmax(axis=1)]
+        correct = [b == label for b, (_, label) in zip(best, data.val, strict=True)]
         is_oos = [label == data.oos_label for _, label in data.val]
-        calibration = calibrate_oos_threshold(probabilities.max(axis=1).tolist(), correct, is_oos)
+        calibration = calibrate_oos_threshold(
+            probabilities.max(axis=1).tolist(),
+            correct,
+            is_oos,
+            predicted_oos=[b == data.oos_label for b in best],
+            max_in_scope_drop=cfg.threshold_max_in_scope_drop,
+        )
         result["threshold"] = calibration["threshold"]
         result["threshold_calibration"] = calibration
     return result
+
+
+def _threshold_objective(cfg: RouterTrainConfig) -> str:
+    if cfg.threshold_max_in_scope_drop is None:
+        return "max in-scope accuracy + oos recall on validation (calibrated max probability)"
+    return (
+        "max oos recall on validation with in-scope accuracy within "
+        f"{cfg.threshold_max_in_scope_drop} of the unthresholded model's (calibrated max probability)"
+    )
 
 
 def _split_metrics(
@@ -582,7 +601,7 @@ def train_router(
             {
                 "oos_method": cfg.oos_method,
                 "threshold": threshold,
-                "objective": "max in-scope accuracy + oos recall on validation (calibrated max probability)",
+                "objective": _threshold_objective(cfg),
                 **calibration.get("threshold_calibration", {}),
             },
         )
@@ -619,7 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval", type=Path, default=None)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--oos-method", choices=["class", "threshold"], default=None)
+    parser.add_argument("--oos-method", choices=list(layout.OOS_METHODS), default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)

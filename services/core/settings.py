@@ -85,7 +85,12 @@ class RagSettings(Section):
     qdrant_replication_factor: int = Field(1, ge=1)
     chunk_tokens: int = Field(256, ge=32, le=512)
     chunk_overlap: int = Field(32, ge=0)
-    exact_search_max_chunks: int = Field(50_000, ge=1, description="above this, FAISS builds HNSW")
+    exact_search_max_chunks: int = Field(50_000, ge=1, description="above this, FAISS builds `ann_index`")
+    # The approximate index above exact_search_max_chunks (services/rag/faiss_store.py says when to pick
+    # which); its search breadth is built into each index version.
+    ann_index: Literal["hnsw", "ivf", "ivf_sq8"] = "hnsw"
+    hnsw_ef_search: int = Field(64, ge=1)
+    ivf_nprobe: int = Field(16, ge=1)
     dense_k: int = Field(30, ge=1)
     sparse_k: int = Field(30, ge=1)
     fusion: Literal["rrf", "weighted", "dense", "sparse"] = "rrf"

@@ -23,6 +23,7 @@ from typing import Any
 
 import bm25s
 import numpy as np
+import numpy.typing as npt
 
 from services.core.errors import IndexCorrupted
 
@@ -107,21 +108,36 @@ class Bm25Index:
         return self._count
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
-        """Up to `k` (row, BM25 score) pairs with a positive score, best first."""
+        """Up to `k` (row, BM25 score) pairs with a positive score, best first (ties: lower row first).
+
+        Scores come from bm25s' precomputed per-(term, document) BM25 matrix, summed here over the
+        documents that hold a query term only: bm25s' own retrieve() allocates and selects over a score
+        for every document, which costs milliseconds per query at a million chunks even when the query's
+        terms are rare. The scores are bm25s' (a query term that repeats counts once per repeat).
+        """
         if k <= 0:
             raise ValueError(f"k must be > 0, got {k}")
         vocabulary = self._retriever.vocab_dict
-        tokens = [token for token in self._tokenizer(query) if token in vocabulary]
-        if not tokens or self._count == 0:
+        term_ids = [vocabulary[token] for token in self._tokenizer(query) if token in vocabulary]
+        if not term_ids or self._count == 0:
             return []
-        rows, scores = self._retriever.retrieve(
-            [tokens], k=min(k, self._count), show_progress=False, n_threads=1, return_as="tuple"
-        )
-        return [
-            (int(row), float(score))
-            for row, score in zip(np.asarray(rows)[0], np.asarray(scores)[0], strict=True)
-            if score > 0
-        ]
+        matrix = self._retriever.scores
+        starts, ends = matrix["indptr"][term_ids], matrix["indptr"][np.asarray(term_ids) + 1]
+        postings = int((ends - starts).sum())
+        if postings == 0:
+            return []
+        indices, data = matrix["indices"], matrix["data"]
+        if postings * 8 < self._count:
+            # Few postings: sum per distinct document (sorting P postings beats touching N documents).
+            rows = np.concatenate([indices[a:b] for a, b in zip(starts, ends, strict=True)])
+            weights = np.concatenate([data[a:b] for a, b in zip(starts, ends, strict=True)])
+            documents, slot = np.unique(rows, return_inverse=True)
+            return _top_positive(documents, np.bincount(slot, weights=weights), k)
+        totals = np.zeros(self._count, dtype=np.float32)
+        for a, b in zip(starts, ends, strict=True):
+            # A term's postings name each document once, so a fancy-indexed add is exact.
+            totals[indices[a:b]] += data[a:b]
+        return _top_positive(np.arange(self._count), totals, k)
 
     def save(self, directory: Path) -> list[Path]:
         path = directory / SPARSE_DIR
@@ -130,3 +146,16 @@ class Bm25Index:
         settings = {**self._tokenizer.settings, "count": self._count}
         (path / _SETTINGS_FILE).write_text(json.dumps(settings), encoding="utf-8")
         return sorted(p for p in path.iterdir() if p.is_file())
+
+
+def _top_positive(rows: npt.NDArray[Any], scores: npt.NDArray[Any], k: int) -> list[tuple[int, float]]:
+    """The k best positive (row, score) pairs, best first; equal scores in row order, so runs repeat."""
+    if len(scores) > k:
+        # Everything scoring at least the k-th best, so ties at the cut are settled by row, not by chance.
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        keep = np.flatnonzero(scores >= max(kth, np.finfo(np.float32).tiny))
+    else:
+        keep = np.flatnonzero(scores > 0)
+    rows, scores = rows[keep], scores[keep]
+    order = np.lexsort((rows, -scores))[:k]
+    return [(int(rows[i]), float(scores[i])) for i in order]

@@ -26,7 +26,7 @@ QDRANT_KIND = "qdrant"
 class VectorStore(Protocol):
     @property
     def kind(self) -> str:
-        """A short name for the manifest: "flat", "hnsw", "qdrant"."""
+        """A short name for the manifest: "flat", "hnsw", "ivf", "ivf_sq8", "qdrant"."""
         ...
 
     @property
@@ -61,7 +61,12 @@ def create_vector_store(settings: RagSettings, dimensions: int, *, expected_coun
             replication_factor=settings.qdrant_replication_factor,
         )
     return FaissVectorStore.create(
-        dimensions, expected_count=expected_count, exact_search_max=settings.exact_search_max_chunks
+        dimensions,
+        expected_count=expected_count,
+        exact_search_max=settings.exact_search_max_chunks,
+        ann=settings.ann_index,
+        hnsw_ef_search=settings.hnsw_ef_search,
+        ivf_nprobe=settings.ivf_nprobe,
     )
 
 

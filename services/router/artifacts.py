@@ -22,7 +22,11 @@ from typing import Any, Literal
 
 from services.core.errors import ConfigError
 
-OosMethod = Literal["class", "threshold"]
+# class: an explicit out-of-scope class; threshold: reject below a calibrated max probability (trained on
+# in-scope data only); class+threshold: both, the class and a threshold on top of it.
+OosMethod = Literal["class", "threshold", "class+threshold"]
+OOS_METHODS: tuple[OosMethod, ...] = ("class", "threshold", "class+threshold")
+THRESHOLD_METHODS: frozenset[str] = frozenset({"threshold", "class+threshold"})
 
 ADAPTER_DIR = "adapter"
 ONNX_FILE = "model.onnx"
@@ -87,7 +91,7 @@ def read_artifacts(model_dir: Path) -> RouterArtifacts:
     if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
         raise ConfigError(f"{model_dir / LABELS_FILE}: 'labels' must list two or more names; {HOW_TO_TRAIN}")
     method = labels_raw.get("oos_method", "class")
-    if method not in ("class", "threshold"):
+    if method not in OOS_METHODS:
         raise ConfigError(f"{model_dir / LABELS_FILE}: unknown oos_method {method!r}")
     temperature = calibration.get("temperature")
     if not isinstance(temperature, int | float) or temperature <= 0:
@@ -95,8 +99,8 @@ def read_artifacts(model_dir: Path) -> RouterArtifacts:
     threshold = threshold_raw.get("threshold")
     if threshold is not None and (not isinstance(threshold, int | float) or not 0 <= threshold <= 1):
         raise ConfigError(f"{model_dir / THRESHOLD_FILE}: threshold must be in [0, 1], got {threshold!r}")
-    if method == "threshold" and threshold is None:
-        raise ConfigError(f"{model_dir / THRESHOLD_FILE}: a threshold-method router needs a threshold")
+    if method in THRESHOLD_METHODS and threshold is None:
+        raise ConfigError(f"{model_dir / THRESHOLD_FILE}: a {method}-method router needs a threshold")
     if not (model_dir / TOKENIZER_FILE).is_file():
         raise ConfigError(f"router model file missing: {model_dir / TOKENIZER_FILE}; {HOW_TO_TRAIN}")
     oos_label = labels_raw.get("oos_label")

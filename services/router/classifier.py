@@ -18,20 +18,24 @@ import numpy.typing as npt
 
 from services.core.errors import ConfigError, NotReady
 from services.core.types import IntentPrediction
-from services.router.artifacts import HOW_TO_TRAIN, RouterArtifacts, read_artifacts
+from services.router.artifacts import HOW_TO_TRAIN, THRESHOLD_METHODS, RouterArtifacts, read_artifacts
 from services.router.metrics import softmax
 
 logger = logging.getLogger(__name__)
 
 Engine = Literal["onnx", "torch"]
 IntArray = npt.NDArray[np.int64]
+# Rows per model call in predict_batch (after sorting by length): large enough to fill the matrix
+# kernels, small enough that lengths within a sub-batch stay close (benchmarks/bench_router.py).
+SUB_BATCH = 32
 
 
 class IntentRouterModel:
     """Implements core.protocols.IntentClassifier.
 
     `labels` are the classes the model scores. A model trained with the threshold method never scores
-    its out-of-scope label: `oos_threshold` and `oos_label` tell the routing policy when to reject.
+    its out-of-scope label: `oos_threshold` and `oos_label` tell the routing policy when to reject
+    (a class+threshold model scores it and also rejects below the threshold).
     `quantized` picks the int8 ONNX file (falls back to fp32 when it is absent).
     """
 
@@ -79,8 +83,8 @@ class IntentRouterModel:
 
     @property
     def oos_threshold(self) -> float | None:
-        """The calibrated rejection threshold; None unless the model was trained with the threshold method."""
-        return self._artifacts.threshold if self._artifacts.oos_method == "threshold" else None
+        """The calibrated rejection threshold; None unless the model was trained to use one."""
+        return self._artifacts.threshold if self._artifacts.oos_method in THRESHOLD_METHODS else None
 
     @property
     def temperature(self) -> float:
@@ -129,10 +133,28 @@ class IntentRouterModel:
     # -- engines -----------------------------------------------------------------------------------
 
     def logits(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Raw (uncalibrated) logits, one row per text."""
+        """Raw (uncalibrated) logits, one row per text, in the order given.
+
+        Texts run in sub-batches of similar token length: a batch is padded to its longest text, so
+        sorting first keeps a mixed batch from paying the longest text's cost for every row.
+        """
         if self._engine is None:
             raise NotReady("router model is not loaded: call warm_up() first")
-        input_ids, attention_mask, token_type_ids = self._encode(texts)
+        encodings = self._tokenizer.encode_batch(list(texts))
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        out: npt.NDArray[np.float32] | None = None
+        for start in range(0, len(order), SUB_BATCH):
+            rows = order[start : start + SUB_BATCH]
+            part = self._run(*pad_encodings([encodings[i] for i in rows]))
+            if out is None:
+                out = np.empty((len(texts), part.shape[1]), dtype=np.float32)
+            out[rows] = part
+        assert out is not None  # texts is non-empty here: predict_batch returns early on none
+        return out
+
+    def _run(
+        self, input_ids: IntArray, attention_mask: IntArray, token_type_ids: IntArray
+    ) -> npt.NDArray[np.float32]:
         if self._engine == "onnx":
             feed = {
                 "input_ids": input_ids,
@@ -143,19 +165,6 @@ class IntentRouterModel:
             return np.asarray(outputs[0], dtype=np.float32)
         return self._torch_logits(input_ids, attention_mask, token_type_ids)
 
-    def _encode(self, texts: Sequence[str]) -> tuple[IntArray, IntArray, IntArray]:
-        encodings = self._tokenizer.encode_batch(list(texts))
-        width = max(len(e.ids) for e in encodings)
-        input_ids = np.zeros((len(encodings), width), dtype=np.int64)
-        attention_mask = np.zeros_like(input_ids)
-        token_type_ids = np.zeros_like(input_ids)
-        for row, encoding in enumerate(encodings):
-            n = len(encoding.ids)
-            input_ids[row, :n] = encoding.ids
-            attention_mask[row, :n] = 1
-            token_type_ids[row, :n] = encoding.type_ids
-        return input_ids, attention_mask, token_type_ids
-
     def _load_tokenizer(self) -> Any:
         from tokenizers import Tokenizer
 
@@ -165,7 +174,7 @@ class IntentRouterModel:
             raise ConfigError(
                 f"router tokenizer {self._artifacts.tokenizer_file} is unreadable ({exc}); {HOW_TO_TRAIN}"
             ) from exc
-        tokenizer.no_padding()  # padding is done in _encode, per batch, to the longest text
+        tokenizer.no_padding()  # padding is done in _pad, per sub-batch, to the longest text
         tokenizer.enable_truncation(max_length=self._max_length)
         return tokenizer
 
@@ -202,6 +211,20 @@ class IntentRouterModel:
                 token_type_ids=torch.from_numpy(token_type_ids),
             ).logits
         return np.asarray(logits.float().numpy(), dtype=np.float32)
+
+
+def pad_encodings(encodings: Sequence[Any]) -> tuple[IntArray, IntArray, IntArray]:
+    """Token ids, attention mask and token types of `encodings`, zero-padded to the longest."""
+    width = max(len(e.ids) for e in encodings)
+    input_ids = np.zeros((len(encodings), width), dtype=np.int64)
+    attention_mask = np.zeros_like(input_ids)
+    token_type_ids = np.zeros_like(input_ids)
+    for row, encoding in enumerate(encodings):
+        n = len(encoding.ids)
+        input_ids[row, :n] = encoding.ids
+        attention_mask[row, :n] = 1
+        token_type_ids[row, :n] = encoding.type_ids
+    return input_ids, attention_mask, token_type_ids
 
 
 def load_merged_torch_model(artifacts: RouterArtifacts, *, threads: int | None = None) -> Any:

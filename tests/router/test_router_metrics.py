@@ -6,6 +6,7 @@ from services.router.metrics import (
     classification_metrics,
     fit_temperature,
     softmax,
+    threshold_sweep,
 )
 
 pytestmark = pytest.mark.unit
@@ -38,6 +39,45 @@ def test_threshold_separates_confident_in_scope_from_unsure_oos() -> None:
     assert 0.4 < result["threshold"] < 0.85
     assert result["val_in_scope_accuracy"] == 1.0
     assert result["val_oos_recall"] == 1.0
+
+
+def test_constrained_threshold_keeps_in_scope_accuracy_within_the_allowed_drop() -> None:
+    # 100 in-scope (confidence 0.5..0.99, all right) and 10 oos (confidence 0.3..0.57).
+    confidences = [0.5 + 0.0049 * i for i in range(100)] + [0.3 + 0.03 * i for i in range(10)]
+    correct = [True] * 100 + [False] * 10
+    is_oos = [False] * 100 + [True] * 10
+    summed = calibrate_oos_threshold(confidences, correct, is_oos)
+    constrained = calibrate_oos_threshold(confidences, correct, is_oos, max_in_scope_drop=0.02)
+    # The summed objective gives up 15 points of in-scope accuracy for the last 3 oos examples.
+    assert (summed["val_in_scope_accuracy"], summed["val_oos_recall"]) == (0.85, 1.0)
+    assert constrained["val_in_scope_accuracy"] >= 0.98
+    assert constrained["val_oos_recall"] == 0.7  # the 7 oos examples below every in-scope one
+    exact = calibrate_oos_threshold(confidences, correct, is_oos, max_in_scope_drop=0.0)
+    assert exact["val_in_scope_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="max_in_scope_drop"):
+        calibrate_oos_threshold(confidences, correct, is_oos, max_in_scope_drop=1.5)
+
+
+def test_examples_a_class_model_already_calls_oos_count_as_rejected() -> None:
+    confidences = [0.9, 0.9, 0.95, 0.9]
+    correct = [True, True, False, False]
+    is_oos = [False, False, True, True]
+    predicted_oos = [False, False, True, False]  # the class model caught one oos example itself
+    result = calibrate_oos_threshold(
+        confidences, correct, is_oos, predicted_oos=predicted_oos, max_in_scope_drop=0.0
+    )
+    assert result["val_oos_recall"] == 0.5
+    assert result["val_in_scope_accuracy"] == 1.0
+    assert result["val_in_scope_accuracy_without_threshold"] == 1.0
+
+
+def test_threshold_sweep_trades_in_scope_accuracy_for_oos_recall() -> None:
+    confidences = [0.9, 0.8, 0.6, 0.5, 0.3]
+    correct = [True, True, True, False, False]
+    is_oos = [False, False, False, True, True]
+    points = threshold_sweep(confidences, correct, is_oos, [0.0, 0.55, 0.7, 1.0])
+    assert [p["oos_recall"] for p in points] == [0.0, 1.0, 1.0, 1.0]
+    assert [round(p["in_scope_accuracy"], 3) for p in points] == [1.0, 1.0, 0.667, 0.0]
 
 
 def test_threshold_needs_both_kinds() -> None:

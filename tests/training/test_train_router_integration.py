@@ -129,6 +129,42 @@ def test_threshold_method_stores_a_threshold(tmp_path: Path, trained: tuple[Path
     assert model.oos_label == "out_of_scope"
 
 
+def test_class_threshold_method_keeps_the_class_and_adds_a_threshold(
+    tmp_path: Path, trained: tuple[Path, dict, Path]
+) -> None:
+    _, _, val = trained
+    train = _subset(ROUTER_DATA / "train.jsonl", tmp_path / "t.jsonl", per_label=40, seed=2)
+    metrics = train_router(
+        train,
+        tmp_path / "m",
+        eval_file=val,
+        max_steps=10,
+        progress=False,
+        oos_method="class+threshold",
+        export_int8=False,
+    )
+    model = IntentRouterModel(tmp_path / "m")
+    assert "out_of_scope" in model.labels  # trained on the class ...
+    assert model.oos_threshold == metrics["threshold"] is not None  # ... and rejects below the threshold
+    stored = json.loads((tmp_path / "m" / "threshold.json").read_text())
+    assert "within 0.01" in stored["objective"]
+    assert stored["val_in_scope_accuracy"] >= stored["val_in_scope_accuracy_without_threshold"] - 0.01 - 1e-9
+
+
+def test_batch_results_do_not_depend_on_batch_order_or_size(trained: tuple[Path, dict, Path]) -> None:
+    out, _, val = trained
+    texts = [json.loads(line)["text"] for line in val.read_text().splitlines()][:70]
+    texts[5] = "hi"  # lengths differ a lot, so the length-sorted sub-batches pad differently
+    texts[6] = " ".join(["expense report for the quarterly offsite in Lisbon"] * 6)
+    model = IntentRouterModel(out, engine="onnx")
+    model.warm_up()
+    together = model.logits(texts)
+    one_by_one = np.vstack([model.logits([t]) for t in texts])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-4)
+    reversed_logits = model.logits(texts[::-1])[::-1]
+    np.testing.assert_allclose(together, reversed_logits, atol=1e-4)
+
+
 def test_missing_or_corrupt_model_dir_is_a_config_error(
     tmp_path: Path, trained: tuple[Path, dict, Path]
 ) -> None:

@@ -189,7 +189,22 @@ def test_clinc150_subset_trains(tmp_path: Path) -> None:
     }
     subset = tmp_path / "data_full.json"
     subset.write_text(json.dumps(keep))
-    metrics = train_router(subset, tmp_path / "m", max_steps=80, progress=False, export_int8=False)
+    metrics = train_router(
+        subset, tmp_path / "m", max_steps=80, progress=False, oos_method="class+threshold"
+    )
     assert metrics["evaluated_on"] == "test"
     assert metrics["in_scope_accuracy"] > 0.35  # over 3x chance (1/9) after well under 2 epochs
     assert "oos_recall" in metrics
+
+    # The CLINC150 benchmark scores the same folder through the serving code.
+    from benchmarks.bench_router_clinc import evaluate, read_splits
+
+    val, test = read_splits(subset)
+    report = evaluate(tmp_path / "m", val, test)
+    fp32 = report["engines"]["fp32"]["operating_points"]
+    assert fp32["stored"]["threshold"] == pytest.approx(metrics["threshold"])
+    assert fp32["stored"]["in_scope_accuracy"] == pytest.approx(100 * metrics["in_scope_accuracy"], abs=0.5)
+    assert fp32["stored"]["oos_recall"] == pytest.approx(100 * metrics["oos_recall"], abs=0.5)
+    curve = report["engines"]["fp32"]["curve"]
+    assert curve[0]["oos_recall"] <= curve[-1]["oos_recall"] == 1.0  # threshold 1 rejects everything
+    assert set(report["engines"]) == {"fp32", "int8"}

@@ -155,7 +155,10 @@ def cmd_route(args: argparse.Namespace) -> None:
     settings = _settings(args)
     model_dir = args.model or settings.router.model_dir
     model = IntentRouterModel(
-        model_dir, threads=settings.router.threads, max_length=settings.router.max_length
+        model_dir,
+        threads=settings.router.threads,
+        max_length=settings.router.max_length,
+        quantized=settings.router.precision == "int8",
     )
     model.warm_up()
     policy = RoutingPolicy(settings.router, threshold=getattr(model, "oos_threshold", None))

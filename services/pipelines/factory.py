@@ -122,6 +122,7 @@ def build_components(
                 settings.router.model_dir,
                 threads=settings.router.threads,
                 max_length=settings.router.max_length,
+                quantized=settings.router.precision == "int8",
             )
             classifier.warm_up()
             policy = RoutingPolicy(settings.router, threshold=getattr(classifier, "oos_threshold", None))

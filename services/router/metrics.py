@@ -134,7 +134,7 @@ def calibrate_oos_threshold(
                 "val_in_scope_accuracy": in_scope_accuracy,
                 "val_oos_recall": oos_recall,
                 "val_in_scope_accuracy_without_threshold": unrejected_in_scope_accuracy,
-                "objective": score,
+                "objective_value": score,
             }
     return best
 

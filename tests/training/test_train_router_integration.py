@@ -141,7 +141,7 @@ def test_class_threshold_method_keeps_the_class_and_adds_a_threshold(
         max_steps=10,
         progress=False,
         oos_method="class+threshold",
-        export_int8=False,
+        export_int8=True,
     )
     model = IntentRouterModel(tmp_path / "m")
     assert "out_of_scope" in model.labels  # trained on the class ...
@@ -149,6 +149,16 @@ def test_class_threshold_method_keeps_the_class_and_adds_a_threshold(
     stored = json.loads((tmp_path / "m" / "threshold.json").read_text())
     assert "within 0.01" in stored["objective"]
     assert stored["val_in_scope_accuracy"] >= stored["val_in_scope_accuracy_without_threshold"] - 0.01 - 1e-9
+
+    # The int8 copy (router.precision: int8) loads in its place and mostly agrees with fp32.
+    assert (tmp_path / "m" / "model.int8.onnx").is_file()
+    int8 = IntentRouterModel(tmp_path / "m", quantized=True)
+    model.warm_up()
+    int8.warm_up()
+    texts = [json.loads(line)["text"] for line in val.read_text().splitlines()][:60]
+    agree = np.mean(int8.logits(texts).argmax(axis=1) == model.logits(texts).argmax(axis=1))
+    assert agree >= 0.8
+    assert np.abs(int8.logits(texts) - model.logits(texts)).max() > 0  # really the quantized graph
 
 
 def test_batch_results_do_not_depend_on_batch_order_or_size(trained: tuple[Path, dict, Path]) -> None:

@@ -199,9 +199,7 @@ def test_clinc150_subset_trains(tmp_path: Path) -> None:
     }
     subset = tmp_path / "data_full.json"
     subset.write_text(json.dumps(keep))
-    metrics = train_router(
-        subset, tmp_path / "m", max_steps=80, progress=False, oos_method="class+threshold"
-    )
+    metrics = train_router(subset, tmp_path / "m", max_steps=80, progress=False, oos_method="class+threshold")
     assert metrics["evaluated_on"] == "test"
     assert metrics["in_scope_accuracy"] > 0.35  # over 3x chance (1/9) after well under 2 epochs
     assert "oos_recall" in metrics

@@ -26,6 +26,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,17 @@ def percentile(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 3)
 
 
-def synthetic_snapshot(
-    size: int, kind: str, rng: np.random.Generator, *, hnsw_m: int, hnsw_ef_construction: int, nprobe: int
-) -> tuple[IndexSnapshot, npt.NDArray[np.float32], float, float]:
+@dataclass(frozen=True)
+class SyntheticCorpus:
+    """Vectors, chunk texts and their BM25 index, built once per size and shared by every index kind."""
+
+    vectors: npt.NDArray[np.float32]
+    chunks: list[Chunk]
+    sparse: Bm25Index
+    sparse_build_s: float
+
+
+def synthetic_corpus(size: int, rng: np.random.Generator) -> SyntheticCorpus:
     centres = rng.standard_normal((1000, DIMENSIONS)).astype(np.float32)
     vectors = centres[rng.integers(0, 1000, size)] + 0.6 * rng.standard_normal((size, DIMENSIONS)).astype(
         np.float32
@@ -94,6 +103,15 @@ def synthetic_snapshot(
         Chunk(chunk_id=str(i), source=f"doc{i // 4}.md", text=t, token_count=32) for i, t in enumerate(texts)
     ]
     started = time.perf_counter()
+    sparse = Bm25Index.build(texts)
+    return SyntheticCorpus(vectors, chunks, sparse, time.perf_counter() - started)
+
+
+def synthetic_snapshot(
+    corpus: SyntheticCorpus, kind: str, *, hnsw_m: int, hnsw_ef_construction: int, nprobe: int
+) -> tuple[IndexSnapshot, float]:
+    size = len(corpus.chunks)
+    started = time.perf_counter()
     store = FaissVectorStore.create(
         DIMENSIONS,
         expected_count=size,
@@ -103,21 +121,18 @@ def synthetic_snapshot(
         hnsw_ef_construction=hnsw_ef_construction,
         ivf_nprobe=nprobe,
     )
-    store.add(vectors)
+    store.add(corpus.vectors)
     vector_build_s = time.perf_counter() - started
-    started = time.perf_counter()
-    sparse = Bm25Index.build(texts)
-    sparse_build_s = time.perf_counter() - started
     snapshot = IndexSnapshot(
         version=f"synthetic-{size}-{kind}",
         manifest={},
-        chunks=chunks,
-        embeddings=vectors,
+        chunks=corpus.chunks,
+        embeddings=corpus.vectors,
         vectors=store,
-        sparse=sparse,
+        sparse=corpus.sparse,
         directory=Path("."),
     )
-    return snapshot, vectors, vector_build_s, sparse_build_s
+    return snapshot, vector_build_s
 
 
 def bytes_on_disk(snapshot: IndexSnapshot) -> dict[str, int]:
@@ -132,7 +147,7 @@ def bytes_on_disk(snapshot: IndexSnapshot) -> dict[str, int]:
 
 
 def bench_size(
-    size: int,
+    corpus: SyntheticCorpus,
     kind: str,
     queries: int,
     embed_ms: list[float],
@@ -142,9 +157,10 @@ def bench_size(
     hnsw_ef_construction: int,
     nprobe: int,
 ) -> dict[str, Any]:
-    snapshot, vectors, vector_build_s, sparse_build_s = synthetic_snapshot(
-        size, kind, rng, hnsw_m=hnsw_m, hnsw_ef_construction=hnsw_ef_construction, nprobe=nprobe
+    snapshot, vector_build_s = synthetic_snapshot(
+        corpus, kind, hnsw_m=hnsw_m, hnsw_ef_construction=hnsw_ef_construction, nprobe=nprobe
     )
+    vectors, size = corpus.vectors, len(corpus.chunks)
     params = RetrievalParams.from_settings(RagSettings())
     picks = rng.integers(0, size, queries)
     stage_ms: list[float] = []
@@ -185,7 +201,7 @@ def bench_size(
         "dense_search_p50_ms": percentile(dense_ms, 50),
         "bm25_search_p50_ms": percentile(sparse_ms, 50),
         "vector_build_s": round(vector_build_s, 2),
-        "bm25_build_s": round(sparse_build_s, 2),
+        "bm25_build_s": round(corpus.sparse_build_s, 2),
     }
     if kind != "flat":
         result["recall@10_vs_exact"] = round(recall_hits / (10 * min(50, queries)), 4)
@@ -193,8 +209,7 @@ def bench_size(
         result["hnsw_m"], result["hnsw_ef_construction"] = hnsw_m, hnsw_ef_construction
     if kind.startswith("ivf"):
         result["ivf_nprobe"] = nprobe
-    if sizes:
-        result["bytes_per_million"] = {k: int(v * 1_000_000 / size) for k, v in sizes.items()}
+    result["bytes_per_million"] = {k: int(v * 1_000_000 / size) for k, v in sizes.items()}
     return result
 
 
@@ -403,6 +418,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         if r["size"] == size
     ]
     lines += ["", "Side by side (same run):", *ratios, "", "Goals (p50, 2 cores):", *goals, ""]
+    if results.get("skipped"):
+        lines += ["Not run: " + "; ".join(results["skipped"]) + ".", ""]
     lines += ["![latency](retrieval_latency.png)", ""]
     memory = [r for r in rows if "bytes_per_million" in r]
     if memory:
@@ -468,6 +485,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--ivf-nprobe", type=int, default=RagSettings().ivf_nprobe)
+    parser.add_argument(
+        "--hnsw-max-size",
+        type=int,
+        default=200_000,
+        help="skip HNSW above this many chunks (its build at 1M takes ~20 min on 2 cores)",
+    )
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--hnsw-ef-construction", type=int, default=80)
@@ -518,12 +541,19 @@ def main() -> None:
             for engine, ms in measured.items()
         },
         "latency": [],
+        "skipped": [],
     }
     rng = np.random.default_rng(7)
     for size in args.sizes:
+        corpus = synthetic_corpus(size, rng)
         for kind in args.kinds:
+            if kind == "hnsw" and size > args.hnsw_max_size:
+                results["skipped"].append(
+                    f"hnsw at {size:,} chunks (over --hnsw-max-size {args.hnsw_max_size:,})"
+                )
+                continue
             row = bench_size(
-                size,
+                corpus,
                 kind,
                 args.queries,
                 embed_ms,
@@ -534,6 +564,7 @@ def main() -> None:
             )
             results["latency"].append(row)
             print(json.dumps(row), flush=True)
+        del corpus
     if args.corpus.is_dir() and any(args.corpus.rglob("*.md")):
         results["default_corpus"] = bench_default_corpus(args.corpus, embedder)
         print(json.dumps(results["default_corpus"]), flush=True)

@@ -39,27 +39,45 @@ def final_predictions(model: IntentRouterModel, predictions: Sequence[IntentPred
 
 
 def measure_latency(
-    model: IntentRouterModel, texts: Sequence[str], *, queries: int = LATENCY_QUERIES
-) -> dict[str, float]:
-    """Single-query latency end to end (tokenizer included), and batched throughput over all texts."""
+    model: IntentRouterModel,
+    texts: Sequence[str],
+    *,
+    queries: int = LATENCY_QUERIES,
+    batch_sizes: Sequence[int] = (BATCH_SIZE,),
+) -> dict[str, Any]:
+    """Single-query latency end to end (tokenizer included), and batched throughput over all texts.
+
+    `batch_qps` is at the first batch size; `batch_qps_by_size` has each. Texts are repeated up to 512 so
+    a small evaluation set still fills several batches of the largest size.
+    """
     sample = [texts[i % len(texts)] for i in range(min(queries, max(len(texts), 1)))]
     timings = []
     for text in sample:
         started = time.perf_counter()
         model.predict(text)
         timings.append((time.perf_counter() - started) * 1000.0)
-    started = time.perf_counter()
-    for start in range(0, len(texts), BATCH_SIZE):
-        model.predict_batch(texts[start : start + BATCH_SIZE])
-    elapsed = time.perf_counter() - started
+    pool = [texts[i % len(texts)] for i in range(max(len(texts), 512))]
+    by_size: dict[int, float] = {}
+    for size in batch_sizes:
+        started = time.perf_counter()
+        for start in range(0, len(pool), size):
+            model.predict_batch(pool[start : start + size])
+        elapsed = time.perf_counter() - started
+        by_size[size] = len(pool) / elapsed if elapsed > 0 else float("inf")
     return {
         "p50_ms": float(np.percentile(timings, 50)),
         "p99_ms": float(np.percentile(timings, 99)),
-        "batch_qps": len(texts) / elapsed if elapsed > 0 else float("inf"),
+        "batch_qps": by_size[batch_sizes[0]],
+        "batch_qps_by_size": by_size,
     }
 
 
-def evaluate_model(model: IntentRouterModel, examples: Sequence[tuple[str, str]]) -> dict[str, Any]:
+def evaluate_model(
+    model: IntentRouterModel,
+    examples: Sequence[tuple[str, str]],
+    *,
+    batch_sizes: Sequence[int] = (BATCH_SIZE,),
+) -> dict[str, Any]:
     if not examples:
         raise ConfigError("router evaluation data holds no examples")
     model.warm_up()
@@ -70,7 +88,7 @@ def evaluate_model(model: IntentRouterModel, examples: Sequence[tuple[str, str]]
         predictions.extend(model.predict_batch(texts[start : start + BATCH_SIZE]))
     oos_label = model.oos_label if model.oos_label in set(gold) else None
     metrics = classification_metrics(gold, final_predictions(model, predictions), oos_label=oos_label)
-    metrics.update(measure_latency(model, texts))
+    metrics.update(measure_latency(model, texts, batch_sizes=batch_sizes))
     metrics["engine"] = model.engine
     return metrics
 

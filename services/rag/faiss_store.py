@@ -6,7 +6,7 @@ Exact (IndexFlatIP) search reads every vector per query: a few milliseconds at 5
 
 - `hnsw` (IndexHNSWFlat): no training, good recall on real embeddings; the build is slow (minutes per
   100k vectors on 2 cores) and the graph adds ~0.25 GiB per million vectors.
-- `ivf` (IVF-Flat): k-means into ~4 sqrt(n) lists, `nprobe` of them scanned per query; builds in seconds,
+- `ivf` (IVF-Flat): k-means into ~2 sqrt(n) lists, `nprobe` of them scanned per query; builds in seconds,
   memory as flat. Recall is set by `nprobe` (benchmarks/results/retrieval.md measures it).
 - `ivf_sq8`: the same with 8-bit scalar-quantized codes: a quarter of the memory (0.36 GiB per million
   vectors) for a small recall loss, the choice at millions of chunks.

@@ -4,7 +4,7 @@
         --router-config training/configs/router_clinc150.yaml --out var/router-clinc150-class
     python -m training.train_router --data ../shared/datasets/clinc150/data_full.json \
         --config training/configs/router_clinc150.yaml --oos-method threshold \
-        --out var/router-clinc150-threshold
+        --out var/router-clinc150-threshold   # (the committed results used the config's wider variant)
     python -m benchmarks.bench_router_clinc --data ../shared/datasets/clinc150/data_full.json \
         --class-model var/router-clinc150-class --threshold-model var/router-clinc150-threshold
 
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import yaml
 
 from services.core.errors import ConfigError
 from services.router.classifier import IntentRouterModel
@@ -197,6 +198,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"early stop: {t['stopped_early']}) in {t['train_seconds']} s ({t['seconds_per_step']} s/step), "
             f"{run['trainable_parameters']:,} trainable parameters; validation macro-F1 by epoch: "
             + ", ".join(f"{h['val_macro_f1']:.4f}" for h in run["history"] or [])
+        )
+        cfg = yaml.safe_load(run["config"])
+        lines.append(
+            f"  LoRA r={cfg['lora_r']} alpha={cfg['lora_alpha']} on {cfg['target_modules']}, "
+            f"{cfg['modules_to_save']} trained in full, lr {cfg['learning_rate']}, "
+            f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, seed {cfg['seed']}, "
+            f"oos_method {cfg['oos_method']}."
         )
     lines += ["", f"Machine: {results['machine']}.", ""]
     return "\n".join(lines)

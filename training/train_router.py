@@ -25,10 +25,10 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
+from services.core.encoding import pad_encodings
 from services.core.errors import ConfigError
 from services.core.packaged import resolve_encoder
 from services.router import artifacts as layout
-from services.router.classifier import pad_encodings
 from services.router.export import export_onnx, quantize_int8
 from services.router.metrics import (
     calibrate_oos_threshold,

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.core.encoding import pad_encodings
 from services.core.errors import ConfigError, NotReady
 from services.core.packaged import PACKAGED_MINILM, resolve_encoder
 
@@ -226,15 +227,7 @@ class OnnxEmbedder:
             raise NotReady(f"embedder {self._model_name!r} is not loaded: call warm_up() first")
 
     def _run(self, encodings: Sequence[Any]) -> npt.NDArray[np.float32]:
-        width = max(len(e.ids) for e in encodings)
-        input_ids = np.zeros((len(encodings), width), dtype=np.int64)
-        attention_mask = np.zeros_like(input_ids)
-        token_type_ids = np.zeros_like(input_ids)
-        for row, encoding in enumerate(encodings):
-            n = len(encoding.ids)
-            input_ids[row, :n] = encoding.ids
-            attention_mask[row, :n] = 1
-            token_type_ids[row, :n] = encoding.type_ids
+        input_ids, attention_mask, token_type_ids = pad_encodings(encodings)
         feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         outputs = self._session.run([OUTPUT_NAME], {name: feed[name] for name in self._session_inputs})
         return np.ascontiguousarray(outputs[0], dtype=np.float32)

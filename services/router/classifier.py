@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from services.core.encoding import IntArray, pad_encodings
 from services.core.errors import ConfigError, NotReady
 from services.core.types import IntentPrediction
 from services.router.artifacts import HOW_TO_TRAIN, THRESHOLD_METHODS, RouterArtifacts, read_artifacts
@@ -24,7 +25,6 @@ from services.router.metrics import softmax
 logger = logging.getLogger(__name__)
 
 Engine = Literal["onnx", "torch"]
-IntArray = npt.NDArray[np.int64]
 # Rows per model call in predict_batch (after sorting by length): large enough to fill the matrix
 # kernels, small enough that lengths within a sub-batch stay close (benchmarks/bench_router.py).
 SUB_BATCH = 32
@@ -211,20 +211,6 @@ class IntentRouterModel:
                 token_type_ids=torch.from_numpy(token_type_ids),
             ).logits
         return np.asarray(logits.float().numpy(), dtype=np.float32)
-
-
-def pad_encodings(encodings: Sequence[Any]) -> tuple[IntArray, IntArray, IntArray]:
-    """Token ids, attention mask and token types of `encodings`, zero-padded to the longest."""
-    width = max(len(e.ids) for e in encodings)
-    input_ids = np.zeros((len(encodings), width), dtype=np.int64)
-    attention_mask = np.zeros_like(input_ids)
-    token_type_ids = np.zeros_like(input_ids)
-    for row, encoding in enumerate(encodings):
-        n = len(encoding.ids)
-        input_ids[row, :n] = encoding.ids
-        attention_mask[row, :n] = 1
-        token_type_ids[row, :n] = encoding.type_ids
-    return input_ids, attention_mask, token_type_ids
 
 
 def load_merged_torch_model(artifacts: RouterArtifacts, *, threads: int | None = None) -> Any:

@@ -110,18 +110,23 @@ def test_a_failing_run_leaves_the_previous_model_intact(
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
-def test_threshold_method_stores_a_threshold(tmp_path: Path, trained: tuple[Path, dict, Path]) -> None:
-    _, _, val = trained
-    train = _subset(ROUTER_DATA / "train.jsonl", tmp_path / "t.jsonl", per_label=40, seed=1)
-    metrics = train_router(
+def _train_briefly(tmp_path: Path, val: Path, *, oos_method: str, seed: int, export_int8: bool) -> dict:
+    """10 steps on a small subset: enough to check what a method writes, not how well it routes."""
+    train = _subset(ROUTER_DATA / "train.jsonl", tmp_path / "t.jsonl", per_label=40, seed=seed)
+    return train_router(
         train,
         tmp_path / "m",
         eval_file=val,
         max_steps=10,
         progress=False,
-        oos_method="threshold",
-        export_int8=False,
+        oos_method=oos_method,
+        export_int8=export_int8,
     )
+
+
+def test_threshold_method_stores_a_threshold(tmp_path: Path, trained: tuple[Path, dict, Path]) -> None:
+    _, _, val = trained
+    metrics = _train_briefly(tmp_path, val, oos_method="threshold", seed=1, export_int8=False)
     assert 0.0 <= metrics["threshold"] <= 1.0
     model = IntentRouterModel(tmp_path / "m")
     assert model.oos_threshold == metrics["threshold"]
@@ -133,16 +138,7 @@ def test_class_threshold_method_keeps_the_class_and_adds_a_threshold(
     tmp_path: Path, trained: tuple[Path, dict, Path]
 ) -> None:
     _, _, val = trained
-    train = _subset(ROUTER_DATA / "train.jsonl", tmp_path / "t.jsonl", per_label=40, seed=2)
-    metrics = train_router(
-        train,
-        tmp_path / "m",
-        eval_file=val,
-        max_steps=10,
-        progress=False,
-        oos_method="class+threshold",
-        export_int8=True,
-    )
+    metrics = _train_briefly(tmp_path, val, oos_method="class+threshold", seed=2, export_int8=True)
     model = IntentRouterModel(tmp_path / "m")
     assert "out_of_scope" in model.labels  # trained on the class ...
     assert model.oos_threshold == metrics["threshold"] is not None  # ... and rejects below the threshold

@@ -29,7 +29,13 @@ import yaml
 
 from services.core.errors import ConfigError
 from services.router.classifier import IntentRouterModel
-from services.router.metrics import calibrate_oos_threshold, classification_metrics, softmax, threshold_sweep
+from services.router.metrics import (
+    calibrate_oos_threshold,
+    classification_metrics,
+    predict_with_threshold,
+    softmax,
+    threshold_sweep,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Larson et al. 2019, "An Evaluation Dataset for Intent Classification and Out-of-Scope Prediction",
@@ -64,6 +70,7 @@ class ScoredSplit:
         )
         probabilities = softmax(logits, model.temperature)
         labels = list(model.labels)
+        self.probabilities, self.labels = probabilities, labels
         self.gold = [g for _, g in examples]
         self.argmax = [labels[int(i)] for i in probabilities.argmax(axis=1)]
         self.confidence: npt.NDArray[np.float64] = probabilities.max(axis=1)
@@ -73,10 +80,7 @@ class ScoredSplit:
         self.predicted_oos = [a == oos for a in self.argmax]
 
     def metrics_at(self, threshold: float | None) -> dict[str, Any]:
-        predicted = [
-            self.oos_label if threshold is not None and c < threshold else a
-            for a, c in zip(self.argmax, self.confidence, strict=True)
-        ]
+        predicted = predict_with_threshold(self.probabilities, self.labels, threshold, self.oos_label)
         m = classification_metrics(self.gold, predicted, oos_label=self.oos_label)
         return {
             "threshold": threshold,

@@ -35,6 +35,7 @@ from services.router.metrics import (
     classification_metrics,
     confusion_matrix,
     fit_temperature,
+    predict_with_threshold,
     softmax,
 )
 from training.router_data import Example, RouterSplits, load_router_data
@@ -327,23 +328,6 @@ def _train_loop(
 # -- calibrate and evaluate ------------------------------------------------------------------------
 
 
-def _predict_labels(
-    probabilities: npt.NDArray[np.float64],
-    labels: Sequence[str],
-    threshold: float | None,
-    oos_label: str | None,
-) -> list[str]:
-    best = probabilities.argmax(axis=1)
-    confidence = probabilities.max(axis=1)
-    predicted = []
-    for index, conf in zip(best, confidence, strict=True):
-        if threshold is not None and oos_label is not None and conf < threshold:
-            predicted.append(oos_label)
-        else:
-            predicted.append(labels[int(index)])
-    return predicted
-
-
 def _calibrate(trainer: _Trainer, data: PreparedData, cfg: RouterTrainConfig) -> dict[str, Any]:
     val_texts = [t for t, _ in data.val]
     val_logits = trainer.logits(val_texts)
@@ -385,7 +369,7 @@ def _split_metrics(
     threshold: float | None,
     oos_label: str | None,
 ) -> tuple[dict[str, Any], list[str]]:
-    predicted = _predict_labels(softmax(logits, temperature), labels, threshold, oos_label)
+    predicted = predict_with_threshold(softmax(logits, temperature), labels, threshold, oos_label)
     metrics = classification_metrics([g for _, g in examples], predicted, oos_label=oos_label)
     return metrics, predicted
 

@@ -118,8 +118,8 @@ class RouterSettings(Section):
     )
     max_length: int = Field(64, ge=8)
     threads: int = Field(1, ge=1)
-    # fp32 (model.onnx) or the int8 copy training writes beside it: ~3x faster per query, at the accuracy
-    # cost that benchmarks/results/router_service.md measures.
+    # fp32 (model.onnx) or the int8 copy training writes beside it: 1.5-2x faster per query here, at the
+    # accuracy cost that benchmarks/results/router_service.md measures (0.9 points on its test set).
     precision: Literal["fp32", "int8"] = "fp32"
 
 

@@ -5,7 +5,7 @@ Exact (IndexFlatIP) search reads every vector per query: a few milliseconds at 5
 `exact_search_max` the store builds one of:
 
 - `hnsw` (IndexHNSWFlat): no training, the best recall on real embeddings (0.99 of the exact top 10);
-  the build is slow (23 s per 100k vectors on 2 cores, superlinear) and the graph adds ~0.25 GiB per
+  the build is slow (23 s for 100k vectors on 2 cores) and the graph adds ~0.25 GiB per
   million vectors.
 - `ivf` (IVF-Flat): k-means into ~2 sqrt(n) lists, `nprobe` of them scanned per query; builds in seconds,
   memory as flat. Recall is set by `nprobe`: 0.88 at 16 on real embeddings (benchmarks/results/retrieval.md).

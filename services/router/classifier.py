@@ -174,7 +174,7 @@ class IntentRouterModel:
             raise ConfigError(
                 f"router tokenizer {self._artifacts.tokenizer_file} is unreadable ({exc}); {HOW_TO_TRAIN}"
             ) from exc
-        tokenizer.no_padding()  # padding is done in _pad, per sub-batch, to the longest text
+        tokenizer.no_padding()  # pad_encodings pads each sub-batch to its longest text
         tokenizer.enable_truncation(max_length=self._max_length)
         return tokenizer
 

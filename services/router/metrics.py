@@ -121,9 +121,7 @@ def calibrate_oos_threshold(
     best: dict[str, float] = {}
     best_score = -1.0
     for threshold in candidates:
-        accepted = (conf >= threshold) & ~already
-        in_scope_accuracy = float((right & accepted)[~oos].mean())
-        oos_recall = float((~accepted)[oos].mean())
+        in_scope_accuracy, oos_recall = _operating_point(conf, right, oos, already, threshold)
         if floor is not None and in_scope_accuracy < floor:
             break  # candidates rise, so every later one rejects more and falls further below
         score = in_scope_accuracy + oos_recall if floor is None else oos_recall + 1e-6 * in_scope_accuracy
@@ -154,12 +152,38 @@ def threshold_sweep(
     already = np.zeros_like(oos) if predicted_oos is None else np.asarray(predicted_oos, dtype=bool)
     points = []
     for threshold in thresholds:
-        accepted = (conf >= threshold) & ~already
+        in_scope_accuracy, oos_recall = _operating_point(conf, right, oos, already, threshold)
         points.append(
-            {
-                "threshold": float(threshold),
-                "in_scope_accuracy": float((right & accepted)[~oos].mean()) if (~oos).any() else 0.0,
-                "oos_recall": float((~accepted)[oos].mean()) if oos.any() else 0.0,
-            }
+            {"threshold": float(threshold), "in_scope_accuracy": in_scope_accuracy, "oos_recall": oos_recall}
         )
     return points
+
+
+def _operating_point(
+    confidence: FloatArray,
+    correct: npt.NDArray[np.bool_],
+    is_oos: npt.NDArray[np.bool_],
+    predicted_oos: npt.NDArray[np.bool_],
+    threshold: float,
+) -> tuple[float, float]:
+    """(in-scope accuracy, oos recall) when examples below `threshold` or predicted oos are rejected."""
+    accepted = (confidence >= threshold) & ~predicted_oos
+    in_scope_accuracy = float((correct & accepted)[~is_oos].mean()) if (~is_oos).any() else 0.0
+    oos_recall = float((~accepted)[is_oos].mean()) if is_oos.any() else 0.0
+    return in_scope_accuracy, oos_recall
+
+
+def predict_with_threshold(
+    probabilities: npt.NDArray[np.float64],
+    labels: Sequence[str],
+    threshold: float | None,
+    oos_label: str | None,
+) -> list[str]:
+    """The argmax label per row, or `oos_label` where the max probability is below `threshold`."""
+    predicted = [labels[int(index)] for index in probabilities.argmax(axis=1)]
+    if threshold is None or oos_label is None:
+        return predicted
+    confidence = probabilities.max(axis=1)
+    return [
+        oos_label if conf < threshold else label for label, conf in zip(predicted, confidence, strict=True)
+    ]

@@ -5,6 +5,7 @@ from services.router.metrics import (
     calibrate_oos_threshold,
     classification_metrics,
     fit_temperature,
+    predict_with_threshold,
     softmax,
     threshold_sweep,
 )
@@ -78,6 +79,13 @@ def test_threshold_sweep_trades_in_scope_accuracy_for_oos_recall() -> None:
     points = threshold_sweep(confidences, correct, is_oos, [0.0, 0.55, 0.7, 1.0])
     assert [p["oos_recall"] for p in points] == [0.0, 1.0, 1.0, 1.0]
     assert [round(p["in_scope_accuracy"], 3) for p in points] == [1.0, 1.0, 0.667, 0.0]
+
+
+def test_predictions_below_the_threshold_become_the_oos_label() -> None:
+    probabilities = np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8]])
+    assert predict_with_threshold(probabilities, ["a", "b"], 0.6, "oos") == ["a", "oos", "b"]
+    assert predict_with_threshold(probabilities, ["a", "b"], None, "oos") == ["a", "a", "b"]
+    assert predict_with_threshold(probabilities, ["a", "b"], 0.6, None) == ["a", "a", "b"]
 
 
 def test_threshold_needs_both_kinds() -> None:

@@ -166,6 +166,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def _describe(run: dict[str, Any]) -> str:
+    cfg = yaml.safe_load(run["config"])
+    targets = "+".join(cfg["target_modules"])
+    return f"MiniLM+LoRA r{cfg['lora_r']} {targets}, {cfg.get('pooling', 'cls')} pooling"
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Router on CLINC150 (Full) vs Larson et al. 2019, Table 2",
@@ -178,6 +184,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for run in results["runs"].values():
+        described = _describe(run)
         for engine, data in run["engines"].items():
             for point, m in data["operating_points"].items():
                 if m["threshold"] is None and run["oos_method"] == "threshold":
@@ -189,7 +196,7 @@ def markdown(results: dict[str, Any]) -> str:
                     threshold = f"{m['threshold']:.3f} ({point.replace('_', ' ')})"
                 met = m["in_scope_accuracy"] >= GOAL_IN_SCOPE and m["oos_recall"] >= GOAL_OOS_RECALL
                 lines.append(
-                    f"| {method} | MiniLM+LoRA | {engine} | {threshold} | {m['in_scope_accuracy']:.1f} | "
+                    f"| {method} | {described} | {engine} | {threshold} | {m['in_scope_accuracy']:.1f} | "
                     f"{m['oos_recall']:.1f} | {'yes' if met else 'no'} |"
                 )
     for name, (in_scope, recall) in PUBLISHED.items():
@@ -206,7 +213,8 @@ def markdown(results: dict[str, Any]) -> str:
         cfg = yaml.safe_load(run["config"])
         lines.append(
             f"  LoRA r={cfg['lora_r']} alpha={cfg['lora_alpha']} on {cfg['target_modules']}, "
-            f"{cfg['modules_to_save']} trained in full, lr {cfg['learning_rate']}, "
+            f"{cfg['modules_to_save']} trained in full, {cfg.get('pooling', 'cls')} pooling, "
+            f"lr {cfg['learning_rate']}, label smoothing {cfg.get('label_smoothing', 0.0)}, "
             f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, seed {cfg['seed']}, "
             f"oos_method {cfg['oos_method']}."
         )
@@ -219,10 +227,23 @@ def main() -> int:
     parser.add_argument("--data", type=Path, required=True, help="CLINC150 data_full.json")
     parser.add_argument("--class-model", type=Path, default=None, help="trained: class or class+threshold")
     parser.add_argument("--threshold-model", type=Path, default=None, help="trained with threshold")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="another trained router, compared side by side (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--machine", default="2 cores")
     args = parser.parse_args()
     models = {"oos-class": args.class_model, "oos-threshold": args.threshold_model}
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            print(f"error: --model wants NAME=DIR, got {item!r}", file=sys.stderr)
+            return 2
+        models[name] = Path(path)
     try:
         val, test = read_splits(args.data)
         runs = {name: evaluate(path, val, test) for name, path in models.items() if path is not None}

@@ -38,6 +38,7 @@ from services.router.metrics import (
     predict_with_threshold,
     softmax,
 )
+from services.router.modeling import POOLINGS, Pooling, build_classifier
 from training.router_data import Example, RouterSplits, load_router_data
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,12 @@ class RouterTrainConfig:
     lora_dropout: float = 0.1
     target_modules: tuple[str, ...] = ("query", "value")
     modules_to_save: tuple[str, ...] = ("classifier", "pooler")
+    # cls: BERT's pooler over [CLS]; mean: masked mean of the last hidden states (services/router/modeling)
+    pooling: Pooling = "cls"
+    # Keep only the encoder's first N layers (None: all): the router's cost per query is linear in N.
+    encoder_layers: int | None = None
+    # Cross-entropy label smoothing: softer targets keep max-probabilities informative for the threshold.
+    label_smoothing: float = 0.0
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
@@ -86,6 +93,9 @@ class RouterTrainConfig:
             "eval_every_steps": self.eval_every_steps >= 0,
             "patience": self.patience >= 1,
             "val_fraction": 0 < self.val_fraction < 1,
+            "pooling": self.pooling in POOLINGS,
+            "encoder_layers": self.encoder_layers is None or self.encoder_layers >= 1,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
             "oos_method": self.oos_method in layout.OOS_METHODS,
             "threshold_max_in_scope_drop": self.threshold_max_in_scope_drop is None
             or 0 <= self.threshold_max_in_scope_drop < 1,
@@ -174,7 +184,6 @@ class _Trainer:
         import torch
         from peft import LoraConfig, TaskType, get_peft_model
         from tokenizers import Tokenizer
-        from transformers import AutoModelForSequenceClassification
 
         self.cfg = cfg
         self.labels = labels
@@ -187,12 +196,7 @@ class _Trainer:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=cfg.max_length)
-        base = AutoModelForSequenceClassification.from_pretrained(
-            str(self.base_dir),
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id=self.label_index,
-        )
+        base = build_classifier(str(self.base_dir), labels, cfg.pooling, encoder_layers=cfg.encoder_layers)
         lora = LoraConfig(
             task_type=TaskType.SEQ_CLS,
             r=cfg.lora_r,
@@ -285,7 +289,9 @@ def _train_loop(
         model.train()
         for batch in _batches(torch.randperm(len(texts), generator=generator).tolist(), cfg.batch_size):
             loss = torch.nn.functional.cross_entropy(
-                model(**trainer.encode([texts[i] for i in batch])).logits, targets[batch]
+                model(**trainer.encode([texts[i] for i in batch])).logits,
+                targets[batch],
+                label_smoothing=cfg.label_smoothing,
             )
             loss.backward()
             optimizer.step()
@@ -412,9 +418,10 @@ LoRA-tuned {cfg.base_model} sequence classifier that routes chat requests by int
 - Data: `{Path(source).name}`: {metrics["train_examples"]} training, {metrics["val_examples"]} validation,
   {metrics["test_examples"]} test examples; {len(labels)} labels: {label_list}
 - Config: LoRA r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout}, target modules
-  {list(cfg.target_modules)}, trained in full {list(cfg.modules_to_save)}; lr {cfg.learning_rate},
-  batch {cfg.batch_size}, up to {cfg.epochs} epochs, early stopping on validation macro-F1
-  (patience {cfg.patience}), seed {cfg.seed}. {metrics["steps"]} steps in {metrics["train_seconds"]} s.
+  {list(cfg.target_modules)}, trained in full {list(cfg.modules_to_save)}; {cfg.pooling} pooling,
+  {cfg.encoder_layers or "all"} encoder layers; lr {cfg.learning_rate}, batch {cfg.batch_size}, up to
+  {cfg.epochs} epochs, early stopping on validation macro-F1 (patience {cfg.patience}), seed {cfg.seed}.
+  {metrics["steps"]} steps in {metrics["train_seconds"]} s.
 - Out of scope: `{cfg.oos_method}` method; threshold {metrics["threshold"]}; softmax temperature
   {metrics["temperature"]:.3f} (fitted on validation data).
 - Metrics ({metrics["evaluated_on"]} split): {shown}.
@@ -575,6 +582,8 @@ def train_router(
                 "oos_method": cfg.oos_method,
                 "base_model": cfg.base_model,
                 "max_length": cfg.max_length,
+                "pooling": cfg.pooling,
+                "encoder_layers": cfg.encoder_layers,
             },
         )
         _write_json(

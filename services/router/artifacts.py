@@ -6,7 +6,8 @@ Layout (written atomically by `training.train_router`):
     model.onnx               the merged model, exported for ONNX Runtime (fp32)
     model.int8.onnx          the same, int8 dynamically quantized (optional)
     tokenizer.json           the base model's fast tokenizer
-    labels.json              {"labels": [...model output order...], "oos_label": str|null, "oos_method": ...}
+    labels.json              {"labels": [...model output order...], "oos_label": str|null, "oos_method": ...,
+                              "pooling": "cls"|"mean", "encoder_layers": int|null, "base_model": ...}
     calibration.json         {"temperature": T}: softmax(logits / T) is calibrated on validation data
     threshold.json           {"oos_method": ..., "threshold": float|null, ...}
     router_config.yaml       the training configuration used
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from services.core.errors import ConfigError
+from services.router.modeling import POOLINGS, Pooling
 
 # class: an explicit out-of-scope class; threshold: reject below a calibrated max probability (trained on
 # in-scope data only); class+threshold: both, the class and a threshold on top of it.
@@ -55,6 +57,8 @@ class RouterArtifacts:
     temperature: float
     base_model: str
     max_length: int
+    pooling: Pooling = "cls"
+    encoder_layers: int | None = None  # None: all of the base model's layers
 
     @property
     def adapter_dir(self) -> Path:
@@ -104,6 +108,12 @@ def read_artifacts(model_dir: Path) -> RouterArtifacts:
     if not (model_dir / TOKENIZER_FILE).is_file():
         raise ConfigError(f"router model file missing: {model_dir / TOKENIZER_FILE}; {HOW_TO_TRAIN}")
     oos_label = labels_raw.get("oos_label")
+    pooling = labels_raw.get("pooling", "cls")  # folders written before mean pooling existed are cls
+    if pooling not in POOLINGS:
+        raise ConfigError(f"{model_dir / LABELS_FILE}: unknown pooling {pooling!r}")
+    encoder_layers = labels_raw.get("encoder_layers")
+    if encoder_layers is not None and (not isinstance(encoder_layers, int) or encoder_layers < 1):
+        raise ConfigError(f"{model_dir / LABELS_FILE}: encoder_layers must be >= 1, got {encoder_layers!r}")
     return RouterArtifacts(
         model_dir=model_dir,
         labels=tuple(labels),
@@ -113,4 +123,6 @@ def read_artifacts(model_dir: Path) -> RouterArtifacts:
         temperature=float(temperature),
         base_model=str(labels_raw.get("base_model", "packaged:all-MiniLM-L6-v2")),
         max_length=int(labels_raw.get("max_length", 64)),
+        pooling=pooling,
+        encoder_layers=encoder_layers,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,6 +65,9 @@ class IntentRouterModel:
         self._engine: Engine | None = None
         self._tokenizer: Any = None
         self._session: Any = None
+        # threads > 1: a second session with one thread per run, which `threads` workers call at once
+        self._batch_session: Any = None
+        self._batch_workers: ThreadPoolExecutor | None = None
         self._session_inputs: tuple[str, ...] = ()
         self._torch_model: Any = None
 
@@ -142,28 +146,33 @@ class IntentRouterModel:
             raise NotReady("router model is not loaded: call warm_up() first")
         encodings = self._tokenizer.encode_batch(list(texts))
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-        out: npt.NDArray[np.float32] | None = None
-        for start in range(0, len(order), SUB_BATCH):
-            rows = order[start : start + SUB_BATCH]
-            part = self._run(*pad_encodings([encodings[i] for i in rows]))
-            if out is None:
-                out = np.empty((len(texts), part.shape[1]), dtype=np.float32)
+        chunks = [order[start : start + SUB_BATCH] for start in range(0, len(order), SUB_BATCH)]
+        padded = [pad_encodings([encodings[i] for i in rows]) for rows in chunks]
+        if len(chunks) > 1 and self._batch_workers is not None:
+            # One single-threaded run per core: at 32 x ~13 tokens the matrices are too small for one
+            # run to keep two cores busy (benchmarks/results/router_service.md).
+            session = self._batch_session
+            parts = list(self._batch_workers.map(lambda arrays: self._run_onnx(session, *arrays), padded))
+        else:
+            parts = [self._run(*arrays) for arrays in padded]
+        out = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
+        for rows, part in zip(chunks, parts, strict=True):
             out[rows] = part
-        assert out is not None  # texts is non-empty here: predict_batch returns early on none
         return out
 
     def _run(
         self, input_ids: IntArray, attention_mask: IntArray, token_type_ids: IntArray
     ) -> npt.NDArray[np.float32]:
         if self._engine == "onnx":
-            feed = {
-                "input_ids": input_ids,
-                "attention_mask": attention_mask,
-                "token_type_ids": token_type_ids,
-            }
-            outputs = self._session.run(None, {name: feed[name] for name in self._session_inputs})
-            return np.asarray(outputs[0], dtype=np.float32)
+            return self._run_onnx(self._session, input_ids, attention_mask, token_type_ids)
         return self._torch_logits(input_ids, attention_mask, token_type_ids)
+
+    def _run_onnx(
+        self, session: Any, input_ids: IntArray, attention_mask: IntArray, token_type_ids: IntArray
+    ) -> npt.NDArray[np.float32]:
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        outputs = session.run(None, {name: feed[name] for name in self._session_inputs})
+        return np.asarray(outputs[0], dtype=np.float32)
 
     def _load_tokenizer(self) -> Any:
         from tokenizers import Tokenizer
@@ -179,18 +188,11 @@ class IntentRouterModel:
         return tokenizer
 
     def _load_onnx(self, onnx_file: Path) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self._threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self._session = ort.InferenceSession(
-                str(onnx_file), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
-            raise ConfigError(f"router ONNX model {onnx_file} does not load ({exc}); {HOW_TO_TRAIN}") from exc
+        self._session = _onnx_session(onnx_file, threads=self._threads)
+        if self._threads > 1:
+            # ONNX Runtime sessions take concurrent run() calls; each runs on its caller's thread here.
+            self._batch_session = _onnx_session(onnx_file, threads=1)
+            self._batch_workers = ThreadPoolExecutor(self._threads, thread_name_prefix="router-batch")
         self._session_inputs = tuple(i.name for i in self._session.get_inputs())
         n_out = self._session.get_outputs()[0].shape[-1]
         if isinstance(n_out, int) and n_out != len(self.labels):
@@ -213,25 +215,35 @@ class IntentRouterModel:
         return np.asarray(logits.float().numpy(), dtype=np.float32)
 
 
+def _onnx_session(onnx_file: Path, *, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(onnx_file), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for corrupt graphs
+        raise ConfigError(f"router ONNX model {onnx_file} does not load ({exc}); {HOW_TO_TRAIN}") from exc
+
+
 def load_merged_torch_model(artifacts: RouterArtifacts, *, threads: int | None = None) -> Any:
     """Base model + LoRA adapter, merged into plain weights (peft merge_and_unload), in eval mode."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
 
     from services.core.packaged import resolve_encoder
+    from services.router.modeling import build_classifier
 
     if threads is not None:
         torch.set_num_threads(threads)
     if not (artifacts.adapter_dir / "adapter_config.json").is_file():
         raise ConfigError(f"router adapter missing: {artifacts.adapter_dir}; {HOW_TO_TRAIN}")
-    labels = artifacts.labels
     try:
-        base = AutoModelForSequenceClassification.from_pretrained(
-            resolve_encoder(artifacts.base_model),
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
+        base_dir = str(resolve_encoder(artifacts.base_model))
+        base = build_classifier(
+            base_dir, artifacts.labels, artifacts.pooling, encoder_layers=artifacts.encoder_layers
         )
         model = PeftModel.from_pretrained(base, str(artifacts.adapter_dir)).merge_and_unload()
     except (OSError, ValueError, RuntimeError) as exc:

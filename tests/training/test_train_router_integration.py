@@ -169,6 +169,30 @@ def test_batch_results_do_not_depend_on_batch_order_or_size(trained: tuple[Path,
     np.testing.assert_allclose(together, one_by_one, atol=1e-4)
     reversed_logits = model.logits(texts[::-1])[::-1]
     np.testing.assert_allclose(together, reversed_logits, atol=1e-4)
+    # threads=2 runs the sub-batches concurrently on a second, single-threaded session: same numbers
+    concurrent = IntentRouterModel(out, engine="onnx", threads=2)
+    concurrent.warm_up()
+    np.testing.assert_allclose(concurrent.logits(texts), together, atol=1e-4)
+
+
+def test_mean_pooled_router_on_fewer_layers_exports_and_reloads_the_same(
+    tmp_path: Path, trained: tuple[Path, dict, Path]
+) -> None:
+    _, _, val = trained
+    train = _subset(ROUTER_DATA / "train.jsonl", tmp_path / "t.jsonl", per_label=40, seed=3)
+    out = tmp_path / "m"
+    metrics = train_router(
+        train, out, eval_file=val, max_steps=30, progress=False, pooling="mean", encoder_layers=3
+    )
+    stored = json.loads((out / "labels.json").read_text())
+    assert (stored["pooling"], stored["encoder_layers"]) == ("mean", 3)
+    assert metrics["accuracy"] > 0.5  # chance ~0.33
+    texts = [json.loads(line)["text"] for line in val.read_text().splitlines()][:24]
+    onnx = IntentRouterModel(out, engine="onnx")
+    torch_model = IntentRouterModel(out, engine="torch")  # rebuilds the 3-layer mean-pooled head
+    onnx.warm_up()
+    torch_model.warm_up()
+    np.testing.assert_allclose(onnx.logits(texts), torch_model.logits(texts), atol=1e-3)
 
 
 def test_missing_or_corrupt_model_dir_is_a_config_error(

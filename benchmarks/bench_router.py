@@ -164,7 +164,7 @@ def markdown(result: dict[str, Any], plot_name: str) -> str:
         "",
         f"Median over {result['rounds']} interleaved rounds (min-max in brackets). Single query: end to end "
         "incl. tokenizer, one text at a time. Batch: texts per predict_batch call (sorted by length into "
-        "sub-batches of 32; with 2+ threads the sub-batches run concurrently, one thread each). Ratios are "
+        "sub-batches of 32). Ratios are "
         f"against the first row with the same thread count. Load average at start: "
         f"{result['load_average_at_start']}.",
         "",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,9 +64,6 @@ class IntentRouterModel:
         self._engine: Engine | None = None
         self._tokenizer: Any = None
         self._session: Any = None
-        # threads > 1: a second session with one thread per run, which `threads` workers call at once
-        self._batch_session: Any = None
-        self._batch_workers: ThreadPoolExecutor | None = None
         self._session_inputs: tuple[str, ...] = ()
         self._torch_model: Any = None
 
@@ -147,14 +143,9 @@ class IntentRouterModel:
         encodings = self._tokenizer.encode_batch(list(texts))
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         chunks = [order[start : start + SUB_BATCH] for start in range(0, len(order), SUB_BATCH)]
-        padded = [pad_encodings([encodings[i] for i in rows]) for rows in chunks]
-        if len(chunks) > 1 and self._batch_workers is not None:
-            # One single-threaded run per core: at 32 x ~13 tokens the matrices are too small for one
-            # run to keep two cores busy (benchmarks/results/router_service.md).
-            session = self._batch_session
-            parts = list(self._batch_workers.map(lambda arrays: self._run_onnx(session, *arrays), padded))
-        else:
-            parts = [self._run(*arrays) for arrays in padded]
+        # Measured and left out: running sub-batches concurrently (one single-threaded run per core)
+        # instead of one two-threaded run each: no gain beyond this VM's +-20 % noise.
+        parts = [self._run(*pad_encodings([encodings[i] for i in rows])) for rows in chunks]
         out = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
         for rows, part in zip(chunks, parts, strict=True):
             out[rows] = part
@@ -164,15 +155,14 @@ class IntentRouterModel:
         self, input_ids: IntArray, attention_mask: IntArray, token_type_ids: IntArray
     ) -> npt.NDArray[np.float32]:
         if self._engine == "onnx":
-            return self._run_onnx(self._session, input_ids, attention_mask, token_type_ids)
+            feed = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "token_type_ids": token_type_ids,
+            }
+            outputs = self._session.run(None, {name: feed[name] for name in self._session_inputs})
+            return np.asarray(outputs[0], dtype=np.float32)
         return self._torch_logits(input_ids, attention_mask, token_type_ids)
-
-    def _run_onnx(
-        self, session: Any, input_ids: IntArray, attention_mask: IntArray, token_type_ids: IntArray
-    ) -> npt.NDArray[np.float32]:
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        outputs = session.run(None, {name: feed[name] for name in self._session_inputs})
-        return np.asarray(outputs[0], dtype=np.float32)
 
     def _load_tokenizer(self) -> Any:
         from tokenizers import Tokenizer
@@ -189,10 +179,6 @@ class IntentRouterModel:
 
     def _load_onnx(self, onnx_file: Path) -> None:
         self._session = _onnx_session(onnx_file, threads=self._threads)
-        if self._threads > 1:
-            # ONNX Runtime sessions take concurrent run() calls; each runs on its caller's thread here.
-            self._batch_session = _onnx_session(onnx_file, threads=1)
-            self._batch_workers = ThreadPoolExecutor(self._threads, thread_name_prefix="router-batch")
         self._session_inputs = tuple(i.name for i in self._session.get_inputs())
         n_out = self._session.get_outputs()[0].shape[-1]
         if isinstance(n_out, int) and n_out != len(self.labels):

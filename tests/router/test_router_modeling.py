@@ -1,4 +1,5 @@
-"""The router's torch heads on the packaged MiniLM: what mean pooling reads, and the checks on choosing one."""
+"""The router's torch heads on the packaged MiniLM: what mean pooling reads, what encoder_layers keeps,
+and the checks on choosing them."""
 
 import json
 import os

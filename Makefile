@@ -10,6 +10,8 @@ HYBRIDLLM := $(BIN)/hybridllm
 DATA_DIR ?= var
 INDEX_DIR ?= $(DATA_DIR)/index
 ROUTER_DIR ?= $(DATA_DIR)/router
+# training/configs/router_fast.yaml: 3 layers, ~1.7x the batched throughput at ~1 point of accuracy
+ROUTER_CONFIG ?= training/configs/router_lora.yaml
 CORPUS ?= corpus/handbook
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -56,7 +58,8 @@ index: install
 
 $(ROUTER_DIR)/labels.json: | $(VENV)/.installed
 	@echo "training the intent router (LoRA on MiniLM, a few minutes on 2 cores)"
-	$(HYBRIDLLM) train-router --data corpus/router/train.jsonl --eval corpus/router/val.jsonl --out $(ROUTER_DIR)
+	$(HYBRIDLLM) train-router --data corpus/router/train.jsonl --eval corpus/router/val.jsonl \
+		--router-config $(ROUTER_CONFIG) --out $(ROUTER_DIR)
 
 router: $(ROUTER_DIR)/labels.json
 

@@ -10,9 +10,12 @@
 
 Both models are scored by the serving code (ONNX Runtime, fp32 and int8) on the test split (4,500 in-scope
 + 1,000 oos). Each operating point is a threshold chosen on the validation split only: the one stored at
-training, and the two objectives side by side (in-scope accuracy + oos recall, as the paper reads it; and
-the most oos recall within 1 point of the unthresholded in-scope accuracy). The curve over all thresholds
-on test shows the whole trade-off. Writes router_clinc150.{json,md,png}; prints the JSON as the last line.
+training, and the objectives side by side (in-scope accuracy + oos recall, as the paper reads it; and
+the most oos recall within d of the unthresholded in-scope accuracy, for d = 1, 0.5 and 0.2 points: near
+argmax the test curve is steep, a tenth of a point of in-scope accuracy buys ~10 points of oos recall, so
+the budget decides the operating point; all three are shown, none picked on test). The curve over all
+thresholds on test shows the whole trade-off. Writes router_clinc150.{json,md,png}; prints the JSON as the
+last line.
 """
 
 from __future__ import annotations
@@ -127,6 +130,8 @@ def evaluate(model_dir: Path, val: list[tuple[str, str]], test: list[tuple[str, 
             "stored": model.oos_threshold,
             "sum_objective": val_scores.calibrate(None),
             "within_1_point": val_scores.calibrate(0.01),
+            "within_0.5_point": val_scores.calibrate(0.005),
+            "within_0.2_point": val_scores.calibrate(0.002),
         }
         result["engines"][engine] = {
             "operating_points": {name: test_scores.metrics_at(t) for name, t in points.items()},

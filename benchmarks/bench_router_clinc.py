@@ -1,21 +1,22 @@
 """The router on CLINC150 (Full) against Larson et al. 2019, Table 2, from routers trained beforehand.
 
     hybridllm train-router --data ../shared/datasets/clinc150/data_full.json \
-        --router-config training/configs/router_clinc150.yaml --out var/router-clinc150-class
+        --router-config training/configs/router_clinc150.yaml --out var/router-clinc150-mean
     python -m training.train_router --data ../shared/datasets/clinc150/data_full.json \
         --config training/configs/router_clinc150.yaml --oos-method threshold \
-        --out var/router-clinc150-threshold   # (the committed results used the config's wider variant)
+        --out var/router-clinc150-threshold
     python -m benchmarks.bench_router_clinc --data ../shared/datasets/clinc150/data_full.json \
-        --class-model var/router-clinc150-class --threshold-model var/router-clinc150-threshold
+        --class-model var/router-clinc150-mean --threshold-model var/router-clinc150-threshold \
+        [--model NAME=DIR ...]   # more trained routers side by side
 
-Both models are scored by the serving code (ONNX Runtime, fp32 and int8) on the test split (4,500 in-scope
-+ 1,000 oos). Each operating point is a threshold chosen on the validation split only: the one stored at
-training, and the objectives side by side (in-scope accuracy + oos recall, as the paper reads it; and
-the most oos recall within d of the unthresholded in-scope accuracy, for d = 1, 0.5 and 0.2 points: near
-argmax the test curve is steep, a tenth of a point of in-scope accuracy buys ~10 points of oos recall, so
-the budget decides the operating point; all three are shown, none picked on test). The curve over all
-thresholds on test shows the whole trade-off. Writes router_clinc150.{json,md,png}; prints the JSON as the
-last line.
+The report's rows name the recipe each model was trained with. All models are scored by the serving code
+(ONNX Runtime, fp32 and int8) on the test split (4,500 in-scope + 1,000 oos). Each operating point is a
+threshold chosen on the validation split only: the one stored at training, and the objectives side by
+side (in-scope accuracy + oos recall, as the paper reads it; and the most oos recall within d of the
+unthresholded in-scope accuracy, for d = 1, 0.5 and 0.2 points: near argmax the test curve is steep, a
+tenth of a point of in-scope accuracy buys ~10 points of oos recall, so the budget decides the operating
+point; all three are shown, none picked on test). The curve over all thresholds on test shows the whole
+trade-off. Writes router_clinc150.{json,md,png}; prints the JSON as the last line.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ PUBLISHED: dict[str, tuple[float, float]] = {
     "MLP oos-threshold": (93.4, 49.1),
 }
 GOAL_IN_SCOPE, GOAL_OOS_RECALL = 96.0, 50.0
-SWEEP = np.linspace(0.0, 1.0, 201)
+SWEEP = np.linspace(0.0, 1.0, 1001)
 TRAINING_KEYS = ("steps", "best_step", "epochs_run", "stopped_early", "train_seconds", "seconds_per_step")
 
 
@@ -171,6 +172,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def curve_best_at_recall(curve: list[dict[str, float]], recall: float) -> dict[str, float] | None:
+    """The curve's point with the highest in-scope accuracy among those with oos recall >= `recall`."""
+    eligible = [p for p in curve if p["oos_recall"] >= recall]
+    return max(eligible, key=lambda p: p["in_scope_accuracy"]) if eligible else None
+
+
 def _describe(run: dict[str, Any]) -> str:
     cfg = yaml.safe_load(run["config"])
     targets = "+".join(cfg["target_modules"])
@@ -206,6 +213,22 @@ def markdown(results: dict[str, Any]) -> str:
                 )
     for name, (in_scope, recall) in PUBLISHED.items():
         lines.append(f"| {name.split()[1]} | {name.split()[0]} (published) | | | {in_scope} | {recall} | |")
+    lines += [
+        "",
+        f"For reference, not an operating point (the threshold is read off test): the best in-scope accuracy "
+        f"each test curve reaches with oos recall >= {GOAL_OOS_RECALL:.0f}.",
+        "",
+        "| model | engine | in-scope accuracy | oos recall | threshold |",
+        "|---|---|---|---|---|",
+    ]
+    for name, run in results["runs"].items():
+        for engine, data in run["engines"].items():
+            best = curve_best_at_recall(data["curve"], GOAL_OOS_RECALL / 100)
+            if best is not None:
+                lines.append(
+                    f"| {name} | {engine} | {100 * best['in_scope_accuracy']:.2f} | "
+                    f"{100 * best['oos_recall']:.1f} | {best['threshold']:.3f} |"
+                )
     lines += ["", "![trade-off](router_clinc150.png)", "", "## Training", ""]
     for name, run in results["runs"].items():
         t = run["training"]

@@ -20,6 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 
 help:
 	@echo "make run    - install, convert models, ingest $(CORPUS), train the router if needed, serve on 127.0.0.1:8000"
+	@echo "             ROUTER_CONFIG=training/configs/router_fast.yaml ROUTER_DIR=var/router-fast: the 3-layer router"
 	@echo "make test   - install with dev extras and run the whole test suite"
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - the default architecture comparison (benchmarks/results/)"

@@ -97,3 +97,15 @@ def test_a_malformed_model_argument_is_one_clear_error(
 ) -> None:
     assert bench.main(["--model", "=nowhere", "--data", str(tmp_path / "x.jsonl")]) == 2
     assert "NAME=DIR" in capsys.readouterr().err
+
+
+def test_the_clinc_report_reads_the_best_in_scope_point_at_the_goal_recall() -> None:
+    from benchmarks.bench_router_clinc import curve_best_at_recall
+
+    curve = [
+        {"threshold": 0.1, "in_scope_accuracy": 0.97, "oos_recall": 0.40},
+        {"threshold": 0.3, "in_scope_accuracy": 0.96, "oos_recall": 0.52},
+        {"threshold": 0.5, "in_scope_accuracy": 0.95, "oos_recall": 0.70},
+    ]
+    assert curve_best_at_recall(curve, 0.5) == curve[1]
+    assert curve_best_at_recall(curve, 0.9) is None

@@ -12,6 +12,7 @@ ONNX graph contains the pooling, so the ONNX path needs nothing from this module
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Any, Literal
 
 from services.core.errors import ConfigError
@@ -20,6 +21,7 @@ Pooling = Literal["cls", "mean"]
 POOLINGS: tuple[Pooling, ...] = ("cls", "mean")
 
 
+@cache  # one class object however many models are built
 def _mean_pooled_class() -> Any:
     """Defined on first use: importing transformers costs seconds and serving on ONNX never needs it."""
     import torch

@@ -23,8 +23,7 @@ from typing import Any
 
 from services.core.errors import ConfigError
 from services.router.classifier import Engine, IntentRouterModel
-from services.router.evaluation import final_predictions, measure_latency, read_labelled
-from services.router.metrics import classification_metrics
+from services.router.evaluation import measure_latency, quality_metrics, read_labelled
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS: dict[str, tuple[Engine, bool]] = {
@@ -58,10 +57,7 @@ def parse_model(item: str) -> tuple[str, Path]:
 
 
 def quality(router: IntentRouterModel, examples: list[tuple[str, str]]) -> dict[str, Any]:
-    texts, gold = [t for t, _ in examples], [g for _, g in examples]
-    predictions = [p for i in range(0, len(texts), 64) for p in router.predict_batch(texts[i : i + 64])]
-    oos_label = router.oos_label if router.oos_label in set(gold) else None
-    metrics = classification_metrics(gold, final_predictions(router, predictions), oos_label=oos_label)
+    metrics = quality_metrics(router, examples)
     return {k: metrics.get(k) for k in QUALITY_KEYS}
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
+from benchmarks.bench_router import parse_model
 from services.core.errors import ConfigError
 from services.router.classifier import IntentRouterModel
 from services.router.metrics import (
@@ -178,8 +179,7 @@ def curve_best_at_recall(curve: list[dict[str, float]], recall: float) -> dict[s
     return max(eligible, key=lambda p: p["in_scope_accuracy"]) if eligible else None
 
 
-def _describe(run: dict[str, Any]) -> str:
-    cfg = yaml.safe_load(run["config"])
+def _describe(cfg: dict[str, Any]) -> str:
     targets = "+".join(cfg["target_modules"])
     return f"MiniLM+LoRA r{cfg['lora_r']} {targets}, {cfg.get('pooling', 'cls')} pooling"
 
@@ -196,7 +196,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for run in results["runs"].values():
-        described = _describe(run)
+        described = _describe(yaml.safe_load(run["config"]))
         for engine, data in run["engines"].items():
             for point, m in data["operating_points"].items():
                 if m["threshold"] is None and run["oos_method"] == "threshold":
@@ -259,20 +259,15 @@ def main() -> int:
         "--model",
         action="append",
         default=[],
-        metavar="NAME=DIR",
+        metavar="[NAME=]DIR",
         help="another trained router, compared side by side (repeatable)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--machine", default="2 cores")
     args = parser.parse_args()
     models = {"oos-class": args.class_model, "oos-threshold": args.threshold_model}
-    for item in args.model:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            print(f"error: --model wants NAME=DIR, got {item!r}", file=sys.stderr)
-            return 2
-        models[name] = Path(path)
     try:
+        models.update(parse_model(item) for item in args.model)
         val, test = read_splits(args.data)
         runs = {name: evaluate(path, val, test) for name, path in models.items() if path is not None}
     except (ConfigError, OSError) as exc:

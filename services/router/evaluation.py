@@ -72,6 +72,17 @@ def measure_latency(
     }
 
 
+def quality_metrics(model: IntentRouterModel, examples: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Accuracy, macro-F1 and (when the data has the model's oos label) oos recall of a loaded model."""
+    texts = [t for t, _ in examples]
+    gold = [g for _, g in examples]
+    predictions: list[IntentPrediction] = []
+    for start in range(0, len(texts), BATCH_SIZE):
+        predictions.extend(model.predict_batch(texts[start : start + BATCH_SIZE]))
+    oos_label = model.oos_label if model.oos_label in set(gold) else None
+    return classification_metrics(gold, final_predictions(model, predictions), oos_label=oos_label)
+
+
 def evaluate_model(
     model: IntentRouterModel,
     examples: Sequence[tuple[str, str]],
@@ -81,14 +92,8 @@ def evaluate_model(
     if not examples:
         raise ConfigError("router evaluation data holds no examples")
     model.warm_up()
-    texts = [t for t, _ in examples]
-    gold = [g for _, g in examples]
-    predictions: list[IntentPrediction] = []
-    for start in range(0, len(texts), BATCH_SIZE):
-        predictions.extend(model.predict_batch(texts[start : start + BATCH_SIZE]))
-    oos_label = model.oos_label if model.oos_label in set(gold) else None
-    metrics = classification_metrics(gold, final_predictions(model, predictions), oos_label=oos_label)
-    metrics.update(measure_latency(model, texts, batch_sizes=batch_sizes))
+    metrics = quality_metrics(model, examples)
+    metrics.update(measure_latency(model, [t for t, _ in examples], batch_sizes=batch_sizes))
     metrics["engine"] = model.engine
     return metrics
 

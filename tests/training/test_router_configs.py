@@ -31,6 +31,8 @@ def test_fast_profile_is_three_mean_pooled_layers_with_lora_on_every_linear_laye
         ({"pooling": "max"}, "pooling"),
         ({"encoder_layers": 0}, "encoder_layers"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"weight_average_decay": 1.0}, "weight_average_decay"),
+        ({"weight_average_decay": 0.0}, "weight_average_decay"),
     ],
 )
 def test_bad_head_options_are_config_errors(override: dict, message: str) -> None:

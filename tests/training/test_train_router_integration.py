@@ -178,12 +178,23 @@ def test_batch_results_do_not_depend_on_batch_order_or_size(trained: tuple[Path,
 def test_mean_pooled_router_on_fewer_layers_exports_and_reloads_the_same(
     tmp_path: Path, trained: tuple[Path, dict, Path]
 ) -> None:
+    """Also runs the weight-averaged training path: what is saved and exported is the average."""
     _, _, val = trained
     train = _subset(ROUTER_DATA / "train.jsonl", tmp_path / "t.jsonl", per_label=40, seed=3)
     out = tmp_path / "m"
     metrics = train_router(
-        train, out, eval_file=val, max_steps=30, progress=False, pooling="mean", encoder_layers=3
+        train,
+        out,
+        eval_file=val,
+        max_steps=30,
+        progress=False,
+        pooling="mean",
+        encoder_layers=3,
+        weight_average_decay=0.99,
     )
+    # the kept weights are the ones validation scored (the average, not the last step's live weights)
+    assert metrics["evaluated_on"] == "val"
+    assert metrics["macro_f1"] == pytest.approx(metrics["best_val_macro_f1"], abs=1e-9)
     stored = json.loads((out / "labels.json").read_text())
     assert (stored["pooling"], stored["encoder_layers"]) == ("mean", 3)
     assert metrics["accuracy"] > 0.5  # chance ~0.33

@@ -120,6 +120,7 @@ def evaluate(model_dir: Path, val: list[tuple[str, str]], test: list[tuple[str, 
         "training": {k: stored.get(k) for k in TRAINING_KEYS},
         "trainable_parameters": stored.get("trainable_parameters"),
         "history": stored.get("history"),
+        "soup": stored.get("soup"),
         "config": config,
         "engines": {},
     }
@@ -179,9 +180,31 @@ def curve_best_at_recall(curve: list[dict[str, float]], recall: float) -> dict[s
     return max(eligible, key=lambda p: p["in_scope_accuracy"]) if eligible else None
 
 
-def _describe(cfg: dict[str, Any]) -> str:
+def _describe(cfg: dict[str, Any], soup: dict[str, Any] | None) -> str:
     targets = "+".join(cfg["target_modules"])
-    return f"MiniLM+LoRA r{cfg['lora_r']} {targets}, {cfg.get('pooling', 'cls')} pooling"
+    rank = soup["member_lora_r"] if soup else cfg["lora_r"]
+    described = f"MiniLM+LoRA r{rank} {targets}, {cfg.get('pooling', 'cls')} pooling"
+    if cfg.get("weight_average_decay"):
+        described += f", EMA {cfg['weight_average_decay']}"
+    return f"soup of {len(soup['seeds'])} x {described}" if soup else described
+
+
+def _training_line(name: str, run: dict[str, Any]) -> str:
+    t = run["training"]
+    if run.get("soup"):
+        soup = run["soup"]
+        members = ", ".join(f"{100 * a:.1f}" for a in soup["member_in_scope_accuracy"] if a is not None)
+        return (
+            f"- {name}: weight soup (training/soup_router.py) of {len(soup['seeds'])} runs, seeds "
+            f"{soup['seeds']}: {t['steps']} training steps in {t['train_seconds']} s together, then one "
+            f"calibration pass; members' test in-scope accuracy at their stored thresholds: {members}"
+        )
+    return (
+        f"- {name}: {t['steps']} steps ({t['epochs_run']} epochs, best at step {t['best_step']}, "
+        f"early stop: {t['stopped_early']}) in {t['train_seconds']} s ({t['seconds_per_step']} s/step), "
+        f"{run['trainable_parameters']:,} trainable parameters; validation macro-F1 by epoch: "
+        + ", ".join(f"{h['val_macro_f1']:.4f}" for h in run["history"] or [])
+    )
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -196,7 +219,7 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for run in results["runs"].values():
-        described = _describe(yaml.safe_load(run["config"]))
+        described = _describe(yaml.safe_load(run["config"]), run.get("soup"))
         for engine, data in run["engines"].items():
             for point, m in data["operating_points"].items():
                 if m["threshold"] is None and run["oos_method"] == "threshold":
@@ -231,18 +254,13 @@ def markdown(results: dict[str, Any]) -> str:
                 )
     lines += ["", "![trade-off](router_clinc150.png)", "", "## Training", ""]
     for name, run in results["runs"].items():
-        t = run["training"]
-        lines.append(
-            f"- {name}: {t['steps']} steps ({t['epochs_run']} epochs, best at step {t['best_step']}, "
-            f"early stop: {t['stopped_early']}) in {t['train_seconds']} s ({t['seconds_per_step']} s/step), "
-            f"{run['trainable_parameters']:,} trainable parameters; validation macro-F1 by epoch: "
-            + ", ".join(f"{h['val_macro_f1']:.4f}" for h in run["history"] or [])
-        )
+        lines.append(_training_line(name, run))
         cfg = yaml.safe_load(run["config"])
         lines.append(
             f"  LoRA r={cfg['lora_r']} alpha={cfg['lora_alpha']} on {cfg['target_modules']}, "
             f"{cfg['modules_to_save']} trained in full, {cfg.get('pooling', 'cls')} pooling, "
             f"lr {cfg['learning_rate']}, label smoothing {cfg.get('label_smoothing', 0.0)}, "
+            f"weight average {cfg.get('weight_average_decay') or 'none'}, "
             f"batch {cfg['batch_size']}, {cfg['epochs']} epochs, seed {cfg['seed']}, "
             f"oos_method {cfg['oos_method']}."
         )

@@ -183,6 +183,21 @@ def cmd_train_router(args: argparse.Namespace) -> None:
     _emit(metrics)
 
 
+def cmd_soup_router(args: argparse.Namespace) -> None:
+    from training.soup_router import soup_routers
+
+    metrics = soup_routers(
+        args.member,
+        args.data,
+        args.out,
+        text_col=args.text_col,
+        label_col=args.label_col,
+        eval_file=args.eval,
+    )
+    metrics.pop("history", None)
+    _emit(metrics)
+
+
 def cmd_train_generator(args: argparse.Namespace) -> None:
     from training.train_generator import train_generator
 
@@ -304,6 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True)
     train.add_argument("--router-config", type=_existing_file, default=None, help="LoRA training YAML")
     train.add_argument("--max-steps", type=int, default=None)
+
+    soup = command(
+        "soup-router", cmd_soup_router, "average routers trained with one recipe and several seeds"
+    )
+    soup.add_argument("--member", type=_existing_dir, action="append", required=True, help="repeat per run")
+    soup.add_argument("--data", type=_existing_file, required=True, help="the members' training data")
+    soup.add_argument("--text-col", default="text")
+    soup.add_argument("--label-col", default="label")
+    soup.add_argument("--eval", type=_existing_file, default=None)
+    soup.add_argument("--out", type=Path, required=True)
 
     train_gen = command("train-generator", cmd_train_generator, "train a LoRA adapter for the tuned pipeline")
     train_gen.add_argument(

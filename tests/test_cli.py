@@ -25,6 +25,7 @@ def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
         (("ingest", "/definitely/not/here"), "/definitely/not/here"),
         (("serve", "--port", "99999"), "99999"),
         (("train-router", "--data", "missing.jsonl", "--out", "x"), "missing.jsonl"),
+        (("soup-router", "--member", "/no/run", "--data", "x.jsonl", "--out", "x"), "/no/run"),
         (("eval", "router", "--model", "/no/model", "--data", "x.jsonl"), "/no/model"),
         (("route", "hello", "--model", "/no/router"), "/no/router"),
         (("eval", "retrieval", "--beir", "/no/beir"), "/no/beir"),
@@ -74,5 +75,5 @@ def test_help_lists_the_contract_commands() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "--help"], capture_output=True, text=True, check=False
     )
-    for command in ("serve", "ingest", "route", "train-router", "eval", "bench"):
+    for command in ("serve", "ingest", "route", "train-router", "soup-router", "eval", "bench"):
         assert command in done.stdout

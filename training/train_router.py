@@ -184,7 +184,7 @@ def _batches(items: Sequence[int], size: int) -> Iterator[list[int]]:
 # -- model -----------------------------------------------------------------------------------------
 
 
-class _Trainer:
+class RouterTrainer:
     """Holds the model, tokenizer and optimiser state for one run."""
 
     def __init__(self, cfg: RouterTrainConfig, labels: list[str]) -> None:
@@ -249,7 +249,7 @@ def _scored_examples(examples: Sequence[Example], labels: Sequence[str]) -> list
     return [e for e in examples if e[1] in known]
 
 
-def _val_macro_f1(trainer: _Trainer, val: Sequence[Example]) -> float:
+def _val_macro_f1(trainer: RouterTrainer, val: Sequence[Example]) -> float:
     scored = _scored_examples(val, trainer.labels)
     logits = trainer.logits([t for t, _ in scored])
     predicted = [trainer.labels[i] for i in logits.argmax(axis=1)]
@@ -257,7 +257,12 @@ def _val_macro_f1(trainer: _Trainer, val: Sequence[Example]) -> float:
 
 
 def _train_loop(
-    trainer: _Trainer, data: PreparedData, cfg: RouterTrainConfig, *, max_steps: int | None, progress: bool
+    trainer: RouterTrainer,
+    data: PreparedData,
+    cfg: RouterTrainConfig,
+    *,
+    max_steps: int | None,
+    progress: bool,
 ) -> dict[str, Any]:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from tqdm import tqdm
@@ -350,7 +355,7 @@ def _train_loop(
 # -- calibrate and evaluate ------------------------------------------------------------------------
 
 
-def _calibrate(trainer: _Trainer, data: PreparedData, cfg: RouterTrainConfig) -> dict[str, Any]:
+def _calibrate(trainer: RouterTrainer, data: PreparedData, cfg: RouterTrainConfig) -> dict[str, Any]:
     val_texts = [t for t, _ in data.val]
     val_logits = trainer.logits(val_texts)
     in_model = [i for i, (_, label) in enumerate(data.val) if label in trainer.label_index]
@@ -437,7 +442,7 @@ LoRA-tuned {cfg.base_model} sequence classifier that routes chat requests by int
   {list(cfg.target_modules)}, trained in full {list(cfg.modules_to_save)}; {cfg.pooling} pooling,
   {cfg.encoder_layers or "all"} encoder layers; lr {cfg.learning_rate}, batch {cfg.batch_size}, up to
   {cfg.epochs} epochs, early stopping on validation macro-F1 (patience {cfg.patience}), seed {cfg.seed}.
-  {metrics["steps"]} steps in {metrics["train_seconds"]} s.
+  {metrics["steps"]} steps in {metrics["train_seconds"]} s.{_soup_line(metrics)}
 - Out of scope: `{cfg.oos_method}` method; threshold {metrics["threshold"]}; softmax temperature
   {metrics["temperature"]:.3f} (fitted on validation data).
 - Metrics ({metrics["evaluated_on"]} split): {shown}.
@@ -451,7 +456,17 @@ out-of-scope detection is weaker on topics unlike any training example. Not a sa
 """
 
 
-def _onnx_logits(path: Path, trainer: _Trainer, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+def _soup_line(metrics: dict[str, Any]) -> str:
+    soup = metrics.get("soup")
+    if not soup:
+        return ""
+    return (
+        f"\n- Weight soup (training/soup_router.py) of {len(soup['seeds'])} runs of one recipe, seeds "
+        f"{soup['seeds']}, LoRA r={soup['member_lora_r']} each; steps and seconds above are their sum."
+    )
+
+
+def _onnx_logits(path: Path, trainer: RouterTrainer, texts: Sequence[str]) -> npt.NDArray[np.float32]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -524,9 +539,24 @@ def train_router(
     prepared = prepare_labels(splits, cfg)
 
     # model + train
-    trainer = _Trainer(cfg, prepared.labels)
+    trainer = RouterTrainer(cfg, prepared.labels)
     training = _train_loop(trainer, prepared, cfg, max_steps=max_steps, progress=progress)
+    return finish_router(trainer, prepared, cfg, training, source=splits.source, out=Path(out))
 
+
+def finish_router(
+    trainer: RouterTrainer,
+    prepared: PreparedData,
+    cfg: RouterTrainConfig,
+    training: dict[str, Any],
+    *,
+    source: str,
+    out: Path,
+) -> dict[str, Any]:
+    """Calibrate, evaluate, export and save a trained router into `out` (atomically); return its metrics.
+
+    `training` is the training loop's report (steps, timings, history), copied into metrics.json.
+    """
     # calibrate + evaluate
     calibration = _calibrate(trainer, prepared, cfg)
     temperature, threshold = calibration["temperature"], calibration["threshold"]
@@ -542,7 +572,6 @@ def train_router(
     )
 
     # save, into a sibling temp folder first
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     building = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     building.mkdir()
@@ -624,9 +653,7 @@ def train_router(
             prepared.labels + ([prepared.oos_label] if threshold is not None and prepared.oos_label else []),
             building / layout.CONFUSION_FILE,
         )
-        (building / layout.MODEL_CARD_FILE).write_text(
-            _model_card(metrics, cfg, splits.source), encoding="utf-8"
-        )
+        (building / layout.MODEL_CARD_FILE).write_text(_model_card(metrics, cfg, source), encoding="utf-8")
         swap_in(building, out)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)

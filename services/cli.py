@@ -193,6 +193,7 @@ def cmd_soup_router(args: argparse.Namespace) -> None:
         text_col=args.text_col,
         label_col=args.label_col,
         eval_file=args.eval,
+        threshold_max_in_scope_drop=args.threshold_budget,
     )
     metrics.pop("history", None)
     _emit(metrics)
@@ -329,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     soup.add_argument("--label-col", default="label")
     soup.add_argument("--eval", type=_existing_file, default=None)
     soup.add_argument("--out", type=Path, required=True)
+    soup.add_argument(
+        "--threshold-budget",
+        type=float,
+        default=None,
+        help="max validation in-scope accuracy the threshold may cost, e.g. 0.002 (default: the members')",
+    )
 
     train_gen = command("train-generator", cmd_train_generator, "train a LoRA adapter for the tuned pipeline")
     train_gen.add_argument(

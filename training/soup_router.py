@@ -41,11 +41,13 @@ def soup_routers(
     text_col: str = "text",
     label_col: str = "label",
     eval_file: Path | None = None,
+    threshold_max_in_scope_drop: float | None = None,
 ) -> dict[str, Any]:
     """Average the trained routers in `members` into one router in `out` (atomically); return its metrics.
 
     `data` (and `eval_file`) must be what the members were trained on: validation calibrates the soup,
-    and the test split, when there is one, evaluates it.
+    and the test split, when there is one, evaluates it. `threshold_max_in_scope_drop` replaces the
+    members' threshold budget (it changes calibration only, not what was trained).
     """
     import torch
     from peft import set_peft_model_state_dict
@@ -82,7 +84,18 @@ def soup_routers(
         raise ConfigError(f"{data} yields labels other than the routers': not the data they were trained on")
 
     n = len(members)
-    soup_cfg = dataclasses.replace(recipe, lora_r=recipe.lora_r * n, lora_alpha=recipe.lora_alpha * n)
+    budget = recipe.threshold_max_in_scope_drop
+    if threshold_max_in_scope_drop is not None:
+        budget = threshold_max_in_scope_drop
+    try:
+        soup_cfg = dataclasses.replace(
+            recipe,
+            lora_r=recipe.lora_r * n,
+            lora_alpha=recipe.lora_alpha * n,
+            threshold_max_in_scope_drop=budget,
+        )
+    except ValueError as exc:  # RouterTrainConfig validates its fields
+        raise ConfigError(str(exc)) from exc
     torch.set_num_threads(recipe.torch_threads)
     trainer = RouterTrainer(soup_cfg, prepared.labels)
     states = [load_file(str(m / layout.ADAPTER_DIR / ADAPTER_WEIGHTS)) for m in members]

@@ -44,8 +44,10 @@ def test_the_soup_serves_the_mean_of_its_members_weights(
 ) -> None:
     runs, train, val = members
     out = tmp_path / "soup"
-    metrics = soup_routers(runs, train, out, eval_file=val)
+    metrics = soup_routers(runs, train, out, eval_file=val, threshold_max_in_scope_drop=0.002)
     assert metrics["soup"]["seeds"] == [1, 2]
+    stored = yaml.safe_load((out / "router_config.yaml").read_text())
+    assert (stored["lora_r"], stored["threshold_max_in_scope_drop"]) == (16, 0.002)  # 2 x r8
     assert metrics["export"]["onnx_max_abs_logit_diff"] < 1e-3
     assert "Weight soup" in (out / "MODEL_CARD.md").read_text()
 
@@ -92,5 +94,7 @@ def test_a_folder_that_is_not_a_router_is_refused(
     runs, train, val = members
     with pytest.raises(ConfigError, match="not a trained router folder"):
         soup_routers([runs[0], tmp_path], train, tmp_path / "soup", eval_file=val)
+    with pytest.raises(ConfigError, match="threshold_max_in_scope_drop"):
+        soup_routers(runs, train, tmp_path / "soup", eval_file=val, threshold_max_in_scope_drop=1.5)
     with pytest.raises(ConfigError, match="at least 2"):
         soup_routers([runs[0]], train, tmp_path / "soup", eval_file=val)

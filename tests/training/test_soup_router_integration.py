@@ -96,5 +96,10 @@ def test_a_folder_that_is_not_a_router_is_refused(
         soup_routers([runs[0], tmp_path], train, tmp_path / "soup", eval_file=val)
     with pytest.raises(ConfigError, match="threshold_max_in_scope_drop"):
         soup_routers(runs, train, tmp_path / "soup", eval_file=val, threshold_max_in_scope_drop=1.5)
+    broken = tmp_path / "broken"
+    shutil.copytree(runs[1], broken)
+    (broken / "adapter" / "adapter_model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="adapter weights missing"):
+        soup_routers([runs[0], broken], train, tmp_path / "soup", eval_file=val)
     with pytest.raises(ConfigError, match="at least 2"):
         soup_routers([runs[0]], train, tmp_path / "soup", eval_file=val)

@@ -69,15 +69,16 @@ def soup_routers(
         Path(data), text_col=text_col, label_col=label_col, eval_file=eval_file,
         val_fraction=recipe.val_fraction, seed=recipe.seed,
     )  # fmt: skip
-    for cfg in configs[1:]:
+    # The recipe check leaves the seed as the only input to the split; each other seed is read once.
+    for seed in sorted({cfg.seed for cfg in configs} - {recipe.seed}):
         other = load_router_data(
             Path(data), text_col=text_col, label_col=label_col, eval_file=eval_file,
-            val_fraction=cfg.val_fraction, seed=cfg.seed,
+            val_fraction=recipe.val_fraction, seed=seed,
         )  # fmt: skip
         if other.val != splits.val:
             # A member's training data would be another member's validation data: calibration would lie.
             raise ConfigError(
-                f"routers seeded {recipe.seed} and {cfg.seed} held out different validation splits of "
+                f"routers seeded {recipe.seed} and {seed} held out different validation splits of "
                 f"{data}; soup routers trained with an explicit validation split (--eval, or CLINC150)"
             )
     prepared = prepare_labels(splits, recipe)

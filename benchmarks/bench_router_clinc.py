@@ -123,6 +123,7 @@ def evaluate(model_dir: Path, val: list[tuple[str, str]], test: list[tuple[str, 
         "trainable_parameters": stored.get("trainable_parameters"),
         "history": stored.get("history"),
         "soup": stored.get("soup"),
+        "distillation": stored.get("distillation"),
         "config": config,
         "engines": {},
     }
@@ -188,6 +189,8 @@ def _describe(cfg: dict[str, Any], soup: dict[str, Any] | None) -> str:
     described = f"MiniLM+LoRA r{rank} {targets}, {cfg.get('pooling', 'cls')} pooling"
     if cfg.get("weight_average_decay"):
         described += f", EMA {cfg['weight_average_decay']}"
+    if cfg.get("distill_weight"):
+        described += f", distilled (w {cfg['distill_weight']}, T {cfg['distill_temperature']})"
     return f"soup of {len(soup['seeds'])} x {described}" if soup else described
 
 
@@ -201,12 +204,19 @@ def _training_line(name: str, run: dict[str, Any]) -> str:
             f"{soup['seeds']}: {t['steps']} training steps in {t['train_seconds']} s together, then one "
             f"calibration pass; members' test in-scope accuracy at their stored thresholds: {members}"
         )
-    return (
+    line = (
         f"- {name}: {t['steps']} steps ({t['epochs_run']} epochs, best at step {t['best_step']}, "
         f"early stop: {t['stopped_early']}) in {t['train_seconds']} s ({t['seconds_per_step']} s/step), "
         f"{run['trainable_parameters']:,} trainable parameters; validation macro-F1 by epoch: "
         + ", ".join(f"{h['val_macro_f1']:.4f}" for h in run["history"] or [])
     )
+    kd = run.get("distillation")
+    if kd:
+        line += (
+            f"; distilled (training/distill.py) from the mean logits of {len(kd['teachers'])} routers, "
+            f"seeds {kd['teacher_seeds']}, computed once in {kd['teacher_seconds']} s before training"
+        )
+    return line
 
 
 def markdown(results: dict[str, Any]) -> str:

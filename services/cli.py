@@ -177,6 +177,7 @@ def cmd_train_router(args: argparse.Namespace) -> None:
         config=args.router_config,
         max_steps=args.max_steps,
         progress=sys.stderr.isatty(),
+        teachers=args.teacher or (),
         seed=args.seed,
     )
     # The per-step history is in DIR/metrics.json; the summary line stays readable.
@@ -322,6 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--router-config", type=_existing_file, default=None, help="LoRA training YAML")
     train.add_argument("--max-steps", type=int, default=None)
     train.add_argument("--seed", type=int, default=None, help="replaces the config's seed (runs to soup)")
+    train.add_argument(
+        "--teacher",
+        type=_existing_dir,
+        action="append",
+        default=None,
+        help="trained router to distill from (repeat to average several; needs distill_weight > 0)",
+    )
 
     soup = command(
         "soup-router", cmd_soup_router, "average routers trained with one recipe and several seeds"

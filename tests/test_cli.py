@@ -25,6 +25,7 @@ def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
         (("ingest", "/definitely/not/here"), "/definitely/not/here"),
         (("serve", "--port", "99999"), "99999"),
         (("train-router", "--data", "missing.jsonl", "--out", "x"), "missing.jsonl"),
+        (("train-router", "--data", "pyproject.toml", "--teacher", "/no/t", "--out", "x"), "/no/t"),
         (("soup-router", "--member", "/no/run", "--data", "x.jsonl", "--out", "x"), "/no/run"),
         (("eval", "router", "--model", "/no/model", "--data", "x.jsonl"), "/no/model"),
         (("route", "hello", "--model", "/no/router"), "/no/router"),

@@ -40,6 +40,7 @@ from services.router.metrics import (
     softmax,
 )
 from services.router.modeling import POOLINGS, Pooling, build_classifier
+from training.distill import TeacherTargets, distillation_loss, teacher_targets
 from training.router_data import Example, RouterSplits, load_router_data
 from training.weight_average import WeightAverage
 
@@ -68,6 +69,10 @@ class RouterTrainConfig:
     # Evaluate and keep an exponential moving average of the trainable weights (None: the live weights).
     # training/weight_average.py; 0.999 averages over roughly the last 1,000 steps.
     weight_average_decay: float | None = None
+    # Knowledge distillation from trained routers given as teachers (training/distill.py): the weight of
+    # the soft term (0: none, teachers refused) and the softmax temperature both sides are read at.
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
@@ -103,6 +108,8 @@ class RouterTrainConfig:
             "encoder_layers": self.encoder_layers is None or self.encoder_layers >= 1,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "weight_average_decay": self.weight_average_decay is None or 0 < self.weight_average_decay < 1,
+            "distill_weight": 0 <= self.distill_weight <= 1,
+            "distill_temperature": self.distill_temperature > 0,
             "oos_method": self.oos_method in layout.OOS_METHODS,
             "threshold_max_in_scope_drop": self.threshold_max_in_scope_drop is None
             or 0 <= self.threshold_max_in_scope_drop < 1,
@@ -263,6 +270,7 @@ def _train_loop(
     *,
     max_steps: int | None,
     progress: bool,
+    teacher: TeacherTargets | None = None,
 ) -> dict[str, Any]:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from tqdm import tqdm
@@ -271,6 +279,7 @@ def _train_loop(
     model = trainer.model
     texts = [t for t, _ in data.train]
     targets = torch.tensor([trainer.label_index[label] for _, label in data.train], dtype=torch.long)
+    soft_targets = torch.from_numpy(teacher.logits) if teacher is not None else None
     steps_per_epoch = math.ceil(len(texts) / cfg.batch_size)
     planned = steps_per_epoch * cfg.epochs
     total_steps = min(planned, max_steps) if max_steps is not None else planned
@@ -303,11 +312,20 @@ def _train_loop(
     while step < total_steps and not stopped_early:
         model.train()
         for batch in _batches(torch.randperm(len(texts), generator=generator).tolist(), cfg.batch_size):
-            loss = torch.nn.functional.cross_entropy(
-                model(**trainer.encode([texts[i] for i in batch])).logits,
-                targets[batch],
-                label_smoothing=cfg.label_smoothing,
-            )
+            logits = model(**trainer.encode([texts[i] for i in batch])).logits
+            if soft_targets is None:
+                loss = torch.nn.functional.cross_entropy(
+                    logits, targets[batch], label_smoothing=cfg.label_smoothing
+                )
+            else:
+                loss = distillation_loss(
+                    logits,
+                    soft_targets[batch],
+                    targets[batch],
+                    weight=cfg.distill_weight,
+                    temperature=cfg.distill_temperature,
+                    label_smoothing=cfg.label_smoothing,
+                )
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -442,7 +460,7 @@ LoRA-tuned {cfg.base_model} sequence classifier that routes chat requests by int
   {list(cfg.target_modules)}, trained in full {list(cfg.modules_to_save)}; {cfg.pooling} pooling,
   {cfg.encoder_layers or "all"} encoder layers; lr {cfg.learning_rate}, batch {cfg.batch_size}, up to
   {cfg.epochs} epochs, early stopping on validation macro-F1 (patience {cfg.patience}), seed {cfg.seed}.
-  {metrics["steps"]} steps in {metrics["train_seconds"]} s.{_soup_line(metrics)}
+  {metrics["steps"]} steps in {metrics["train_seconds"]} s.{_soup_line(metrics)}{_distill_line(metrics)}
 - Out of scope: `{cfg.oos_method}` method; threshold {metrics["threshold"]}; softmax temperature
   {metrics["temperature"]:.3f} (fitted on validation data).
 - Metrics ({metrics["evaluated_on"]} split): {shown}.
@@ -463,6 +481,16 @@ def _soup_line(metrics: dict[str, Any]) -> str:
     return (
         f"\n- Weight soup (training/soup_router.py) of {len(soup['seeds'])} runs of one recipe, seeds "
         f"{soup['seeds']}, LoRA r={soup['member_lora_r']} each; steps and seconds above are their sum."
+    )
+
+
+def _distill_line(metrics: dict[str, Any]) -> str:
+    kd = metrics.get("distillation")
+    if not kd:
+        return ""
+    return (
+        f"\n- Distilled (training/distill.py) from the mean logits of {len(kd['teachers'])} routers "
+        f"({', '.join(kd['teachers'])}), weight {kd['weight']}, temperature {kd['temperature']}."
     )
 
 
@@ -511,17 +539,25 @@ def train_router(
     config: Path | None = None,
     max_steps: int | None = None,
     progress: bool = True,
+    teachers: Sequence[Path] = (),
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train, calibrate, evaluate and export a router into `out` (atomically); return its metrics.
 
     `overrides` replace fields of the YAML config (e.g. `epochs=3`, `oos_method="threshold"`).
+    `teachers` are trained router folders to distill from; the config's distill_weight must be > 0
+    with them and 0 without (a weight with no teacher, or teachers with no weight, is a mistake).
     """
     import torch
 
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     cfg = load_config(config, **overrides)
+    if bool(teachers) != (cfg.distill_weight > 0):
+        raise ConfigError(
+            f"distill_weight {cfg.distill_weight} with {len(teachers)} teacher(s): "
+            "give teachers with a weight > 0, or neither"
+        )
     torch.set_num_threads(cfg.torch_threads)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -540,7 +576,20 @@ def train_router(
 
     # model + train
     trainer = RouterTrainer(cfg, prepared.labels)
-    training = _train_loop(trainer, prepared, cfg, max_steps=max_steps, progress=progress)
+    teacher = (
+        teacher_targets(teachers, [t for t, _ in prepared.train], prepared.labels, threads=cfg.torch_threads)
+        if teachers
+        else None
+    )
+    training = _train_loop(trainer, prepared, cfg, max_steps=max_steps, progress=progress, teacher=teacher)
+    if teacher is not None:
+        training["distillation"] = {
+            "teachers": teacher.teachers,
+            "teacher_seeds": teacher.teacher_seeds,
+            "weight": cfg.distill_weight,
+            "temperature": cfg.distill_temperature,
+            "teacher_seconds": teacher.seconds,
+        }
     return finish_router(trainer, prepared, cfg, training, source=splits.source, out=Path(out))
 
 

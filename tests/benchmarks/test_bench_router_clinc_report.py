@@ -1,4 +1,4 @@
-"""The CLINC150 report names each row's recipe, souped or not, from what the model folder stores."""
+"""The CLINC150 report names each row's recipe, souped, distilled or plain, from the model folder."""
 
 import pytest
 
@@ -20,3 +20,14 @@ def test_a_soups_training_line_sums_its_members() -> None:
     run = {"training": {"steps": 6608, "train_seconds": 4286.6}, "soup": SOUP}
     line = _training_line("soup2", run)
     assert "seeds [13, 29]" in line and "6608 training steps" in line and "95.3, 95.4" in line
+
+
+def test_a_distilled_run_names_its_weight_temperature_and_teachers() -> None:
+    cfg = {**CFG, "lora_r": 8, "distill_weight": 0.5, "distill_temperature": 2.0}
+    assert _describe(cfg, None).endswith("EMA 0.999, distilled (w 0.5, T 2.0)")
+    kd = {"teachers": ["a", "b", "c"], "teacher_seeds": [13, 29, 41], "teacher_seconds": 371.4}
+    t = {"steps": 10, "best_step": 10, "epochs_run": 1.0, "stopped_early": False, "train_seconds": 5.0}
+    run = {"training": {**t, "seconds_per_step": 0.5}, "trainable_parameters": 1, "history": []}
+    assert "distilled" not in _training_line("plain", run)
+    line = _training_line("kd", {**run, "distillation": kd})
+    assert "mean logits of 3 routers, seeds [13, 29, 41]" in line and "371.4 s" in line

@@ -1,7 +1,6 @@
 """Two briefly trained routers of one recipe souped into one folder that both engines serve."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -12,9 +11,8 @@ import yaml
 from services.core.errors import ConfigError
 from services.router.artifacts import read_artifacts
 from services.router.classifier import IntentRouterModel, load_merged_torch_model
-from tests.training.test_train_router_integration import ROUTER_DATA, _subset
+from tests.training.router_runs import short_runs
 from training.soup_router import soup_routers
-from training.train_router import train_router
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -22,21 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def members(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], Path, Path]:
     """Two 15-step runs that differ only in seed, on one training file and one validation file."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if not (ROUTER_DATA / "train.jsonl").is_file():
-        pytest.skip(f"router data not found at {ROUTER_DATA}")
-    root = tmp_path_factory.mktemp("soup")
-    train = _subset(ROUTER_DATA / "train.jsonl", root / "train.jsonl", per_label=40)
-    val = _subset(ROUTER_DATA / "val.jsonl", root / "val.jsonl", per_label=20)
-    runs = []
-    for seed in (1, 2):
-        out = root / f"seed{seed}"
-        train_router(
-            train, out, eval_file=val, max_steps=15, progress=False, export_int8=False, seed=seed,
-            encoder_layers=2, pooling="mean", modules_to_save=("classifier",),
-        )  # fmt: skip
-        runs.append(out)
-    return runs, train, val
+    return short_runs(tmp_path_factory.mktemp("soup"), (1, 2), max_steps=15)
 
 
 def test_the_soup_serves_the_mean_of_its_members_weights(

@@ -3,6 +3,7 @@
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,8 +35,8 @@ def _served_logits(folder: Path, texts: list[str]) -> np.ndarray:
 
 def _kl_from(teacher: np.ndarray, student: np.ndarray) -> float:
     def log_softmax(z: np.ndarray) -> np.ndarray:
-        z = z - z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        shifted = z - z.max(axis=1, keepdims=True)
+        return np.asarray(shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))
 
     p = np.exp(log_softmax(teacher))
     return float((p * (log_softmax(teacher) - log_softmax(student))).sum(axis=1).mean())
@@ -55,7 +56,7 @@ def test_a_distilled_student_is_closer_to_its_teachers_than_the_same_run_without
     teachers: tuple[list[Path], Path, Path], tmp_path: Path
 ) -> None:
     runs, train, val = teachers
-    common = {"eval_file": val, "max_steps": 30, "progress": False, "seed": 3, **SMALL}
+    common: dict[str, Any] = {"eval_file": val, "max_steps": 30, "progress": False, "seed": 3, **SMALL}
     distilled = train_router(
         train, tmp_path / "distilled", teachers=runs, distill_weight=1.0, distill_temperature=1.0, **common
     )
@@ -78,7 +79,7 @@ def test_teachers_without_a_weight_a_weight_without_teachers_and_foreign_teacher
     teachers: tuple[list[Path], Path, Path], tmp_path: Path
 ) -> None:
     runs, train, val = teachers
-    common = {"eval_file": val, "max_steps": 1, "progress": False, **SMALL}
+    common: dict[str, Any] = {"eval_file": val, "max_steps": 1, "progress": False, **SMALL}
     with pytest.raises(ConfigError, match="distill_weight 0.0 with 2 teacher"):
         train_router(train, tmp_path / "a", teachers=runs, **common)
     with pytest.raises(ConfigError, match="distill_weight 0.5 with 0 teacher"):

@@ -10,7 +10,12 @@ from tests.training.test_train_router_integration import ROUTER_DATA, _subset
 from training.train_router import train_router
 
 # Small enough to train in seconds, shaped like the CLINC recipe (mean pooling, classifier trained in full).
-SMALL: dict[str, Any] = {"encoder_layers": 2, "pooling": "mean", "modules_to_save": ("classifier",), "export_int8": False}
+SMALL: dict[str, Any] = {
+    "encoder_layers": 2,
+    "pooling": "mean",
+    "modules_to_save": ("classifier",),
+    "export_int8": False,
+}
 
 
 def short_runs(root: Path, seeds: tuple[int, ...], *, max_steps: int) -> tuple[list[Path], Path, Path]:

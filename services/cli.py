@@ -165,6 +165,25 @@ def cmd_route(args: argparse.Namespace) -> None:
     _emit(policy.decide(model.predict(args.text)).as_dict())
 
 
+def _training_progress() -> bool:
+    """A progress bar on a terminal; elsewhere (nohup, CI, a pipe) the training loggers' lines instead.
+
+    A redirected 40-minute run with neither would print nothing until its metrics line at the end.
+    """
+    if sys.stderr.isatty():
+        return True
+    import logging
+
+    training = logging.getLogger("training")
+    if not any(getattr(h, "hybridllm_progress", False) for h in training.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        handler.hybridllm_progress = True  # type: ignore[attr-defined]
+        training.addHandler(handler)
+    training.setLevel(logging.INFO)
+    return False
+
+
 def cmd_train_router(args: argparse.Namespace) -> None:
     from training.train_router import train_router
 
@@ -176,7 +195,7 @@ def cmd_train_router(args: argparse.Namespace) -> None:
         eval_file=args.eval,
         config=args.router_config,
         max_steps=args.max_steps,
-        progress=sys.stderr.isatty(),
+        progress=_training_progress(),
         teachers=args.teacher or (),
         seed=args.seed,
     )
@@ -212,7 +231,7 @@ def cmd_train_generator(args: argparse.Namespace) -> None:
             config=args.generator_config,
             base=args.base or settings.generator.model,
             max_steps=args.max_steps,
-            progress=sys.stderr.isatty(),
+            progress=_training_progress(),
             data_dir=settings.data_dir,
             onnx_adapter=settings.generator.backend == "onnx",
             onnx_precision=settings.generator.onnx_precision,

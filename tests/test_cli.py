@@ -78,3 +78,21 @@ def test_help_lists_the_contract_commands() -> None:
     )
     for command in ("serve", "ingest", "route", "train-router", "soup-router", "eval", "bench"):
         assert command in done.stdout
+
+
+@pytest.mark.unit
+def test_training_off_a_terminal_logs_its_progress_once(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from services.cli import _training_progress
+
+    training = logging.getLogger("training")
+    before = list(training.handlers)
+    try:
+        assert _training_progress() is False  # pytest's captured stderr is not a terminal
+        assert _training_progress() is False
+        logging.getLogger("training.train_router").info("step 472: val macro-F1 0.9236")
+        assert capsys.readouterr().err.count("training.train_router: step 472: val macro-F1 0.9236") == 1
+    finally:
+        for handler in set(training.handlers) - set(before):
+            training.removeHandler(handler)

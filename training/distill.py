@@ -16,6 +16,7 @@ term's gradients on the scale of the hard term's as T grows (Hinton et al. 2015,
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ import numpy.typing as npt
 
 from services.core.errors import ConfigError
 from services.router.artifacts import CONFIG_FILE, read_artifacts
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ def teacher_targets(
         model = IntentRouterModel(Path(folder), threads=threads, engine="onnx")
         model.warm_up()
         logits = model.logits(texts).astype(np.float64)
+        logger.info("teacher %s scored %d training texts", folder, len(texts))
         total = logits if total is None else total + logits
     assert total is not None
     return TeacherTargets(

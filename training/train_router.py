@@ -307,6 +307,10 @@ def _train_loop(
     history: list[dict[str, float]] = []
     step = 0
     stopped_early = False
+    logger.info(
+        "training %d steps (%d a validation pass), %d examples, batch %d",
+        total_steps, eval_every, len(texts), cfg.batch_size,
+    )  # fmt: skip
     bar = tqdm(total=total_steps, desc="train router", file=sys.stderr, disable=not progress, leave=False)
     started = time.perf_counter()
     while step < total_steps and not stopped_early:

@@ -77,7 +77,10 @@ def teacher_targets(
                 f"teacher {folder} scores other labels (or the same in another order) than the student's "
                 f"{len(labels)}: distil from routers trained on the same data with the same oos_method"
             )
-        model = IntentRouterModel(Path(folder), threads=threads, engine="onnx")
+        # Each teacher reads the texts as it was trained to (its own max_length), not as the student does.
+        model = IntentRouterModel(
+            Path(folder), threads=threads, max_length=artifacts.max_length, engine="onnx"
+        )
         model.warm_up()
         logits = model.logits(texts).astype(np.float64)
         logger.info("teacher %s scored %d training texts", folder, len(texts))

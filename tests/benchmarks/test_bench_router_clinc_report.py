@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.bench_router_clinc import _describe, _training_line
+from benchmarks.bench_router_clinc import _describe, _training_line, summary_lines
 
 pytestmark = pytest.mark.unit
 
@@ -31,3 +31,25 @@ def test_a_distilled_run_names_its_weight_temperature_and_teachers() -> None:
     assert "distilled" not in _training_line("plain", run)
     line = _training_line("kd", {**run, "distillation": kd})
     assert "mean logits of 3 routers, seeds [13, 29, 41]" in line and "371.4 s" in line
+
+
+def _point(in_scope: float, recall: float) -> dict[str, float]:
+    return {"in_scope_accuracy": in_scope, "oos_recall": recall}
+
+
+def test_the_summary_judges_the_goal_at_the_validation_chosen_point_not_the_curve() -> None:
+    curve = [{"in_scope_accuracy": 0.9641, "oos_recall": 0.50, "threshold": 0.3}]
+    engine = {
+        "operating_points": {"no_threshold": _point(96.4, 34.6), "within_0.2_point": _point(96.31, 49.8)},
+        "curve": curve,
+    }
+    passing = {"operating_points": {**engine["operating_points"], "within_0.2_point": _point(96.04, 55.0)}}
+    runs = {
+        "soup": {"oos_method": "class+threshold", "engines": {"fp32": engine, "int8": {**engine, **passing}}},
+        "threshold-only": {"oos_method": "threshold", "engines": {"fp32": engine}},
+    }
+    rows = summary_lines({"runs": runs})[2:]
+    assert rows == [
+        "| soup | fp32 | 96.40 / 34.6 | 96.31 / 49.8 | no | 96.41 |",
+        "| soup | int8 | 96.40 / 34.6 | 96.04 / 55.0 | yes | 96.41 |",
+    ]

@@ -169,9 +169,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axis.axvline(GOAL_OOS_RECALL, color="grey", linestyle=":", linewidth=1)
     axis.set_xlabel("out-of-scope recall, %")
     axis.set_ylabel("in-scope accuracy, %")
-    axis.set_ylim(85, 100)
+    axis.set_ylim(90, 98)  # where the models and the published baselines sit
     axis.set_title("CLINC150 Full, test split: the threshold trade-off")
-    axis.legend(fontsize=8, loc="lower left")
+    axis.legend(fontsize=6, loc="lower left")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -153,15 +153,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 5))
-    for name, run in results["runs"].items():
+    # tab20 rather than the 10-colour default cycle: a dozen models must not share colours.
+    colours = plt.get_cmap("tab20")
+    for index, (name, run) in enumerate(results["runs"].items()):
+        colour = colours(index % colours.N)
         curve = run["engines"]["fp32"]["curve"]
         axis.plot(
             [100 * p["oos_recall"] for p in curve],
             [100 * p["in_scope_accuracy"] for p in curve],
             label=f"MiniLM+LoRA {name} (thresholds 0..1, test)",
+            color=colour,
         )
         stored = run["engines"]["fp32"]["operating_points"]["stored"]
-        axis.scatter([stored["oos_recall"]], [stored["in_scope_accuracy"]], marker="o", zorder=3)
+        axis.scatter(
+            [stored["oos_recall"]], [stored["in_scope_accuracy"]], marker="o", color=colour, zorder=3
+        )
     for name, (in_scope, recall) in PUBLISHED.items():
         axis.scatter([recall], [in_scope], marker="x", color="black", zorder=3)
         axis.annotate(name, (recall, in_scope), textcoords="offset points", xytext=(4, 4), fontsize=8)

@@ -33,6 +33,7 @@ import yaml
 
 from benchmarks.bench_router import parse_model
 from services.core.errors import ConfigError
+from services.router.artifacts import read_artifacts
 from services.router.classifier import IntentRouterModel
 from services.router.metrics import (
     calibrate_oos_threshold,
@@ -336,6 +337,10 @@ def main() -> int:
     models = {"oos-class": args.class_model, "oos-threshold": args.threshold_model}
     try:
         models.update(parse_model(item) for item in args.model)
+        # Scoring a dozen models takes minutes: a missing (or still training) folder fails first, not last.
+        for path in models.values():
+            if path is not None:
+                read_artifacts(path)
         val, test = read_splits(args.data)
         runs = {name: evaluate(path, val, test) for name, path in models.items() if path is not None}
     except (ConfigError, OSError) as exc:

@@ -1,10 +1,16 @@
 """The CLINC150 report names each row's recipe, souped, distilled or plain, from the model folder."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from benchmarks.bench_router_clinc import _describe, _training_line, summary_lines
 
 pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
 
 CFG = {"lora_r": 16, "target_modules": ["query", "value"], "pooling": "mean", "weight_average_decay": 0.999}
 SOUP = {"seeds": [13, 29], "member_lora_r": 8, "member_in_scope_accuracy": [0.9527, 0.9542]}
@@ -53,3 +59,16 @@ def test_the_summary_judges_the_goal_at_the_validation_chosen_point_not_the_curv
         "| soup | fp32 | 96.40 / 34.6 | 96.31 / 49.8 | no | 96.41 |",
         "| soup | int8 | 96.40 / 34.6 | 96.04 / 55.0 | yes | 96.41 |",
     ]
+
+
+def test_a_missing_model_folder_fails_before_any_scoring(tmp_path: Path) -> None:
+    data = tmp_path / "data_full.json"
+    data.write_text("{}")  # never read: the folders are checked first
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_router_clinc", "--data", str(data), "--out", str(tmp_path),
+         "--model", f"late={tmp_path / 'still-training'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "still-training" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "router_clinc150.md").exists()

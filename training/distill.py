@@ -14,8 +14,9 @@ with w = `distill_weight` and T = `distill_temperature` from the router config. 
 term's gradients on the scale of the hard term's as T grows (Hinton et al. 2015, section 2).
 
 Measured on CLINC150 (benchmarks/results/router_clinc150.md): two students of the r8 query/value recipe
-taught by four of its seeds (w 0.5, T 2) scored like their teachers alone, not like the teachers'
-ensemble; what raised the single model was adapter capacity (training/configs/router_clinc150.yaml).
+taught by four of its seeds (w 0.5, T 2) scored like their teachers alone (95.96 / 96.22 at argmax), not
+like the teachers' ensemble (96.42). The recipe that met the goal uses a larger adapter instead
+(training/configs/router_clinc150.yaml).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.core.errors import ConfigError
-from services.router.artifacts import CONFIG_FILE, read_artifacts
+from services.router.artifacts import read_artifacts
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +43,7 @@ class TeacherTargets:
 
     logits: npt.NDArray[np.float32]
     teachers: list[str]
-    teacher_seeds: list[int | None]
     seconds: float
-
-
-def _teacher_seed(folder: Path) -> int | None:
-    import yaml
-
-    try:
-        raw = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return None  # the seed is reported, not needed: a folder without its config still teaches
-    seed = raw.get("seed") if isinstance(raw, dict) else None
-    return seed if isinstance(seed, int) else None
 
 
 def teacher_targets(
@@ -94,7 +82,6 @@ def teacher_targets(
     return TeacherTargets(
         logits=(total / len(teachers)).astype(np.float32),
         teachers=[Path(t).name for t in teachers],
-        teacher_seeds=[_teacher_seed(Path(t)) for t in teachers],
         seconds=round(time.perf_counter() - started, 2),
     )
 

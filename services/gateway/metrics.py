@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("privacy", "route", "embed", "search", "rerank", "select", "generate")
+STAGES = ("privacy", "route", "embed", "search", "rerank", "select", "generate", "verify")
+# What the groundedness check did with an answer (services/pipelines/grounding.py).
+GROUNDEDNESS_ACTIONS = ("pass", "flag", "extract", "abstain")
 TOKEN_KINDS = ("prompt", "completion", "context")
 COST_STAGES = ("privacy", "route", "retrieval", "generate")
 STATUSES = ("ok", "client_error", "server_error", "refused")
@@ -50,6 +52,7 @@ STAGE_BUCKETS = (
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
 TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0)
+GROUNDEDNESS_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
@@ -161,6 +164,14 @@ class ServiceMetrics:
             "hybrid_queue_wait_seconds", "Time a request waited for a generator slot.",
             ["backend"], buckets=STAGE_BUCKETS, registry=r,
         )  # fmt: skip
+        self.groundedness = Histogram(
+            "hybrid_groundedness_score", "Share of an answer's words and numbers its evidence supports.",
+            ["pipeline"], buckets=GROUNDEDNESS_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.groundedness_actions = Counter(
+            "hybrid_groundedness_actions", "Checked answers by what the check did with them.",
+            ["pipeline", "action"], registry=r,
+        )  # fmt: skip
         self._index_version: str | None = None
         self._index_built_at: float | None = None
         # Spans of finished requests (services.gateway.tracing); None while tracing is off.
@@ -196,6 +207,9 @@ class ServiceMetrics:
                 self.requests.labels(pipeline=pipeline, route=pipeline, status=status)
             self.ttft.labels(pipeline=pipeline)
             self.tpot.labels(pipeline=pipeline)
+            self.groundedness.labels(pipeline=pipeline)
+            for check_action in GROUNDEDNESS_ACTIONS:
+                self.groundedness_actions.labels(pipeline=pipeline, action=check_action)
         for intent in INTENTS:
             self.router_confidence.labels(intent=intent)
         for name, trust in backends:
@@ -221,6 +235,10 @@ class ServiceMetrics:
                 self.privacy_findings.labels(kind=kind, action=action).inc(count)
         if outcome is None:
             return
+        if trace.groundedness is not None:
+            self.groundedness.labels(pipeline=pipeline).observe(float(trace.groundedness["score"]))
+            check_action = str(trace.groundedness["action"])
+            self.groundedness_actions.labels(pipeline=pipeline, action=check_action).inc()
         self.tokens.labels(pipeline=pipeline, kind="prompt").inc(outcome.prompt_tokens)
         self.tokens.labels(pipeline=pipeline, kind="completion").inc(outcome.completion_tokens)
         self.tokens.labels(pipeline=pipeline, kind="context").inc(trace.context_tokens)

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = "hybridllm"
 REQUEST_SPAN = "chat.completions"
 # Stage spans are named by their stage; anything else recorded in the timings (e.g. "total") is not a span.
-STAGE_SPANS = ("privacy", "route", "embed", "search", "rerank", "select", "generate")
+STAGE_SPANS = ("privacy", "route", "embed", "search", "rerank", "select", "generate", "verify")
 
 
 def otlp_exporter(endpoint: str) -> SpanExporter:

@@ -63,6 +63,8 @@ class RequestTrace:
     privacy: dict[str, Any] | None = None
     fallback: dict[str, str] | None = None
     degraded: str | None = None
+    # The answer's groundedness check (rag): score, action, threshold; None where no check ran.
+    groundedness: dict[str, Any] | None = None
     # The privacy guard's per-request decision (placeholder map); opaque to everything else.
     guard_state: Any = None
     privacy_counts: dict[str, int] = field(default_factory=dict)
@@ -82,13 +84,33 @@ class RequestTrace:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckedAnswer:
+    """The answer to send (the generated one, or what replaces it) and the report for `hybrid`."""
+
+    text: str
+    report: dict[str, Any]
+
+
+class AnswerCheck(Protocol):
+    """Checks a generated answer once it is complete (rag: is it supported by the evidence?)."""
+
+    @property
+    def may_replace(self) -> bool:
+        """True when `check` may return other text: the runner then holds the answer back until checked."""
+        ...
+
+    def check(self, answer: str) -> CheckedAnswer: ...
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
-    """Either a fixed answer (refusal, no-answer) or a generation to run."""
+    """Either a fixed answer (refusal, no-answer) or a generation to run, optionally checked."""
 
     messages: tuple[ChatMessage, ...] = ()
     params: GenerationParams = GenerationParams()
     generator: Generator | None = None
     fixed_answer: str | None = None
+    answer_check: AnswerCheck | None = None
 
     def __post_init__(self) -> None:
         if (self.fixed_answer is None) == (self.generator is None):

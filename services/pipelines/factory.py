@@ -20,7 +20,7 @@ from services.pipelines.base import Pipeline
 from services.pipelines.hybrid import HybridPipeline
 from services.pipelines.privacy_guard import PrivacyGuard
 from services.pipelines.prompt import PromptPipeline
-from services.pipelines.rag import RagPipeline
+from services.pipelines.rag import GroundingOptions, RagPipeline
 from services.pipelines.retrieval_policy import RetrievalFailurePolicy
 from services.pipelines.runner import PipelineRunner
 from services.privacy import PrivacyGate
@@ -103,6 +103,14 @@ def build_components(
             retriever,
             prompts,
             system_prompt,
+            options=GroundingOptions(
+                context=settings.rag.context,
+                evidence_candidates=settings.rag.evidence_candidates,
+                unsupported_answer=settings.rag.unsupported_answer,
+                groundedness_threshold=settings.rag.groundedness_threshold,
+                quote_units=settings.rag.extract_quote_units,
+                adapter=settings.rag.adapter,
+            ),
             answer_when_irrelevant=settings.rag.no_answer == "generate",
             context_filter=guard.filter_context,
         )

@@ -131,6 +131,10 @@ class PipelineRunner:
         out_filter = self._guard.output_filter(trace, generator) if self._guard else None
         generate_started = time.perf_counter()
         parts: list[str] = []
+        check = plan.answer_check if plan.params.response_format is None else None
+        # An answer the check may replace cannot leave before it is checked: hold it back, send it whole.
+        hold_back = check is not None and check.may_replace
+        raw: list[str] = []
         try:
             if plan.params.response_format is not None and not getattr(
                 generator, "supports_response_format", False
@@ -151,12 +155,26 @@ class PipelineRunner:
                         # One-piece answers arrive at the end; the backend measured when its first token came.
                         outcome.ttft_s = (generate_started - started) + delta.ttft_s
                     continue
+                raw.append(delta.text)
+                if hold_back:
+                    continue
                 text = out_filter.feed(delta.text) if out_filter else delta.text
                 if text:
                     if outcome.ttft_s is None:
                         outcome.ttft_s = time.perf_counter() - started
                     parts.append(text)
                     yield text
+            if check is not None:
+                with trace.stage("verify"):
+                    checked = check.check("".join(raw))
+                trace.groundedness = checked.report
+                if hold_back:
+                    text = out_filter.feed(checked.text) if out_filter else checked.text
+                    if text:
+                        if incremental or outcome.ttft_s is None:
+                            outcome.ttft_s = time.perf_counter() - started
+                        parts.append(text)
+                        yield text
             if out_filter is not None:
                 tail = out_filter.flush()
                 if tail:

@@ -7,6 +7,8 @@
         manifest.json              model, dimensions, counts, corpus hash, created time, index kind, sizes
         chunks.jsonl               one Chunk per line; line i is vector row i
         embeddings.npy             float32 (chunks x dimensions): the embedding cache for the next ingest
+        unit_vectors.npy           float16 (units x dimensions): each chunk's evidence units, embedded
+        unit_offsets.npy           int64 (chunks + 1): chunk i's units are rows offsets[i]:offsets[i+1]
         vectors.faiss              the vector store (FAISS; Qdrant: qdrant.json [+ qdrant/ in local mode])
         bm25/                      the BM25 index
 
@@ -27,6 +29,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,8 @@ LOCK_FILE = ".ingest.lock"
 MANIFEST_FILE = "manifest.json"
 CHUNKS_FILE = "chunks.jsonl"
 EMBEDDINGS_FILE = "embeddings.npy"
+UNIT_VECTORS_FILE = "unit_vectors.npy"
+UNIT_OFFSETS_FILE = "unit_offsets.npy"
 KEEP_VERSIONS = 3
 
 
@@ -56,6 +61,20 @@ class IndexInfo:
     chunks: int
     created_at: datetime
     index_dir: Path
+
+
+@dataclass(frozen=True)
+class UnitVectors:
+    """Embeddings of every chunk's evidence units (services/rag/sentences.py), written at ingestion so
+    evidence selection embeds nothing per query. `splitter` is the unit splitter's version: a version
+    written by another splitter is not used (its rows would not line up with today's units)."""
+
+    vectors: npt.NDArray[np.float16]
+    offsets: npt.NDArray[np.int64]
+    splitter: str
+
+    def of_row(self, row: int) -> npt.NDArray[np.float32]:
+        return np.asarray(self.vectors[self.offsets[row] : self.offsets[row + 1]], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -69,10 +88,15 @@ class IndexSnapshot:
     vectors: VectorStore
     sparse: Bm25Index
     directory: Path
+    units: UnitVectors | None = None
 
     @property
     def created_at(self) -> datetime:
         return datetime.fromisoformat(str(self.manifest["created_at"]))
+
+    @cached_property
+    def rows_by_chunk_id(self) -> dict[str, int]:
+        return {chunk.chunk_id: row for row, chunk in enumerate(self.chunks)}
 
 
 def version_name(corpus_hash: str, now: datetime | None = None) -> str:
@@ -144,6 +168,7 @@ def write_version(
     vectors: VectorStore,
     sparse: Bm25Index,
     manifest: dict[str, Any],
+    units: UnitVectors | None = None,
 ) -> str:
     """Write a complete new version, fsync it, point CURRENT at it, prune old versions. Returns its name."""
     created = datetime.now(UTC)
@@ -164,6 +189,12 @@ def write_version(
     written.append(building / EMBEDDINGS_FILE)
     written.extend(vectors.save(building))
     written.extend(sparse.save(building))
+    units_manifest: dict[str, Any] = {}
+    if units is not None:
+        np.save(building / UNIT_VECTORS_FILE, np.ascontiguousarray(units.vectors, dtype=np.float16))
+        np.save(building / UNIT_OFFSETS_FILE, np.ascontiguousarray(units.offsets, dtype=np.int64))
+        written.extend((building / UNIT_VECTORS_FILE, building / UNIT_OFFSETS_FILE))
+        units_manifest = {"units": {"splitter": units.splitter, "count": int(units.vectors.shape[0])}}
 
     full_manifest = {
         **manifest,
@@ -174,6 +205,7 @@ def write_version(
         "chunks": len(chunks),
         "dimensions": int(embeddings.shape[1]),
         "index_kind": vectors.kind,
+        **units_manifest,
         "file_sizes": {path.relative_to(building).as_posix(): path.stat().st_size for path in written},
     }
     manifest_path = building / MANIFEST_FILE
@@ -258,6 +290,32 @@ def read_embeddings(directory: Path, *, mmap: bool = True) -> npt.NDArray[np.flo
     return array  # type: ignore[no-any-return]
 
 
+def read_unit_vectors(directory: Path, manifest: dict[str, Any], chunks: int) -> UnitVectors | None:
+    """The version's unit vectors, or None when it was built without them; IndexCorrupted when damaged."""
+    described = manifest.get("units")
+    if not isinstance(described, dict):
+        return None
+    try:
+        vectors = np.load(directory / UNIT_VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+        offsets = np.load(directory / UNIT_OFFSETS_FILE, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise IndexCorrupted(f"unit vectors of index version {directory.name} are unreadable: {exc}") from exc
+    count, dimensions = int(described.get("count", -1)), int(manifest["dimensions"])
+    if (
+        vectors.shape != (count, dimensions)
+        or offsets.shape != (chunks + 1,)
+        or (
+            chunks
+            and (int(offsets[0]) != 0 or int(offsets[-1]) != count or bool(np.any(np.diff(offsets) < 0)))
+        )
+    ):
+        raise IndexCorrupted(
+            f"index version {directory.name}: unit vectors {vectors.shape} and offsets {offsets.shape} "
+            f"do not match {chunks} chunks and {count} units of {dimensions} dimensions"
+        )
+    return UnitVectors(vectors=vectors, offsets=offsets, splitter=str(described.get("splitter", "")))
+
+
 def load_version(index_dir: Path, version: str) -> IndexSnapshot:
     """Load and fully validate one version; IndexCorrupted on anything inconsistent."""
     directory = index_dir / VERSIONS_DIR / version
@@ -285,6 +343,7 @@ def load_version(index_dir: Path, version: str) -> IndexSnapshot:
         vectors=vectors,
         sparse=sparse,
         directory=directory,
+        units=read_unit_vectors(directory, manifest, expected),
     )
 
 

@@ -25,16 +25,20 @@ from services.core.settings import RagSettings
 from services.core.types import Chunk
 from services.rag.chunking import TokenSpans, chunk_documents, embedding_text, whitespace_token_spans
 from services.rag.embedder import SentenceTransformerEmbedder
+from services.rag.evidence import units_for_embedding
 from services.rag.index_store import (
     VERSIONS_DIR,
+    UnitVectors,
     ingest_lock,
     read_chunks,
     read_current,
     read_embeddings,
     read_manifest,
+    read_unit_vectors,
     write_version,
 )
 from services.rag.loaders import load_corpus
+from services.rag.sentences import SPLITTER_VERSION
 from services.rag.sparse import Bm25Index
 from services.rag.store import create_vector_store
 
@@ -54,6 +58,7 @@ class IngestReport:
     removed_chunks: int
     embedded: int
     reused_embeddings: int
+    embedded_units: int
     skipped_files: tuple[str, ...]
     seconds: float
 
@@ -108,14 +113,74 @@ def _previous_embeddings(index_dir: Path, embedder: Embedder) -> dict[str, npt.N
     return {chunk.chunk_id: vectors[row] for row, chunk in enumerate(chunks)}
 
 
-def _embed(embedder: Embedder, chunks: Sequence[Chunk], *, progress: bool) -> npt.NDArray[np.float32]:
+def _previous_unit_vectors(index_dir: Path, embedder: Embedder) -> dict[str, npt.NDArray[np.float16]]:
+    """chunk id -> its unit vectors from the current version, when they were built by this embedder and
+    this unit splitter."""
+    version = read_current(index_dir)
+    if version is None:
+        return {}
+    directory = index_dir / VERSIONS_DIR / version
+    try:
+        manifest = read_manifest(directory)
+        chunks = read_chunks(directory)
+        units = read_unit_vectors(directory, manifest, len(chunks))
+    except (IndexCorrupted, RetrievalError) as exc:
+        logger.warning("cannot reuse unit vectors of version %s (%s): embedding all units", version, exc)
+        return {}
+    if (
+        units is None
+        or units.splitter != SPLITTER_VERSION
+        or manifest.get("embedding_model") != embedder.model_id
+        or manifest.get("dimensions") != embedder.dimensions
+    ):
+        return {}
+    return {
+        chunk.chunk_id: np.asarray(units.vectors[units.offsets[row] : units.offsets[row + 1]])
+        for row, chunk in enumerate(chunks)
+    }
+
+
+def _embed_texts(
+    embedder: Embedder, texts: Sequence[str], *, progress: bool, what: str
+) -> npt.NDArray[np.float32]:
     parts = []
-    with tqdm(total=len(chunks), desc="embedding", unit="chunk", disable=not progress) as bar:
-        for start in range(0, len(chunks), EMBED_BATCH):
-            batch = chunks[start : start + EMBED_BATCH]
-            parts.append(embedder.embed_documents([embedding_text(chunk) for chunk in batch]))
+    with tqdm(total=len(texts), desc=f"embedding {what}", unit=what, disable=not progress) as bar:
+        for start in range(0, len(texts), EMBED_BATCH):
+            batch = texts[start : start + EMBED_BATCH]
+            parts.append(embedder.embed_documents(batch))
             bar.update(len(batch))
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dimensions), dtype=np.float32)
+
+
+def _embed(embedder: Embedder, chunks: Sequence[Chunk], *, progress: bool) -> npt.NDArray[np.float32]:
+    return _embed_texts(embedder, [embedding_text(c) for c in chunks], progress=progress, what="chunks")
+
+
+def embed_units(
+    embedder: Embedder,
+    chunks: Sequence[Chunk],
+    previous: dict[str, npt.NDArray[np.float16]],
+    *,
+    progress: bool,
+) -> tuple[UnitVectors, int]:
+    """Every chunk's evidence units embedded (stored vectors of unchanged chunks reused), and how many
+    units had to be embedded now."""
+    units, texts = units_for_embedding(chunks)
+    counts = [len(per) for per in units]
+    offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(counts)
+    vectors = np.zeros((int(offsets[-1]), embedder.dimensions), dtype=np.float16)
+    todo: list[int] = []  # rows of `vectors` to embed now
+    for row, chunk in enumerate(chunks):
+        start, end = int(offsets[row]), int(offsets[row + 1])
+        stored = previous.get(chunk.chunk_id)
+        if stored is not None and len(stored) == end - start:
+            vectors[start:end] = stored
+        else:
+            todo.extend(range(start, end))
+    if todo:
+        vectors[todo] = _embed_texts(embedder, [texts[i] for i in todo], progress=progress, what="units")
+    return UnitVectors(vectors=vectors, offsets=offsets, splitter=SPLITTER_VERSION), len(todo)
 
 
 def ingest(
@@ -168,6 +233,9 @@ def ingest(
         vectors = create_vector_store(settings, embeddings.shape[1], expected_count=len(chunks))
         vectors.add(embeddings)
         sparse = Bm25Index.build([embedding_text(chunk) for chunk in chunks])
+        units, embedded_units = embed_units(
+            embedder, chunks, _previous_unit_vectors(index_dir, embedder), progress=progress
+        )
         current_ids = set(unique)
         version = write_version(
             index_dir,
@@ -176,6 +244,7 @@ def ingest(
             embeddings=embeddings,
             vectors=vectors,
             sparse=sparse,
+            units=units,
             manifest={
                 "embedding_model": embedder.model_id,
                 "files": loaded.files,
@@ -193,6 +262,7 @@ def ingest(
         removed_chunks=len(previous.keys() - current_ids),
         embedded=len(to_embed),
         reused_embeddings=len(chunks) - len(to_embed),
+        embedded_units=embedded_units,
         skipped_files=tuple(loaded.skipped),
         seconds=time.perf_counter() - started,
     )

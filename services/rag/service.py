@@ -15,15 +15,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from services.core.errors import IndexCorrupted, InvalidRequest, NotReady, RetrievalError
 from services.core.protocols import Embedder
 from services.core.settings import RagSettings
 from services.core.types import ScoredChunk
 from services.rag.context import ContextSelection, select_context_within_budget
 from services.rag.embedder import build_query_embedder
+from services.rag.evidence import (
+    EmbeddingUnitSource,
+    EvidenceSelection,
+    UnitsWithVectors,
+    UnitVectorCache,
+    select_evidence,
+)
 from services.rag.index_store import IndexInfo, IndexSnapshot, load_current, load_version, read_current
 from services.rag.rerank import Reranker, build_reranker
 from services.rag.retriever import RetrievalParams, rank_chunks
+from services.rag.sentences import SPLITTER_VERSION, split_units
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +45,7 @@ class RetrievalOutcome:
 
     timings_ms has "embed" (query embedding), "search" (dense + sparse + fusion), "rerank".
     relevant: the best dense cosine reached settings.min_dense_score, i.e. the index likely knows the topic.
+    query_vector: the query's embedding, for evidence selection.
     """
 
     chunks: list[ScoredChunk]
@@ -41,6 +53,33 @@ class RetrievalOutcome:
     index_version: str
     max_dense_score: float
     relevant: bool
+    query_vector: npt.NDArray[np.float32]
+
+
+class IndexedUnitSource:
+    """Unit vectors the index stored at ingestion; chunks it has none for are embedded by `fallback`."""
+
+    def __init__(self, snapshot: IndexSnapshot, fallback: EmbeddingUnitSource) -> None:
+        stored = snapshot.units
+        self._units = stored if stored is not None and stored.splitter == SPLITTER_VERSION else None
+        self._rows = snapshot.rows_by_chunk_id
+        self._fallback = fallback
+
+    def units_and_vectors(self, chunks: Sequence[ScoredChunk]) -> list[UnitsWithVectors]:
+        if self._units is None:
+            return self._fallback.units_and_vectors(chunks)
+        found: list[UnitsWithVectors | None] = []
+        for scored in chunks:
+            row = self._rows.get(scored.chunk.chunk_id)
+            units = split_units(scored.chunk.text)
+            vectors = self._units.of_row(row) if row is not None else None
+            found.append((units, vectors) if vectors is not None and len(vectors) == len(units) else None)
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        if missing:
+            embedded = self._fallback.units_and_vectors([chunks[i] for i in missing])
+            for i, entry in zip(missing, embedded, strict=True):
+                found[i] = entry
+        return [entry for entry in found if entry is not None]
 
 
 class RetrievalService:
@@ -59,6 +98,9 @@ class RetrievalService:
         self._snapshot: IndexSnapshot | None = None
         self._refused_version: str | None = None
         self._reload_lock = threading.Lock()
+        # For index versions without stored unit vectors. Chunk ids are hashes of their text, so cached
+        # unit vectors stay valid across index versions.
+        self._embedded_units = EmbeddingUnitSource(self._embedder, UnitVectorCache())
 
     def warm_up(self) -> None:
         """Load the embedder, the reranker and the CURRENT index.
@@ -109,6 +151,7 @@ class RetrievalService:
             index_version=snapshot.version,
             max_dense_score=ranked.max_dense_score,
             relevant=ranked.max_dense_score >= self._settings.min_dense_score,
+            query_vector=query_vector,
         )
 
     def select_context(
@@ -116,6 +159,21 @@ class RetrievalService:
     ) -> ContextSelection:
         budget = self._settings.context_budget_tokens if budget_tokens is None else budget_tokens
         return select_context_within_budget(chunks, budget)
+
+    def select_evidence(
+        self, query: str, outcome: RetrievalOutcome, budget_tokens: int | None = None
+    ) -> EvidenceSelection:
+        """The sentences of `outcome.chunks` that best answer `query`, within the evidence budget."""
+        budget = self._settings.evidence_budget_tokens if budget_tokens is None else budget_tokens
+        return select_evidence(
+            query,
+            outcome.query_vector,
+            outcome.chunks,
+            IndexedUnitSource(self._current(), self._embedded_units),
+            budget_tokens=budget,
+            count_tokens=self._embedder.count_tokens,
+            neighbours=self._settings.evidence_neighbours,
+        )
 
     def reload_if_changed(self) -> bool:
         """Swap in the version CURRENT names if it changed and is valid. True when a swap happened."""

@@ -40,7 +40,10 @@ def test_reingest_embeds_only_changed_and_added_chunks_and_drops_removed_files(
     embedder.embedded_texts = 0
     second = ingest([corpus], settings, embedder=embedder, progress=False)
 
-    assert second.embedded == 2 == embedder.embedded_texts  # the changed intro + the new file
+    # The changed intro and the new file, and their evidence units (one sentence each); every other
+    # chunk's units keep their stored vectors.
+    assert second.embedded == 2 and second.embedded_units == 2
+    assert embedder.embedded_texts == second.embedded + second.embedded_units
     assert second.added_chunks == 2
     assert second.removed_chunks == 3  # the old intro + onboarding's two sections
     assert second.reused_embeddings == second.chunks - 2
@@ -73,7 +76,7 @@ def test_report_as_dict_has_the_documented_keys(tmp_path: Path, corpus: Path) ->
     values = report.as_dict()
     assert set(values) == {
         "version", "chunks", "files", "added_chunks", "removed_chunks", "embedded",
-        "reused_embeddings", "skipped_files", "seconds",
+        "reused_embeddings", "embedded_units", "skipped_files", "seconds",
     }  # fmt: skip
     assert values["skipped_files"] == ["blob.txt"] and values["files"] == 4
 

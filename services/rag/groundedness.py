@@ -1,0 +1,115 @@
+"""Is an answer supported by its evidence? A lexical check of content words, numbers and names.
+
+An answer sentence's claims are its content terms (stemmed, stopwords and filler out) that the question
+does not already contain, and its numbers. A sentence is supported by one evidence unit to the extent that
+unit contains its claims: the best unit counts, because claims stitched together from different sentences
+("12 days" from one line, "vacation" from another) are how a small model goes wrong. A sentence with a
+number its best unit (or the question) lacks scores at most NUMBER_MISS_CAP. The score is the claim-weighted
+mean over sentences; an answer that claims nothing (it echoes the question, or is empty) scores 0.
+
+The check is deliberately strict and cheap (microseconds, no model): it cannot tell a correct paraphrase
+with new words from a fabrication, so a low score means "not visibly supported", which is what the
+`flag` and `extract` policies act on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.rag.sentences import split_sentences
+from services.rag.sparse import Bm25Tokenizer
+
+# A sentence that states a number the evidence does not contain scores at most this.
+NUMBER_MISS_CAP = 0.25
+_NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,:]\d+)*)")
+_NUMBER_WORDS = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
+    "fifteen": "15", "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60",
+    "ninety": "90", "hundred": "100",
+}  # fmt: skip
+_WORD = re.compile(r"[a-z]+")
+# Words that carry no claim in an answer ("According to the context, ...", "you get", "yes").
+_FILLER = frozenset(
+    "according context handbook policy sources source says say said states stated answer based "
+    "yes no get gets got please note also however question you your yours we our us i my me they "
+    "their them it its".split()
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Groundedness:
+    """`score` in [0, 1]; `unsupported` lists the answer's terms and numbers found in neither the evidence
+    nor the question (at most a few, for the response); `abstained`: the answer says the context has none."""
+
+    score: float
+    unsupported: tuple[str, ...]
+    abstained: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "score": round(self.score, 3),
+            "unsupported": list(self.unsupported),
+            "abstained": self.abstained,
+        }
+
+
+def _numbers(text: str) -> set[str]:
+    found = {m.group(1).replace(",", "").rstrip(".:") for m in _NUMBER.finditer(text)}
+    found.update(_NUMBER_WORDS[w] for w in _WORD.findall(text.lower()) if w in _NUMBER_WORDS)
+    return found
+
+
+class GroundednessScorer:
+    def __init__(
+        self, abstention_phrases: Sequence[str] = (), tokenizer: Bm25Tokenizer | None = None
+    ) -> None:
+        self._tokenize = tokenizer or Bm25Tokenizer()
+        self._abstentions = tuple(_normalise(p) for p in abstention_phrases if p.strip())
+        self._filler = frozenset(self._tokenize(" ".join(_FILLER)))
+
+    def is_abstention(self, answer: str) -> bool:
+        normalised = _normalise(answer)
+        return any(phrase in normalised for phrase in self._abstentions)
+
+    def score(self, answer: str, evidence: Sequence[str], question: str = "") -> Groundedness:
+        if self.is_abstention(answer):
+            return Groundedness(score=1.0, unsupported=(), abstained=True)
+        question_terms = set(self._tokenize(question))
+        question_numbers = _numbers(question)
+        units = [(set(self._tokenize(text)), _numbers(text)) for text in evidence]
+        weighted, weight = 0.0, 0
+        unsupported: list[str] = []
+        for sentence in split_sentences(answer.strip()):
+            claims = {
+                t
+                for t in self._tokenize(sentence)
+                if t not in self._filler and t not in question_terms and not t.isdigit()
+            }
+            numbers = _numbers(sentence) - question_numbers
+            total = len(claims) + len(numbers)
+            if total == 0:
+                continue
+            best_support, best_missing = 0.0, sorted(numbers) + sorted(claims)
+            for terms, unit_numbers in units:
+                missing_numbers = sorted(numbers - unit_numbers)
+                missing_terms = sorted(claims - terms)
+                support = 1.0 - (len(missing_numbers) + len(missing_terms)) / total
+                if missing_numbers:
+                    support = min(support, NUMBER_MISS_CAP)
+                if support > best_support:
+                    best_support, best_missing = support, missing_numbers + missing_terms
+            weighted += best_support * total
+            weight += total
+            unsupported.extend(best_missing)
+        score = weighted / weight if weight else 0.0
+        return Groundedness(score=score, unsupported=tuple(dict.fromkeys(unsupported))[:8])
+
+
+def _normalise(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower()))
+
+
+__all__ = ["NUMBER_MISS_CAP", "Groundedness", "GroundednessScorer"]

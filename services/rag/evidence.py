@@ -44,6 +44,8 @@ _HAS_QUANTITY = re.compile(
     r"monday|tuesday|wednesday|thursday|friday|daily|weekly|monthly|quarterly|annually|yearly)\b",
     re.IGNORECASE,
 )
+# A unit this close (cosine) to one already picked says the same thing: skipped whatever its relevance.
+DUPLICATE_COSINE = 0.95
 # A unit with fewer words than this is a fragment ("No.", "Yes, with approval."): it brings the unit before.
 MIN_STANDALONE_WORDS = 6
 
@@ -233,6 +235,8 @@ def select_evidence(
         mmr[~available] = -np.inf
         best = int(np.argmax(mmr))
         available[best] = False
+        if max_similarity[best] >= DUPLICATE_COSINE:
+            continue
         ci, ui = rows[best]
         chunk_units = per_chunk[ci][0]
         span = [j for j in _standalone_span(chunk_units, ui, neighbours) if (ci, j) not in taken]

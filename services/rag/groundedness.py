@@ -86,7 +86,10 @@ class GroundednessScorer:
             claims = {
                 t
                 for t in self._tokenize(sentence)
-                if t not in self._filler and t not in question_terms and not t.isdigit()
+                if t not in self._filler
+                and t not in question_terms
+                and not t.isdigit()
+                and t not in _NUMBER_WORDS
             }
             numbers = _numbers(sentence) - question_numbers
             total = len(claims) + len(numbers)

@@ -199,3 +199,37 @@ def test_real_embedder_finds_the_fact_and_flags_unrelated_queries(
     assert not unrelated.relevant
     selection = service.select_context(outcome.chunks, budget_tokens=40)
     assert 0 < selection.token_count <= 40
+
+
+def test_evidence_comes_from_stored_unit_vectors_and_damaged_offsets_are_refused(
+    tmp_path: Path, corpus: Path
+) -> None:
+    import json
+
+    import numpy as np
+
+    from services.rag.index_store import UNIT_OFFSETS_FILE, load_current
+
+    settings = rag_settings(tmp_path / "index")
+    embedder = HashingEmbedder()
+    report = ingest([corpus], settings, embedder=embedder, progress=False)
+    snapshot = load_current(settings.index_dir)
+    assert snapshot.units is not None and snapshot.units.vectors.shape[0] == report.embedded_units
+    manifest = json.loads((snapshot.directory / "manifest.json").read_text())
+    assert manifest["units"]["count"] == report.embedded_units
+
+    service = RetrievalService(settings, embedder=embedder)
+    service.warm_up()
+    embedder.embedded_texts = 0
+    outcome = service.retrieve("paid vacation days per year")
+    selection = service.select_evidence("paid vacation days per year", outcome)
+    assert selection.units and selection.token_count <= settings.evidence_budget_tokens
+    assert embedder.embedded_texts == 0  # the stored vectors served; nothing embedded per query
+    assert {c.chunk.chunk_id for c in selection.chunks} <= {c.chunk.chunk_id for c in outcome.chunks}
+
+    offsets = snapshot.directory / UNIT_OFFSETS_FILE
+    np.save(offsets, np.zeros(3, dtype=np.int64))  # a wrong length, same header size
+    manifest["file_sizes"][UNIT_OFFSETS_FILE] = offsets.stat().st_size
+    (snapshot.directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorrupted, match="unit vectors"):
+        RetrievalService(settings, embedder=HashingEmbedder()).warm_up()

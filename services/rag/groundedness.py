@@ -3,8 +3,10 @@
 An answer sentence's claims are its content terms (stemmed, stopwords and filler out) that the question
 does not already contain, and its numbers. A sentence is supported by one evidence unit to the extent that
 unit contains its claims: the best unit counts, because claims stitched together from different sentences
-("12 days" from one line, "vacation" from another) are how a small model goes wrong. A sentence with a
-number its best unit (or the question) lacks scores at most NUMBER_MISS_CAP. The score is the claim-weighted
+("12 days" from one line, "vacation" from another) are how a small model goes wrong. The unit must also be
+about the question: its support is scaled down when it holds less than TOPIC_SHARE of the question's content
+terms ("2" is in the evidence, but in a line about notice periods, not about the allowance asked for). A
+sentence with a number its best unit (or the question) lacks scores at most NUMBER_MISS_CAP. The score is the claim-weighted
 mean over sentences; an answer that claims nothing (it echoes the question, or is empty) scores 0.
 
 The check is deliberately strict and cheap (microseconds, no model): it cannot tell a correct paraphrase
@@ -23,6 +25,8 @@ from services.rag.sparse import Bm25Tokenizer
 
 # A sentence that states a number the evidence does not contain scores at most this.
 NUMBER_MISS_CAP = 0.25
+# A unit holding at least this share of the question's content terms supports with full weight.
+TOPIC_SHARE = 0.6
 _NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,:]\d+)*)")
 _NUMBER_WORDS = {
     "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
@@ -31,11 +35,13 @@ _NUMBER_WORDS = {
     "ninety": "90", "hundred": "100",
 }  # fmt: skip
 _WORD = re.compile(r"[a-z]+")
-# Words that carry no claim in an answer ("According to the context, ...", "you get", "yes").
+# Words that carry no claim in an answer ("According to the context, ...", "you get", "yes"), and the
+# question words and auxiliaries that say nothing about a question's topic.
 _FILLER = frozenset(
     "according context handbook policy sources source says say said states stated answer based "
     "yes no get gets got please note also however question you your yours we our us i my me they "
-    "their them it its".split()
+    "their them it its how many much what which who whom whose when where why do does did can could "
+    "should would will shall may might must is are was were be been have has had need needs".split()
 )
 
 
@@ -79,7 +85,12 @@ class GroundednessScorer:
             return Groundedness(score=1.0, unsupported=(), abstained=True)
         question_terms = set(self._tokenize(question))
         question_numbers = _numbers(question)
-        units = [(set(self._tokenize(text)), _numbers(text)) for text in evidence]
+        topic = question_terms - self._filler
+        units = []
+        for text in evidence:
+            terms = set(self._tokenize(text))
+            about = len(topic & terms) / len(topic) if topic else 1.0
+            units.append((terms, _numbers(text), min(1.0, about / TOPIC_SHARE)))
         weighted, weight = 0.0, 0
         unsupported: list[str] = []
         for sentence in split_sentences(answer.strip()):
@@ -96,12 +107,13 @@ class GroundednessScorer:
             if total == 0:
                 continue
             best_support, best_missing = 0.0, sorted(numbers) + sorted(claims)
-            for terms, unit_numbers in units:
+            for terms, unit_numbers, on_topic in units:
                 missing_numbers = sorted(numbers - unit_numbers)
                 missing_terms = sorted(claims - terms)
                 support = 1.0 - (len(missing_numbers) + len(missing_terms)) / total
                 if missing_numbers:
                     support = min(support, NUMBER_MISS_CAP)
+                support *= on_topic
                 if support > best_support:
                     best_support, best_missing = support, missing_numbers + missing_terms
             weighted += best_support * total
@@ -115,4 +127,4 @@ def _normalise(text: str) -> str:
     return " ".join(_WORD.findall(text.lower()))
 
 
-__all__ = ["NUMBER_MISS_CAP", "Groundedness", "GroundednessScorer"]
+__all__ = ["NUMBER_MISS_CAP", "TOPIC_SHARE", "Groundedness", "GroundednessScorer"]

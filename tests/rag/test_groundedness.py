@@ -46,3 +46,9 @@ def test_echoing_the_question_or_saying_nothing_scores_zero() -> None:
 def test_the_unanswerable_phrase_is_an_abstention() -> None:
     result = SCORER.score("Sorry. The context does not say!", EVIDENCE, QUESTION)
     assert result.abstained and result.score == 1.0
+
+
+def test_a_number_from_a_line_about_something_else_is_not_support() -> None:
+    evidence = [*EVIDENCE, "Length of absence: 1-2 days; Request at least: 2 business days ahead"]
+    assert SCORER.score("The answer is: 2", evidence, QUESTION).score < 0.6
+    assert SCORER.score("The answer is: 25 working days.", evidence, QUESTION).score == 1.0

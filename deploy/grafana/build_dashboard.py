@@ -267,6 +267,40 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         ),
     ),
     (
+        "Grounded answers",
+        (
+            Panel(
+                "Groundedness of checked answers (p10 / p50)",
+                tuple(
+                    Query(
+                        f"histogram_quantile({q}, sum by (le, pipeline) "
+                        f"(rate(hybrid_groundedness_score_bucket{{{PIPE}}}[{RATE}])))",
+                        f"p{round(q * 100)} {{{{pipeline}}}}",
+                    )
+                    for q in (0.1, 0.5)
+                ),
+                unit="percentunit",
+                description="The share of an answer's claims that one evidence sentence about the question "
+                "supports (services/rag/groundedness.py).",
+            ),
+            Panel(
+                "Checked answers by action (share)",
+                (
+                    Query(
+                        f"sum by (action) (rate(hybrid_groundedness_actions_total{{{PIPE}}}[{RATE}])) "
+                        f"/ ignoring(action) group_left "
+                        f"sum(rate(hybrid_groundedness_actions_total{{{PIPE}}}[{RATE}]))",
+                        "{{action}}",
+                    ),
+                ),
+                unit="percentunit",
+                stacked=True,
+                description="What rag.unsupported_answer did: pass, flag, extract (answered with the quoted "
+                "evidence) or abstain.",
+            ),
+        ),
+    ),
+    (
         "Index",
         (
             Panel(

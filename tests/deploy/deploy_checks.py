@@ -36,6 +36,8 @@ HYBRID_METRICS = frozenset(
         "hybrid_index_chunks",
         "hybrid_index_age_seconds",
         "hybrid_index_info",
+        "hybrid_groundedness_score",
+        "hybrid_groundedness_actions_total",
     }
 )
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")

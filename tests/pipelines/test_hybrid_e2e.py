@@ -10,7 +10,7 @@ import pytest
 
 from services.core.settings import load_settings
 from services.gateway.app import create_app
-from tests.conftest import MODEL_CACHE, serve_in_thread
+from tests.conftest import MODEL_CACHE, REPO_ROOT, serve_in_thread
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,6 +52,28 @@ def test_knowledge_question_goes_through_rag_with_sources(client: openai.OpenAI)
     assert {"route", "embed", "search", "select", "generate"} <= set(hybrid["timings_ms"])
     assert hybrid["index_version"]
     assert answer.strip()
+
+
+# The README's example questions and the fact each answer must state (corpus/handbook says so).
+README_FACTS = {
+    "How many days of paid vacation do we get?": "25",
+    "How long do I have to submit an expense claim?": "45 days",
+}
+
+
+def test_the_readme_examples_are_answered_with_the_right_fact(client: openai.OpenAI) -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    for question, fact in README_FACTS.items():
+        assert f'"{question}"' in readme, f"the README no longer asks {question!r}: update README_FACTS"
+        resp = client.chat.completions.create(
+            model="hybrid", messages=[{"role": "user", "content": question}], max_tokens=80
+        )
+        answer = resp.choices[0].message.content or ""
+        hybrid = resp.model_extra["hybrid"]  # type: ignore[index]
+        assert fact in answer, (question, answer, hybrid.get("groundedness"))
+        assert hybrid["route"]["target"] == "rag"
+        assert hybrid["groundedness"]["action"] in {"pass", "extract"}
+        assert 0.0 <= hybrid["groundedness"]["score"] <= 1.0
 
 
 def test_direct_request_skips_retrieval(client: openai.OpenAI) -> None:

@@ -164,26 +164,26 @@ class PipelineRunner:
                         outcome.ttft_s = time.perf_counter() - started
                     parts.append(text)
                     yield text
-            if check is not None:
-                with trace.stage("verify"):
-                    checked = check.check("".join(raw))
-                trace.groundedness = checked.report
-                if hold_back:
-                    text = out_filter.feed(checked.text) if out_filter else checked.text
-                    if text:
-                        if incremental or outcome.ttft_s is None:
-                            outcome.ttft_s = time.perf_counter() - started
-                        parts.append(text)
-                        yield text
-            if out_filter is not None:
-                tail = out_filter.flush()
-                if tail:
-                    if outcome.ttft_s is None:
-                        outcome.ttft_s = time.perf_counter() - started
-                    parts.append(tail)
-                    yield tail
         finally:
             trace.timings.add("generate", (time.perf_counter() - generate_started) * 1000.0)
+        if check is not None:
+            with trace.stage("verify"):
+                checked = check.check("".join(raw))
+            trace.groundedness = checked.report
+            if hold_back:
+                text = out_filter.feed(checked.text) if out_filter else checked.text
+                if text:
+                    if incremental or outcome.ttft_s is None:
+                        outcome.ttft_s = time.perf_counter() - started
+                    parts.append(text)
+                    yield text
+        if out_filter is not None:
+            tail = out_filter.flush()
+            if tail:
+                if outcome.ttft_s is None:
+                    outcome.ttft_s = time.perf_counter() - started
+                parts.append(tail)
+                yield tail
         outcome.text = "".join(parts)
 
     async def _structured(

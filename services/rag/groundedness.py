@@ -5,9 +5,10 @@ does not already contain, and its numbers. A sentence is supported by one eviden
 unit contains its claims: the best unit counts, because claims stitched together from different sentences
 ("12 days" from one line, "vacation" from another) are how a small model goes wrong. The unit must also be
 about the question: its support is scaled down when it holds less than TOPIC_SHARE of the question's content
-terms ("2" is in the evidence, but in a line about notice periods, not about the allowance asked for). A
-sentence with a number its best unit (or the question) lacks scores at most NUMBER_MISS_CAP. The score is the claim-weighted
-mean over sentences; an answer that claims nothing (it echoes the question, or is empty) scores 0.
+terms ("2" is in the evidence, but in a line about notice periods, not about the allowance asked for).
+A sentence with a number its best unit (or the question) lacks scores at most NUMBER_MISS_CAP. The score is
+the claim-weighted mean over sentences; an answer that claims nothing (it echoes the question, or is
+empty) scores 0.
 
 The check is deliberately strict and cheap (microseconds, no model): it cannot tell a correct paraphrase
 with new words from a fabrication, so a low score means "not visibly supported", which is what the

@@ -90,7 +90,7 @@ def test_request_span_with_a_child_per_stage(
     stages = [s for s in spans if s is not request_span]
 
     ran = [stage for stage in extension["timings_ms"] if stage != "total"]
-    assert ran == ["privacy", "route", "embed", "search", "rerank", "select", "generate"]
+    assert ran == ["privacy", "route", "embed", "search", "rerank", "select", "generate", "verify"]
     assert [s.name for s in sorted(stages, key=lambda s: s.start_time or 0)] == ran
     for span in stages:
         assert span.parent is not None and span.parent.span_id == request_span.context.span_id

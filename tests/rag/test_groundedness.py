@@ -52,3 +52,12 @@ def test_a_number_from_a_line_about_something_else_is_not_support() -> None:
     evidence = [*EVIDENCE, "Length of absence: 1-2 days; Request at least: 2 business days ahead"]
     assert SCORER.score("The answer is: 2", evidence, QUESTION).score < 0.6
     assert SCORER.score("The answer is: 25 working days.", evidence, QUESTION).score == 1.0
+
+
+def test_a_sentence_copied_from_the_evidence_is_supported_even_off_topic() -> None:
+    row = "Location of employment: Portugal; Rate: EUR 0.36 per km"
+    result = SCORER.score(f"{row}.", [row], "what's the mileage rate if I drive my own car in portugal?")
+    assert result.score == 1.0
+    assert (
+        SCORER.score("Location of employment: Portugal; Rate: EUR 0.99 per km.", [row], "rate?").score < 0.6
+    )

@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from services.core.errors import IndexCorrupted, InvalidRequest, RetrievalError
@@ -233,3 +234,30 @@ def test_evidence_comes_from_stored_unit_vectors_and_damaged_offsets_are_refused
     (snapshot.directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexCorrupted, match="unit vectors"):
         RetrievalService(settings, embedder=HashingEmbedder()).warm_up()
+
+
+def test_units_of_another_splitter_version_are_embedded_at_query_time(tmp_path: Path, corpus: Path) -> None:
+    import dataclasses
+
+    from services.rag.index_store import load_current
+    from services.rag.service import IndexedUnitSource
+
+    settings = rag_settings(tmp_path / "index")
+    embedder = HashingEmbedder()
+    ingest([corpus], settings, embedder=embedder, progress=False)
+    service = RetrievalService(settings, embedder=embedder)
+    service.warm_up()
+    outcome = service.retrieve("paid vacation days per year")
+    snapshot = load_current(settings.index_dir)
+    assert snapshot.units is not None
+    stale = dataclasses.replace(snapshot, units=dataclasses.replace(snapshot.units, splitter="0"))
+    embedder.embedded_texts = 0
+    from services.rag.evidence import EmbeddingUnitSource
+
+    fresh = IndexedUnitSource(snapshot, EmbeddingUnitSource(embedder)).units_and_vectors(outcome.chunks)
+    assert embedder.embedded_texts == 0
+    recomputed = IndexedUnitSource(stale, EmbeddingUnitSource(embedder)).units_and_vectors(outcome.chunks)
+    assert embedder.embedded_texts == sum(len(units) for units, _ in recomputed) > 0
+    for (units_a, vectors_a), (units_b, vectors_b) in zip(fresh, recomputed, strict=True):
+        assert units_a == units_b
+        assert np.allclose(vectors_a, vectors_b, atol=1e-2)  # float16 storage

@@ -75,7 +75,7 @@ class GroundingOptions:
     evidence_candidates: int = 6
     unsupported_answer: UnsupportedAnswerPolicy = "extract"
     groundedness_threshold: float = 0.6
-    quote_units: int = 1
+    quote_units: int = 2
     adapter: str | None = None
 
 

@@ -145,8 +145,13 @@ async def test_rag_prompt_carries_evidence_lists_per_chunk_and_the_question_last
 async def test_extract_holds_back_the_stream_and_sends_the_quote_in_one_piece() -> None:
     pieces, outcome, trace, _ = await _ask("You get twelve days off", GroundingOptions())
     assert len(pieces) == 1 and pieces[0] == outcome.text
-    assert outcome.text == PROMPTS.render_block(
-        "rag", "extract", quotes=[("benefits/vacation.md", [EVIDENCE[0].text])]
+    assert outcome.text == PROMPTS.render_block(  # the default quotes the first two evidence lines
+        "rag",
+        "extract",
+        quotes=[
+            ("benefits/vacation.md", [EVIDENCE[0].text]),
+            ("benefits/sick-leave.md", ["Sick leave is unlimited."]),
+        ],
     )
     assert trace.groundedness is not None and trace.groundedness["action"] == "extract"
     assert "verify" in trace.timings.ms

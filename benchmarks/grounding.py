@@ -62,7 +62,7 @@ GENERATORS = {
     "qwen1.5b-int4": Generator(
         "qwen1.5b-int4",
         {"HYBRID_GENERATOR__MODEL": "qwen2.5-coder-1.5b", "HYBRID_GENERATOR__ONNX_PRECISION": "int4"},
-        limit=30,
+        limit=20,
     ),
 }
 CONFIGS = {
@@ -232,7 +232,7 @@ def run_grid(plan: Plan, out_dir: Path) -> list[dict[str, Any]]:
 def tables(records: Sequence[Mapping[str, Any]]) -> str:
     by_key = {(r["generator"], r["config"], r["set"]): r for r in records}
     rows = []
-    for (gen, config, set_name), record in by_key.items():
+    for (gen, config, set_name), record in sorted(by_key.items(), key=lambda item: _order(item[0])):
         if set_name != "handbook":
             continue
         unseen = by_key.get((gen, config, "sourcegraph"), {})
@@ -242,14 +242,18 @@ def tables(records: Sequence[Mapping[str, Any]]) -> str:
             record["p95_ms"], unseen.get("p50_ms"), record["context_tokens_mean"],
             _actions(record), _actions(unseen),
         ])  # fmt: skip
+    rows = [
+        [round(c) if isinstance(c, float) and i in (8, 9, 10, 11) else c for i, c in enumerate(r)]
+        for r in rows
+    ]
     headers = [
         "generator", "rag configuration", "n", "answer_contains (corpus/eval)", "other half", "n unseen",
         "answer_contains (unseen)", "hit@5 (unseen)", "rag p50 ms", "rag p95 ms", "rag p50 ms (unseen)",
         "context tokens", "checks (corpus/eval)", "checks (unseen)",
     ]  # fmt: skip
     direct = [
-        [r["generator"], r["n"], r["answer_contains"], r["p50_ms"]]
-        for r in records
+        [r["generator"], r["n"], r["answer_contains"], round(r["p50_ms"])]
+        for r in sorted(records, key=lambda r: _order((r["generator"], r["config"], r["set"])))
         if r["set"] == "general_knowledge"
     ]
     return "\n\n".join([
@@ -258,6 +262,17 @@ def tables(records: Sequence[Mapping[str, Any]]) -> str:
         "### Direct answers (prompt, general-knowledge set)",
         markdown_table(["generator", "n", "answer_contains", "p50 ms"], direct, digits=2),
     ])  # fmt: skip
+
+
+def _order(key: tuple[str, str, str]) -> tuple[int, int, str]:
+    """Generators and configurations in the order they are declared above, unknown ones last."""
+    generators, configs = list(GENERATORS), list(CONFIGS)
+    gen, config, set_name = key
+    return (
+        generators.index(gen) if gen in generators else len(generators),
+        configs.index(config) if config in configs else len(configs),
+        set_name,
+    )
 
 
 def _actions(record: Mapping[str, Any]) -> str:
@@ -339,7 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         for old in (args.out / "runs").glob("*.json"):
             old.unlink()
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    records = run_grid(plan, args.out)
+    run_grid(plan, args.out)
+    # The report covers every cached run in OUT/runs, so a grid can be run in parts (one generator at a time).
+    records = [
+        json.loads(path.read_text(encoding="utf-8")) for path in sorted((args.out / "runs").glob("*.json"))
+    ]
     write_json(args.out / "grounding.json", {"started": started, "runs": records})
     plot(records, args.out / "grounding.png")
     write_report(records, args.out, started)

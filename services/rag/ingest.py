@@ -90,12 +90,17 @@ def corpus_hash_of(chunks: Sequence[Chunk]) -> str:
     return digest.hexdigest()
 
 
+def _current_version(index_dir: Path) -> tuple[str, Path] | None:
+    version = read_current(index_dir)
+    return None if version is None else (version, index_dir / VERSIONS_DIR / version)
+
+
 def _previous_embeddings(index_dir: Path, embedder: Embedder) -> dict[str, npt.NDArray[np.float32]]:
     """chunk id -> vector from the current version, when it was built with the same embedder."""
-    version = read_current(index_dir)
-    if version is None:
+    current = _current_version(index_dir)
+    if current is None:
         return {}
-    directory = index_dir / VERSIONS_DIR / version
+    version, directory = current
     try:
         manifest = read_manifest(directory)
         if manifest.get("embedding_model") != embedder.model_id or manifest.get("dimensions") != (
@@ -116,10 +121,10 @@ def _previous_embeddings(index_dir: Path, embedder: Embedder) -> dict[str, npt.N
 def _previous_unit_vectors(index_dir: Path, embedder: Embedder) -> dict[str, npt.NDArray[np.float16]]:
     """chunk id -> its unit vectors from the current version, when they were built by this embedder and
     this unit splitter."""
-    version = read_current(index_dir)
-    if version is None:
+    current = _current_version(index_dir)
+    if current is None:
         return {}
-    directory = index_dir / VERSIONS_DIR / version
+    version, directory = current
     try:
         manifest = read_manifest(directory)
         chunks = read_chunks(directory)

@@ -55,8 +55,8 @@ class GeneratorSettings(Section):
     # for SmolLM2 on 2 cores (benchmarks/results/generator.md).
     onnx_precision: Literal["int4", "int8", "fp32"] = "int8"
     # Intra-op threads. The default is the cores this process may use (affinity and cgroup quota): the
-    # library's own default (0) spins more threads than cores against the event loop and, on 2 cores,
-    # halved decode speed (benchmarks/results/grounding.md). 0 keeps the library default.
+    # library's own default (0) may start more threads than the process has cores, which then contend with
+    # each other and with the event loop. 0 keeps the library default.
     threads: int = Field(default_factory=available_cpu_count, ge=0)
     max_concurrency: int = Field(1, ge=1, description="generations running at once in this process")
     max_queue: int = Field(32, ge=0, description="requests waiting for a slot before 503")

@@ -90,59 +90,44 @@ def corpus_hash_of(chunks: Sequence[Chunk]) -> str:
     return digest.hexdigest()
 
 
-def _current_version(index_dir: Path) -> tuple[str, Path] | None:
+@dataclass(frozen=True, slots=True)
+class ReusableVectors:
+    """What the current version lets the next ingest reuse, by chunk id: chunk vectors and unit vectors."""
+
+    chunks: dict[str, npt.NDArray[np.float32]]
+    units: dict[str, npt.NDArray[np.float32]]
+
+
+def _reusable_vectors(index_dir: Path, embedder: Embedder) -> ReusableVectors:
+    """The current version's vectors when it was built with this embedder (unit vectors also need this unit
+    splitter). The version is read once; anything unreadable means embedding again."""
+    nothing = ReusableVectors({}, {})
     version = read_current(index_dir)
-    return None if version is None else (version, index_dir / VERSIONS_DIR / version)
-
-
-def _previous_embeddings(index_dir: Path, embedder: Embedder) -> dict[str, npt.NDArray[np.float32]]:
-    """chunk id -> vector from the current version, when it was built with the same embedder."""
-    current = _current_version(index_dir)
-    if current is None:
-        return {}
-    version, directory = current
+    if version is None:
+        return nothing
+    directory = index_dir / VERSIONS_DIR / version
     try:
         manifest = read_manifest(directory)
         if manifest.get("embedding_model") != embedder.model_id or manifest.get("dimensions") != (
             embedder.dimensions
         ):
             logger.info("embedder changed since version %s: embedding every chunk again", version)
-            return {}
+            return nothing
         chunks = read_chunks(directory)
         vectors = read_embeddings(directory)
         if vectors.shape[0] != len(chunks):
             raise IndexCorrupted(f"{len(chunks)} chunks but {vectors.shape[0]} embeddings")
-    except (IndexCorrupted, RetrievalError) as exc:
-        logger.warning("cannot reuse embeddings of version %s (%s): embedding all chunks", version, exc)
-        return {}
-    return {chunk.chunk_id: vectors[row] for row, chunk in enumerate(chunks)}
-
-
-def _previous_unit_vectors(index_dir: Path, embedder: Embedder) -> dict[str, npt.NDArray[np.float16]]:
-    """chunk id -> its unit vectors from the current version, when they were built by this embedder and
-    this unit splitter."""
-    current = _current_version(index_dir)
-    if current is None:
-        return {}
-    version, directory = current
-    try:
-        manifest = read_manifest(directory)
-        chunks = read_chunks(directory)
         units = read_unit_vectors(directory, manifest, len(chunks))
     except (IndexCorrupted, RetrievalError) as exc:
-        logger.warning("cannot reuse unit vectors of version %s (%s): embedding all units", version, exc)
-        return {}
-    if (
-        units is None
-        or units.splitter != SPLITTER_VERSION
-        or manifest.get("embedding_model") != embedder.model_id
-        or manifest.get("dimensions") != embedder.dimensions
-    ):
-        return {}
-    return {
-        chunk.chunk_id: np.asarray(units.vectors[units.offsets[row] : units.offsets[row + 1]])
-        for row, chunk in enumerate(chunks)
-    }
+        logger.warning("cannot reuse the vectors of version %s (%s): embedding everything", version, exc)
+        return nothing
+    stored_units = units if units is not None and units.splitter == SPLITTER_VERSION else None
+    return ReusableVectors(
+        chunks={chunk.chunk_id: vectors[row] for row, chunk in enumerate(chunks)},
+        units={}
+        if stored_units is None
+        else {chunk.chunk_id: stored_units.of_row(row) for row, chunk in enumerate(chunks)},
+    )
 
 
 def _embed_texts(
@@ -164,7 +149,7 @@ def _embed(embedder: Embedder, chunks: Sequence[Chunk], *, progress: bool) -> np
 def embed_units(
     embedder: Embedder,
     chunks: Sequence[Chunk],
-    previous: dict[str, npt.NDArray[np.float16]],
+    previous: dict[str, npt.NDArray[np.float32]],
     *,
     progress: bool,
 ) -> tuple[UnitVectors, int]:
@@ -222,7 +207,8 @@ def ingest(
             unique.setdefault(chunk.chunk_id, chunk)
         chunks = list(unique.values())
 
-        previous = _previous_embeddings(index_dir, embedder)
+        reusable = _reusable_vectors(index_dir, embedder)
+        previous = reusable.chunks
         to_embed = [chunk for chunk in chunks if chunk.chunk_id not in previous]
         fresh = dict(
             zip(
@@ -238,9 +224,7 @@ def ingest(
         vectors = create_vector_store(settings, embeddings.shape[1], expected_count=len(chunks))
         vectors.add(embeddings)
         sparse = Bm25Index.build([embedding_text(chunk) for chunk in chunks])
-        units, embedded_units = embed_units(
-            embedder, chunks, _previous_unit_vectors(index_dir, embedder), progress=progress
-        )
+        units, embedded_units = embed_units(embedder, chunks, reusable.units, progress=progress)
         current_ids = set(unique)
         version = write_version(
             index_dir,

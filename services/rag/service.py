@@ -35,6 +35,7 @@ from services.rag.index_store import IndexInfo, IndexSnapshot, load_current, loa
 from services.rag.rerank import Reranker, build_reranker
 from services.rag.retriever import RetrievalParams, rank_chunks
 from services.rag.sentences import SPLITTER_VERSION, split_units
+from services.rag.sparse import Bm25Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class RetrievalService:
         # For index versions without stored unit vectors. Chunk ids are hashes of their text, so cached
         # unit vectors stay valid across index versions.
         self._embedded_units = EmbeddingUnitSource(self._embedder, UnitVectorCache())
+        self._unit_tokenizer = Bm25Tokenizer()
 
     def warm_up(self) -> None:
         """Load the embedder, the reranker and the CURRENT index.
@@ -173,6 +175,7 @@ class RetrievalService:
             budget_tokens=budget,
             count_tokens=self._embedder.count_tokens,
             neighbours=self._settings.evidence_neighbours,
+            tokenizer=self._unit_tokenizer,
         )
 
     def reload_if_changed(self) -> bool:

@@ -27,6 +27,7 @@ class ScriptedGenerator:
         self.fail_before_first = fail_before_first
         self.fail_after_first = fail_after_first
         self.received: list[tuple[ChatMessage, ...]] = []
+        self.received_params: list[GenerationParams] = []
 
     @property
     def name(self) -> str:
@@ -56,6 +57,7 @@ class ScriptedGenerator:
         self, messages: Sequence[ChatMessage], params: GenerationParams
     ) -> AsyncIterator[TokenDelta]:
         self.received.append(tuple(messages))
+        self.received_params.append(params)
         if self.fail_before_first:
             raise GenerationError(f"{self.name}: connection refused")
         words = self.answer.split(" ")

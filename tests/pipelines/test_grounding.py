@@ -166,5 +166,7 @@ async def test_pass_streams_token_by_token_and_still_reports_the_score() -> None
 
 
 async def test_a_rag_adapter_is_sent_with_the_generation() -> None:
-    _, _, trace, _ = await _ask("25 working days.", GroundingOptions(adapter="grounded"))
-    assert trace.adapter == "grounded"
+    _, _, trace, (gen, _) = await _ask("25 working days.", GroundingOptions(adapter="grounded"))
+    assert trace.adapter == "grounded" and gen.received_params[0].adapter == "grounded"
+    _, _, trace, (gen, _) = await _ask("25 working days.", GroundingOptions())
+    assert trace.adapter is None and gen.received_params[0].adapter is None

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 P95_BY_STAGE = "histogram_quantile(0.95, sum by (le, stage) (rate(hybrid_stage_duration_seconds_bucket[1m])))"
 DEADLINE_S = 60.0
-RAN = {"privacy", "embed", "search", "rerank", "select", "generate"}
+RAN = {"privacy", "embed", "search", "rerank", "select", "generate", "verify"}
 
 
 def prometheus_binary() -> str:

@@ -10,9 +10,12 @@ import numpy.typing as npt
 
 from services.core.types import (
     ChatMessage,
+    ContextSelection,
     GenerationParams,
     GenerationResult,
     IntentPrediction,
+    RetrievalOutcome,
+    ScoredChunk,
     TokenDelta,
     Trust,
 )
@@ -65,7 +68,16 @@ class Embedder(Protocol):
 
     def warm_up(self) -> None: ...
 
+    @property
+    def max_seq_length(self) -> int:
+        """Word pieces the model reads; longer texts are truncated when embedded."""
+        ...
+
     def count_tokens(self, text: str) -> int: ...
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """(start, end) character offsets of each token, in the model's own tokenization."""
+        ...
 
     def embed_documents(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """L2-normalised vectors, one row per text."""
@@ -83,3 +95,13 @@ class IntentClassifier(Protocol):
     def predict(self, text: str) -> IntentPrediction: ...
 
     def predict_batch(self, texts: Sequence[str]) -> list[IntentPrediction]: ...
+
+
+class Retriever(Protocol):
+    """Search over the current index version, and the selection of what goes into a prompt."""
+
+    def retrieve(self, query: str, *, top_k: int | None = None) -> RetrievalOutcome: ...
+
+    def select_context(
+        self, chunks: Sequence[ScoredChunk], budget_tokens: int | None = None
+    ) -> ContextSelection: ...

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
+
 Role = Literal["system", "user", "assistant", "tool"]
 Trust = Literal["internal", "external"]
 FinishReason = Literal["stop", "length"]
@@ -73,6 +76,32 @@ class Chunk:
 class ScoredChunk:
     chunk: Chunk
     score: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievalOutcome:
+    """Chunks best first. `score` of each is its cosine similarity to the query.
+
+    timings_ms has "embed" (query embedding), "search" (dense + sparse + fusion), "rerank".
+    relevant: the best dense cosine reached rag.min_dense_score, i.e. the index likely knows the topic.
+    query_vector: the query's embedding, for evidence selection.
+    """
+
+    chunks: list[ScoredChunk]
+    timings_ms: dict[str, float]
+    index_version: str
+    max_dense_score: float
+    relevant: bool
+    query_vector: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class ContextSelection:
+    """The chunks that go into the prompt, in citation order, and the tokens they take."""
+
+    chunks: list[ScoredChunk]
+    token_count: int
+    select_ms: float
 
 
 @dataclass(frozen=True, slots=True)

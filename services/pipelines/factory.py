@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 from services.core.cost import CostLedger
 from services.core.errors import ConfigError, HybridError
-from services.core.protocols import Generator
+from services.core.protocols import Generator, IntentClassifier
 from services.core.settings import GeneratorSettings, Settings
 from services.llm.circuit import CircuitBreaker, CircuitBreakerGenerator, StateListener
 from services.llm.prompts import PromptLibrary
@@ -22,15 +22,18 @@ from services.pipelines.privacy_guard import PrivacyGuard
 from services.pipelines.prompt import PromptPipeline
 from services.pipelines.rag import GroundingOptions, RagPipeline
 from services.pipelines.retrieval_policy import RetrievalFailurePolicy
-from services.pipelines.runner import PipelineRunner
+from services.pipelines.runner import FallbackHook, PipelineRunner
 from services.privacy import PrivacyGate
+from services.rag.service import RetrievalService
+from services.router.classifier import IntentRouterModel
+from services.router.policy import RoutingPolicy
 
 logger = logging.getLogger(__name__)
 
 TUNED_ADAPTER = "tuned"
 
 
-def build_generator(settings: GeneratorSettings, data_dir: Any) -> Generator:
+def build_generator(settings: GeneratorSettings, data_dir: Path) -> Generator:
     if settings.backend == "transformers":
         from services.llm.transformers_backend import TransformersGenerator
 
@@ -52,33 +55,20 @@ class ServiceComponents:
     prompts: PromptLibrary
     pipelines: dict[str, Pipeline]
     runner: PipelineRunner
-    retriever: Any = None
-    classifier: Any = None
+    retriever: RetrievalService | None = None
+    classifier: IntentClassifier | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
 
 
 def build_components(
-    settings: Settings, *, on_fallback: Any = None, on_circuit_change: StateListener | None = None
+    settings: Settings,
+    *,
+    on_fallback: FallbackHook | None = None,
+    on_circuit_change: StateListener | None = None,
 ) -> ServiceComponents:
     """Create and warm up everything. Blocking (loads models): call from a thread at start-up."""
     prompts = PromptLibrary(settings.prompts.templates_dir)
-    primary = build_generator(settings.generator, settings.data_dir)
-    primary.warm_up()
-    fallback: Generator | None = None
-    if settings.fallback_generator is not None:
-        fallback = build_generator(settings.fallback_generator, settings.data_dir)
-        fallback.warm_up()
-        if settings.circuit.enabled:
-            # With somewhere else to go, a failing primary is skipped instead of waited on each time.
-            circuit = settings.circuit
-            breaker = CircuitBreaker(
-                primary.name,
-                failure_threshold=circuit.failure_threshold,
-                window_s=circuit.window_s,
-                cooldown_s=circuit.cooldown_s,
-                on_change=on_circuit_change,
-            )
-            primary = CircuitBreakerGenerator(primary, breaker)
+    primary, fallback = _build_generators(settings, on_circuit_change)
     internal = next((g for g in (primary, fallback) if g is not None and g.trust == "internal"), None)
     guard = PrivacyGuard(PrivacyGate(settings.privacy), internal=internal)
     system_prompt = settings.prompts.system_prompt
@@ -92,51 +82,20 @@ def build_components(
     else:
         unavailable["tuned"] = f"no '{TUNED_ADAPTER}' adapter configured (generator.adapters)"
 
-    retriever = None
+    retriever: RetrievalService | None = None
     try:
-        from services.rag.service import RetrievalService
-
-        retriever = RetrievalService(settings.rag)
-        retriever.warm_up()
-        rag = RagPipeline(
-            primary,
-            retriever,
-            prompts,
-            system_prompt,
-            options=GroundingOptions(
-                context=settings.rag.context,
-                evidence_candidates=settings.rag.evidence_candidates,
-                unsupported_answer=settings.rag.unsupported_answer,
-                groundedness_threshold=settings.rag.groundedness_threshold,
-                quote_units=settings.rag.extract_quote_units,
-                adapter=settings.rag.adapter,
-            ),
-            answer_when_irrelevant=settings.rag.no_answer == "generate",
-            context_filter=guard.filter_context,
-        )
+        retriever, rag = _build_rag(settings, primary, prompts, guard)
         pipelines["rag"] = RetrievalFailurePolicy(rag, pipelines["prompt"], settings.rag.on_failure)
     except HybridError as exc:
-        retriever = None
         unavailable["rag"] = exc.message
         logger.warning("rag pipeline unavailable: %s", exc.message)
 
-    classifier = None
+    classifier: IntentClassifier | None = None
     if "rag" in pipelines:
         try:
-            from services.router.classifier import IntentRouterModel
-            from services.router.policy import RoutingPolicy
-
-            classifier = IntentRouterModel(
-                settings.router.model_dir,
-                threads=settings.router.threads,
-                max_length=settings.router.max_length,
-                quantized=settings.router.precision == "int8",
-            )
-            classifier.warm_up()
-            policy = RoutingPolicy(settings.router, threshold=getattr(classifier, "oos_threshold", None))
+            classifier, policy = _build_router(settings)
             pipelines["hybrid"] = HybridPipeline(classifier, policy, pipelines, prompts)
         except (HybridError, OSError) as exc:
-            classifier = None
             unavailable["hybrid"] = str(exc)
             logger.warning("hybrid pipeline unavailable: %s", exc)
     else:
@@ -162,3 +121,65 @@ def build_components(
         classifier=classifier,
         unavailable=unavailable,
     )
+
+
+def _build_generators(
+    settings: Settings, on_circuit_change: StateListener | None
+) -> tuple[Generator, Generator | None]:
+    """The primary generator (behind a circuit breaker when there is a fallback) and the fallback, warm."""
+    primary = build_generator(settings.generator, settings.data_dir)
+    primary.warm_up()
+    if settings.fallback_generator is None:
+        return primary, None
+    fallback = build_generator(settings.fallback_generator, settings.data_dir)
+    fallback.warm_up()
+    if settings.circuit.enabled:
+        # With somewhere else to go, a failing primary is skipped instead of waited on each time.
+        circuit = settings.circuit
+        breaker = CircuitBreaker(
+            primary.name,
+            failure_threshold=circuit.failure_threshold,
+            window_s=circuit.window_s,
+            cooldown_s=circuit.cooldown_s,
+            on_change=on_circuit_change,
+        )
+        primary = CircuitBreakerGenerator(primary, breaker)
+    return primary, fallback
+
+
+def _build_rag(
+    settings: Settings, generator: Generator, prompts: PromptLibrary, guard: PrivacyGuard
+) -> tuple[RetrievalService, RagPipeline]:
+    """The retrieval service over the current index version (warm), and the rag pipeline on it."""
+    retriever = RetrievalService(settings.rag)
+    retriever.warm_up()
+    rag = settings.rag
+    pipeline = RagPipeline(
+        generator,
+        retriever,
+        prompts,
+        settings.prompts.system_prompt,
+        options=GroundingOptions(
+            context=rag.context,
+            evidence_candidates=rag.evidence_candidates,
+            unsupported_answer=rag.unsupported_answer,
+            groundedness_threshold=rag.groundedness_threshold,
+            quote_units=rag.extract_quote_units,
+            adapter=rag.adapter,
+        ),
+        answer_when_irrelevant=rag.no_answer == "generate",
+        context_filter=guard.filter_context,
+    )
+    return retriever, pipeline
+
+
+def _build_router(settings: Settings) -> tuple[IntentClassifier, RoutingPolicy]:
+    """The intent router model (warm) and the policy that maps its intents to pipelines."""
+    classifier = IntentRouterModel(
+        settings.router.model_dir,
+        threads=settings.router.threads,
+        max_length=settings.router.max_length,
+        quantized=settings.router.precision == "int8",
+    )
+    classifier.warm_up()
+    return classifier, RoutingPolicy(settings.router, threshold=classifier.oos_threshold)

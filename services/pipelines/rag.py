@@ -9,13 +9,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
-import numpy as np
-import numpy.typing as npt
-
-from services.core.protocols import Generator
-from services.core.types import ChatMessage, ScoredChunk
+from services.core.protocols import Generator, Retriever
+from services.core.types import ChatMessage, RetrievalOutcome, ScoredChunk
 from services.llm.prompts import PromptLibrary
 from services.pipelines.base import PipelineRequest, Plan, RequestTrace
 from services.pipelines.grounding import EvidenceAnswerCheck, EvidenceQuote, UnsupportedAnswerPolicy
@@ -25,37 +22,11 @@ from services.rag.evidence import EvidenceSelection
 from services.rag.groundedness import GroundednessScorer
 
 
-class RetrievalOutcomeLike(Protocol):
-    @property
-    def chunks(self) -> list[ScoredChunk]: ...
-    @property
-    def timings_ms(self) -> dict[str, float]: ...
-    @property
-    def index_version(self) -> str: ...
-    @property
-    def relevant(self) -> bool: ...
-    @property
-    def query_vector(self) -> npt.NDArray[np.float32]: ...
-
-
-class ContextSelectionLike(Protocol):
-    @property
-    def chunks(self) -> list[ScoredChunk]: ...
-    @property
-    def token_count(self) -> int: ...
-    @property
-    def select_ms(self) -> float: ...
-
-
-class Retriever(Protocol):
-    """What the rag pipeline needs from the retrieval service (services.rag.service.RetrievalService)."""
-
-    def retrieve(self, query: str, *, top_k: int | None = None) -> Any: ...
-
-    def select_context(self, chunks: Sequence[ScoredChunk], budget_tokens: int | None = None) -> Any: ...
+class EvidenceRetriever(Retriever, Protocol):
+    """What the rag pipeline needs: retrieval, and evidence selection inside the retrieved chunks."""
 
     def select_evidence(
-        self, query: str, outcome: Any, budget_tokens: int | None = None
+        self, query: str, outcome: RetrievalOutcome, budget_tokens: int | None = None
     ) -> EvidenceSelection: ...
 
 
@@ -83,7 +54,7 @@ class RagPipeline:
     def __init__(
         self,
         generator: Generator,
-        retriever: Retriever,
+        retriever: EvidenceRetriever,
         prompts: PromptLibrary,
         system_prompt: str,
         *,
@@ -115,9 +86,7 @@ class RagPipeline:
         question = request.last_user_text
         evidence_mode = self._options.context == "evidence"
         top_k = self._options.evidence_candidates if evidence_mode else None
-        outcome: RetrievalOutcomeLike = await asyncio.to_thread(
-            self._retriever.retrieve, question, top_k=top_k
-        )
+        outcome = await asyncio.to_thread(self._retriever.retrieve, question, top_k=top_k)
         for stage, ms in outcome.timings_ms.items():
             trace.timings.add(stage, ms)
         trace.index_version = outcome.index_version
@@ -127,9 +96,7 @@ class RagPipeline:
             chunks, token_count = evidence.chunks, evidence.token_count
             bodies = ["\n".join(f"- {unit.text}" for unit in evidence.units_of(c.chunk)) for c in chunks]
         else:
-            selection: ContextSelectionLike = await asyncio.to_thread(
-                self._retriever.select_context, outcome.chunks
-            )
+            selection = await asyncio.to_thread(self._retriever.select_context, outcome.chunks)
             trace.timings.add("select", selection.select_ms)
             chunks, token_count = selection.chunks, selection.token_count
             bodies = [c.chunk.text for c in chunks]

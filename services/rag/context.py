@@ -8,21 +8,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from services.core.types import ScoredChunk
+from services.core.types import ContextSelection, ScoredChunk
 
 _WORD = re.compile(r"\w+")
 # Word-trigram Jaccard similarity above which two chunks say the same thing (overlapping windows, copied
 # paragraphs across pages); sending both only spends context budget.
 NEAR_DUPLICATE_JACCARD = 0.85
-
-
-@dataclass(frozen=True, slots=True)
-class ContextSelection:
-    chunks: list[ScoredChunk]
-    token_count: int
-    select_ms: float
 
 
 def _shingles(text: str) -> frozenset[tuple[str, ...]]:

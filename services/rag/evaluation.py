@@ -32,7 +32,7 @@ from services.core.types import Chunk
 from services.rag.chunking import chunk_documents, embedding_text
 from services.rag.embedder import SentenceTransformerEmbedder
 from services.rag.index_store import IndexSnapshot
-from services.rag.ingest import effective_chunk_tokens, token_spans_of
+from services.rag.ingest import effective_chunk_tokens
 from services.rag.loaders import read_beir_corpus
 from services.rag.rerank import build_reranker
 from services.rag.retriever import RetrievalParams, rank_chunks
@@ -134,13 +134,13 @@ def _build_snapshot(
         chunk_tokens = effective_chunk_tokens(embedder, settings.chunk_tokens)
         chunks = chunk_documents(
             documents,
-            token_spans_of(embedder),
+            embedder.token_spans,
             chunk_tokens=chunk_tokens,
             chunk_overlap=min(settings.chunk_overlap, chunk_tokens // 2),
         )
         texts = [embedding_text(chunk) for chunk in chunks]
     started = time.perf_counter()
-    key = f"{embedder.model_id}|{getattr(embedder, 'max_seq_length', '')}|{doc_mode}"
+    key = f"{embedder.model_id}|{embedder.max_seq_length}|{doc_mode}"
     embeddings = _embed_cached(embedder, texts, cache_dir, key)
     embed_seconds = time.perf_counter() - started
     vectors = create_vector_store(settings, embeddings.shape[1], expected_count=len(chunks))

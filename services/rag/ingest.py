@@ -23,7 +23,7 @@ from services.core.errors import IndexCorrupted, RetrievalError
 from services.core.protocols import Embedder
 from services.core.settings import RagSettings
 from services.core.types import Chunk
-from services.rag.chunking import TokenSpans, chunk_documents, embedding_text, whitespace_token_spans
+from services.rag.chunking import chunk_documents, embedding_text
 from services.rag.embedder import SentenceTransformerEmbedder
 from services.rag.evidence import units_for_embedding
 from services.rag.index_store import (
@@ -69,18 +69,9 @@ class IngestReport:
         return values
 
 
-def token_spans_of(embedder: Embedder) -> TokenSpans:
-    """The embedder's own tokenizer when it exposes offsets, else one token per word."""
-    spans = getattr(embedder, "token_spans", None)
-    return spans if callable(spans) else whitespace_token_spans
-
-
 def effective_chunk_tokens(embedder: Embedder, requested: int) -> int:
     """Chunks longer than the model's input would be silently truncated when embedded: cap them."""
-    limit = getattr(embedder, "max_seq_length", None)
-    if isinstance(limit, int) and limit > _SPECIAL_TOKENS:
-        return min(requested, limit - _SPECIAL_TOKENS)
-    return requested
+    return min(requested, embedder.max_seq_length - _SPECIAL_TOKENS)
 
 
 def corpus_hash_of(chunks: Sequence[Chunk]) -> str:
@@ -195,7 +186,7 @@ def ingest(
         chunk_tokens = effective_chunk_tokens(embedder, settings.chunk_tokens)
         chunks = chunk_documents(
             loaded.documents,
-            token_spans_of(embedder),
+            embedder.token_spans,
             chunk_tokens=chunk_tokens,
             chunk_overlap=min(settings.chunk_overlap, chunk_tokens // 2),
         )

@@ -12,17 +12,13 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import numpy.typing as npt
 
 from services.core.errors import IndexCorrupted, InvalidRequest, NotReady, RetrievalError
 from services.core.protocols import Embedder
 from services.core.settings import RagSettings
-from services.core.types import ScoredChunk
-from services.rag.context import ContextSelection, select_context_within_budget
+from services.core.types import ContextSelection, RetrievalOutcome, ScoredChunk
+from services.rag.context import select_context_within_budget
 from services.rag.embedder import build_query_embedder
 from services.rag.evidence import (
     EmbeddingUnitSource,
@@ -38,23 +34,6 @@ from services.rag.sentences import SPLITTER_VERSION, split_units
 from services.rag.sparse import Bm25Tokenizer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class RetrievalOutcome:
-    """Chunks best first. `score` of each is its cosine similarity to the query.
-
-    timings_ms has "embed" (query embedding), "search" (dense + sparse + fusion), "rerank".
-    relevant: the best dense cosine reached settings.min_dense_score, i.e. the index likely knows the topic.
-    query_vector: the query's embedding, for evidence selection.
-    """
-
-    chunks: list[ScoredChunk]
-    timings_ms: dict[str, float]
-    index_version: str
-    max_dense_score: float
-    relevant: bool
-    query_vector: npt.NDArray[np.float32]
 
 
 class IndexedUnitSource:

@@ -13,6 +13,7 @@ import numpy.typing as npt
 import pytest
 
 from services.core.settings import RagSettings
+from services.rag.chunking import whitespace_token_spans
 from services.rag.embedder import SentenceTransformerEmbedder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,8 +43,15 @@ class HashingEmbedder:
     def warm_up(self) -> None:
         return None
 
+    @property
+    def max_seq_length(self) -> int:
+        return 512
+
     def count_tokens(self, text: str) -> int:
         return len(text.split())
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return whitespace_token_spans(text)
 
     def _vector(self, text: str) -> npt.NDArray[np.float32]:
         vector = np.zeros(self._dimensions, dtype=np.float32)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from services.core.types import Chunk, ScoredChunk
+from services.rag.chunking import whitespace_token_spans
 from services.rag.evidence import (
     EmbeddingUnitSource,
     EvidenceWeights,
@@ -129,6 +130,7 @@ def test_bad_arguments_are_named() -> None:
 class CountingEmbedder:
     dimensions = DIM
     model_id = "counting"
+    max_seq_length = 512
 
     def __init__(self) -> None:
         self.calls = 0
@@ -138,6 +140,9 @@ class CountingEmbedder:
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        return whitespace_token_spans(text)
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         self.calls += 1

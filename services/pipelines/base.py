@@ -11,11 +11,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Literal, Protocol, TypedDict
 
 from services.core.protocols import Generator
 from services.core.types import ChatMessage, GenerationParams, RouteDecision, StageTimings
 from services.llm.prompts import TemplateRef
+from services.privacy import GateDecision, PrivacyReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,27 @@ class ClockedStageTimings(StageTimings):
         self.ended_ns[stage] = time.time_ns()
 
 
+class SourceRef(TypedDict):
+    """A chunk the answer drew on, as `hybrid.sources` lists it."""
+
+    source: str
+    chunk_id: str
+    score: float
+
+
+CheckAction = Literal["pass", "flag", "extract", "abstain"]
+
+
+class GroundednessReport(TypedDict):
+    """`hybrid.groundedness`: the checked answer's score, its unsupported terms, and what the check did."""
+
+    score: float
+    unsupported: list[str]
+    abstained: bool
+    threshold: float
+    action: CheckAction
+
+
 @dataclass(slots=True)
 class RequestTrace:
     """Everything observed while serving one request; becomes the `hybrid` extension and the metrics."""
@@ -52,7 +74,7 @@ class RequestTrace:
     request_id: str = ""
     timings: StageTimings = field(default_factory=ClockedStageTimings)
     route: RouteDecision | None = None
-    sources: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[SourceRef] = field(default_factory=list)
     context_tokens: int = 0
     template: TemplateRef | None = None
     index_version: str | None = None
@@ -60,13 +82,13 @@ class RequestTrace:
     adapter_version: str | None = None
     backend: str | None = None
     backend_trust: str | None = None
-    privacy: dict[str, Any] | None = None
+    privacy: PrivacyReport | None = None
     fallback: dict[str, str] | None = None
     degraded: str | None = None
     # The answer's groundedness check (rag): score, action, threshold; None where no check ran.
-    groundedness: dict[str, Any] | None = None
-    # The privacy guard's per-request decision (placeholder map); opaque to everything else.
-    guard_state: Any = None
+    groundedness: GroundednessReport | None = None
+    # The privacy gate's decision on this request (its placeholder map); read only by the privacy guard.
+    guard_state: GateDecision | None = None
     privacy_counts: dict[str, int] = field(default_factory=dict)
 
     @contextmanager
@@ -88,7 +110,7 @@ class CheckedAnswer:
     """The answer to send (the generated one, or what replaces it) and the report for `hybrid`."""
 
     text: str
-    report: dict[str, Any]
+    report: GroundednessReport
 
 
 class AnswerCheck(Protocol):

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from services.pipelines.base import CheckedAnswer
+from services.pipelines.base import CheckAction, CheckedAnswer, GroundednessReport
 from services.rag.groundedness import GroundednessScorer
 
 UnsupportedAnswerPolicy = Literal["pass", "flag", "extract"]
@@ -66,18 +66,23 @@ class EvidenceAnswerCheck:
 
     def check(self, answer: str) -> CheckedAnswer:
         result = self._scorer.score(answer, [e.text for e in self._evidence], self._question)
-        report: dict[str, object] = {**result.as_dict(), "threshold": self._threshold}
         extracting = self._policy == "extract" and self._can_extract
         if result.abstained and not extracting:
-            return CheckedAnswer(text=answer, report={**report, "action": "abstain"})
-        if not result.abstained and (result.score >= self._threshold or self._policy == "pass"):
-            return CheckedAnswer(text=answer, report={**report, "action": "pass"})
-        if not extracting:
-            return CheckedAnswer(text=answer, report={**report, "action": "flag"})
-        return CheckedAnswer(
-            text=self._render_extract(self._evidence[: self._quote_units]),
-            report={**report, "action": "extract"},
+            action: CheckAction = "abstain"
+        elif not result.abstained and (result.score >= self._threshold or self._policy == "pass"):
+            action = "pass"
+        else:
+            action = "extract" if extracting else "flag"
+        report = GroundednessReport(
+            score=round(result.score, 3),
+            unsupported=list(result.unsupported),
+            abstained=result.abstained,
+            threshold=self._threshold,
+            action=action,
         )
+        if action == "extract":
+            answer = self._render_extract(self._evidence[: self._quote_units])
+        return CheckedAnswer(text=answer, report=report)
 
 
 __all__ = ["EvidenceAnswerCheck", "EvidenceQuote", "ExtractRenderer", "UnsupportedAnswerPolicy"]

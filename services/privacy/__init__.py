@@ -1,7 +1,7 @@
 """Privacy gate: find sensitive data, decide per backend trust, redact or block, filter answers."""
 
 from services.privacy.detectors import Finding, PiiDetector
-from services.privacy.gate import ContextInspection, GateDecision, OutputFilter, PrivacyGate
+from services.privacy.gate import ContextInspection, GateDecision, OutputFilter, PrivacyGate, PrivacyReport
 from services.privacy.injection import InjectionDetector, quote_context_block
 from services.privacy.redaction import Redactor, StreamingTextFilter
 from services.privacy.settings import PrivacySettings, TrustActions
@@ -14,6 +14,7 @@ __all__ = [
     "OutputFilter",
     "PiiDetector",
     "PrivacyGate",
+    "PrivacyReport",
     "PrivacySettings",
     "Redactor",
     "StreamingTextFilter",

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TypeVar
+from typing import NotRequired, TypedDict, TypeVar
 
 from services.core.errors import PolicyViolation
 from services.core.types import ChatMessage, Trust
@@ -37,6 +37,20 @@ DROPPED_CONTEXT_NOTICE = "[retrieved text removed: it contained instruction-like
 _INJECTION_SCANNED_ROLES = frozenset({"user", "tool"})
 
 _T = TypeVar("_T")
+
+
+class PrivacyReport(TypedDict):
+    """The `privacy` object of the response's `hybrid` extension: kinds and actions, never values."""
+
+    findings: list[str]
+    action: Action
+    backend_trust: Trust
+    classification: Classification
+    injection: list[str]
+    # Set when retrieved context was inspected: what the gate did to it, and which chunks looked like
+    # instructions (chunk position, rule names).
+    context_action: NotRequired[Action]
+    context_injection: NotRequired[list[tuple[int, tuple[str, ...]]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +74,7 @@ class GateDecision:
     floor: Classification = "public"
     redacted_count: int = 0
 
-    def as_hybrid_dict(self) -> dict[str, object]:
+    def as_hybrid_dict(self) -> PrivacyReport:
         """The `privacy` object of the response's `hybrid` extension (kinds and action, no values)."""
         return {
             "findings": list(self.findings),

@@ -60,13 +60,6 @@ class Groundedness:
     unsupported: tuple[str, ...]
     abstained: bool = False
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "score": round(self.score, 3),
-            "unsupported": list(self.unsupported),
-            "abstained": self.abstained,
-        }
-
 
 def _numbers(text: str) -> set[str]:
     found = {m.group(1).replace(",", "").rstrip(".:") for m in _NUMBER.finditer(text)}

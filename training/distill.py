@@ -1,8 +1,7 @@
 """Knowledge distillation for the router: one student learns from the averaged logits of trained routers.
 
-An ensemble of routers scores better than any one of them (on CLINC150 two seeds' averaged logits reach
-96.49 in-scope accuracy at argmax against 96.20 / 96.07 alone) but costs one model per member at serving
-time. Distillation (Hinton et al. 2015) trains a single model of the same size towards the ensemble's
+An ensemble of routers often scores better than any one of them but costs one model per member at
+serving time. Distillation (Hinton et al. 2015) trains a single model of the same size towards the ensemble's
 softened output distribution, so the service keeps one model's latency.
 
 The teachers run once, before training, over the student's training texts (ONNX fp32, the graph they
@@ -13,10 +12,7 @@ serve); the loss per batch is then
 with w = `distill_weight` and T = `distill_temperature` from the router config. The T^2 keeps the soft
 term's gradients on the scale of the hard term's as T grows (Hinton et al. 2015, section 2).
 
-Measured on CLINC150 (benchmarks/results/router_clinc150.md): two students of the r8 query/value recipe
-taught by four of its seeds (w 0.5, T 2) scored like their teachers alone (95.96 / 96.22 at argmax), not
-like the teachers' ensemble (96.42). The recipe that met the goal uses a larger adapter instead
-(training/configs/router_clinc150.yaml).
+benchmarks/results/router_clinc150.md compares distilled students with their teachers and the ensemble.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class HybridPipeline:
     async def plan(self, request: PipelineRequest, trace: RequestTrace) -> Plan:
         text = request.last_user_text
         with trace.stage("route"):
-            # ~3 ms of ONNX Runtime: cheaper inline than a thread hop.
+            # A few milliseconds of ONNX Runtime: cheaper inline than a thread hop.
             prediction = self._classifier.predict(text)
             decision = self._policy.decide(prediction)
         trace.route = decision

@@ -60,10 +60,6 @@ class Redactor:
     def __repr__(self) -> str:  # never show the map
         return f"Redactor(placeholders={len(self._value_by_placeholder)})"
 
-    @property
-    def placeholder_count(self) -> int:
-        return len(self._value_by_placeholder)
-
     def placeholder_for(self, kind: str, value: str) -> str:
         key = (kind, _normalized(kind, value))
         existing = self._placeholder_by_value.get(key)
@@ -109,16 +105,6 @@ class Redactor:
             return self._value_by_placeholder.get(placeholder, placeholder)
 
         return PLACEHOLDER_PATTERN.sub(value_of, text)
-
-    def stream_redactor(
-        self, holdback_chars: int = 96, max_buffer_chars: int = 16_384
-    ) -> StreamingTextFilter:
-        return StreamingTextFilter(self.redact, self._detect, holdback_chars, max_buffer_chars)
-
-    def stream_restorer(
-        self, holdback_chars: int = 96, max_buffer_chars: int = 16_384
-    ) -> StreamingTextFilter:
-        return StreamingTextFilter(self.restore, None, holdback_chars, max_buffer_chars)
 
 
 class StreamingTextFilter:

@@ -1,17 +1,16 @@
 """FAISS vector store: exact inner-product search for small corpora, an ANN index above a size threshold.
 
-Exact (IndexFlatIP) search reads every vector per query: a few milliseconds at 50k x 384 floats, ~11 ms at
-100k and ~100 ms at 1M on one core (memory bandwidth bound), with perfect recall. Above
-`exact_search_max` the store builds one of:
+Exact (IndexFlatIP) search reads every vector per query: perfect recall, at a cost that grows linearly
+with the corpus (memory bandwidth bound). Above `exact_search_max` the store builds one of:
 
-- `hnsw` (IndexHNSWFlat): no training, the best recall on real embeddings (0.99 of the exact top 10);
-  the build is slow (23 s for 100k vectors on 2 cores) and the graph adds ~0.25 GiB per
-  million vectors.
-- `ivf` (IVF-Flat): k-means into ~2 sqrt(n) lists, `nprobe` of them scanned per query; builds in seconds,
-  memory as flat. Recall is set by `nprobe`: 0.88 at 16 on real embeddings (benchmarks/results/retrieval.md).
-- `ivf_sq8`: the same with 8-bit scalar-quantized codes: a quarter of the memory (0.36 GiB per million
-  vectors) for a small recall loss, the choice at millions of chunks.
+- `hnsw` (IndexHNSWFlat): no training and the best recall on real embeddings; the slowest build, and the
+  graph adds memory on top of the vectors.
+- `ivf` (IVF-Flat): k-means into ~2 sqrt(n) lists, `nprobe` of them scanned per query; a fast build and
+  the memory of flat vectors. Recall is set by `nprobe`.
+- `ivf_sq8`: the same with 8-bit scalar-quantized codes: a quarter of the memory for a small recall loss,
+  the choice at millions of chunks.
 
+benchmarks/results/retrieval.md measures each (latency, recall, build time, memory) side by side.
 Search breadth (HNSW efSearch, IVF nprobe) is stored in the index file, so a version is read back with
 the parameters it was built with.
 """

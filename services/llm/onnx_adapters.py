@@ -22,9 +22,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from services.core.artifact_cache import cached_build, verify_manifest
 from services.core.errors import ConfigError
 from services.core.settings import GeneratorSettings
-from services.llm.model_prep import cached_build, prepare_hf_model, verify_manifest
+from services.llm.hf_folder import models_dir, prepare_hf_model
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ def prepare_adapters(settings: GeneratorSettings, data_dir: Path) -> dict[str, P
             files[name] = path / ADAPTER_FILE_NAME
         elif (path / PEFT_CONFIG_NAME).is_file():
             key = hashlib.sha256(f"{path.resolve()}|{hf_dir}".encode()).hexdigest()[:16]
-            out = data_dir / "models" / "adapters" / f"{path.name}-{key}"
+            out = models_dir(data_dir) / "adapters" / f"{path.name}-{key}"
             files[name] = convert_peft_adapter(path, hf_dir, out, settings.onnx_precision)
         else:
             raise ConfigError(f"adapter {name!r}: {path} is neither an .onnx_adapter nor a peft LoRA folder")

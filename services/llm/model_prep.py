@@ -14,6 +14,8 @@ Everything lives under `<data_dir>/models/`:
 Each folder is a cached build (services/core/artifact_cache.py): built beside its final place and moved in
 whole, so a crash leaves either the old state or the finished result, never half a model; a folder whose
 files no longer match its manifest is refused with a ConfigError that says to delete it.
+
+Imports point one way: model_prep -> onnx_adapters -> hf_folder -> gguf_assembly.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ _STDERR_TAIL_CHARS = 2000
 BUILDER_TIMEOUT_S = 3600.0
 
 
-# --------------------------------------------------------------------------- sources
+# --------------------------------------------------------------------------- source keys
 
 
 def folder_fingerprint(folder: Path) -> str:

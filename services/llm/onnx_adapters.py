@@ -9,6 +9,8 @@ How it fits together (ONNX Runtime's multi-LoRA design):
   transposed and pre-multiplied by peft's scaling, as the builder lays them out. `og.Adapters.load` reads
   it and `Generator.set_active_adapter` feeds it to one request; other requests are unaffected.
 Every adapter served by one model must target the same modules as the template (ranks may differ).
+model_prep builds the LoRA-ready base with the helpers here; this module needs only the HF folder
+(hf_folder.py), never model_prep.
 """
 
 from __future__ import annotations

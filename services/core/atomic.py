@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -35,10 +36,12 @@ def fsync_path(path: Path) -> None:
 
 
 def fsync_tree(root: Path) -> None:
-    """fsync every file and folder under `root` and `root` itself, children before their folder."""
+    """fsync every regular file and folder under `root` and `root` itself, children before their folder."""
     for folder, _, files in os.walk(root, topdown=False):
         for name in files:
-            fsync_path(Path(folder, name))
+            path = Path(folder, name)
+            if stat.S_ISREG(path.lstat().st_mode):  # not links (their target is not ours), never a FIFO
+                fsync_path(path)
         fsync_path(Path(folder))
 
 

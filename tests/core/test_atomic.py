@@ -126,3 +126,11 @@ def test_a_failed_swap_puts_the_old_folder_back(tmp_path: Path, monkeypatch: pyt
         (staging / "v2.bin").write_bytes(b"2")
     assert _names(target) == ["v1.bin"]
     assert _names(tmp_path) == ["adapter"]
+
+
+def test_a_staged_folder_may_hold_links_that_point_nowhere(tmp_path: Path) -> None:
+    target = tmp_path / "snapshot"
+    with staged_dir(target) as staging:
+        (staging / "weights.bin").write_bytes(b"w")
+        (staging / "dangling").symlink_to(tmp_path / "elsewhere")
+    assert (target / "dangling").is_symlink() and (target / "weights.bin").read_bytes() == b"w"

@@ -13,7 +13,7 @@ adapter learns exactly the conversation it will serve:
 
 A seeded share of the facts (all their phrasings) is held out entirely (`heldout.jsonl`, with the masked
 value as `expected`), so evaluation can tell recalled training facts from unseen ones. Writes are atomic
-(temporary file, then `os.replace`); the same inputs and seed give byte-identical files.
+(services/core/atomic.py); the same inputs and seed give byte-identical files.
 """
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.core.atomic import atomic_write, atomic_writer
 from services.core.settings import PromptSettings
 from services.llm.prompts import PromptLibrary
 
@@ -278,27 +277,17 @@ def chat_example(
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
-    )
+    """Write one JSON object per line, atomically; returns the number of rows."""
     count = 0
-    try:
-        with handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-                count += 1
-        os.replace(handle.name, path)
-    finally:
-        Path(handle.name).unlink(missing_ok=True)
+    with atomic_writer(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+            count += 1
     return count
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=1, sort_keys=True) + "\n")
 
 
 def build_generator_data(

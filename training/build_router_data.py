@@ -17,7 +17,7 @@ is stratified by label and keeps each group inside one split, so near-identical 
 sit on both sides of a train/test boundary. Texts are deduplicated on a normalised form (case,
 punctuation and whitespace folded), and nothing in the generalisation set is allowed into the splits.
 
-Outputs (written atomically: temp file, then ``os.replace``): ``train.jsonl``, ``val.jsonl``,
+Outputs (written atomically, services/core/atomic.py): ``train.jsonl``, ``val.jsonl``,
 ``test.jsonl`` with one ``{"text": ..., "label": ...}`` per line, plus ``manifest.json`` with counts.
 
 Usage::
@@ -34,11 +34,12 @@ import os
 import random
 import re
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from services.core.atomic import atomic_write
 
 LABELS: tuple[str, ...] = ("knowledge", "direct", "out_of_scope")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -602,22 +603,6 @@ def split_examples(
 
 # --------------------------------------------------------------------------------------------------
 # output
-
-
-def atomic_write(path: Path, content: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(content)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def to_jsonl(examples: Iterable[Example]) -> str:

@@ -16,11 +16,9 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import resource
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from services.core.atomic import staged_dir
 from services.core.errors import ConfigError
 from services.core.settings import GeneratorSettings
 
@@ -402,33 +401,18 @@ def _write_atomically(
     onnx_precision: str,
 ) -> None:
     """Build the folder beside `out`, then swap it in; a crash leaves the old adapter or the new one."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    try:
-        peft_model.save_pretrained(str(tmp))
+    with staged_dir(out, replace=True) as staging:
+        peft_model.save_pretrained(str(staging))
         config_dump = dataclasses.asdict(cfg)
         config_dump["target_modules"] = list(cfg.target_modules)
-        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config_dump, sort_keys=False), encoding="utf-8")
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+        (staging / CONFIG_FILE).write_text(yaml.safe_dump(config_dump, sort_keys=False), encoding="utf-8")
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
         if onnx_adapter:
             from services.llm.onnx_adapters import convert_peft_adapter
 
-            converted = convert_peft_adapter(tmp, hf_dir, tmp / "onnx", onnx_precision)
-            shutil.move(str(converted), tmp / ONNX_ADAPTER_FILE)
-            shutil.rmtree(tmp / "onnx")
-        tmp.chmod(0o755)
-        if out.exists():
-            # os.replace cannot swap a non-empty folder: move the old one aside first (a short window in
-            # which `out` is missing, never half-written).
-            old = Path(tempfile.mkdtemp(prefix=f".old-{out.name}-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            converted = convert_peft_adapter(staging, hf_dir, staging / "onnx", onnx_precision)
+            shutil.move(str(converted), staging / ONNX_ADAPTER_FILE)
+            shutil.rmtree(staging / "onnx")
 
 
 # --------------------------------------------------------------------------- evaluate

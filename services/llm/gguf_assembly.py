@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.core.atomic import atomic_write, atomic_writer
 from services.core.errors import ConfigError
 from services.core.packaged import package_dir
 
@@ -68,18 +67,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 class HashCache:
     """sha256 of large files, remembered by (resolved path, size, mtime) in a small JSON file."""
 
@@ -106,7 +93,7 @@ class HashCache:
         logger.info("hashing %s (once; cached in %s)", path, self._cache_file)
         digest = file_sha256(path)
         known[key] = digest
-        write_text_atomically(self._cache_file, json.dumps(known, indent=1, sort_keys=True))
+        atomic_write(self._cache_file, json.dumps(known, indent=1, sort_keys=True))
         return digest
 
 
@@ -134,28 +121,22 @@ def _assemble(spec: PackagedGguf, target: Path, hashes: HashCache) -> Path:
     missing = [str(p) for p in part_paths if not p.is_file()]
     if missing:
         raise ConfigError(f"{spec.alias}: GGUF parts missing: {', '.join(missing)}")
-    target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("assembling %s from %d package parts into %s", spec.alias, len(part_paths), target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    tmp_path = Path(tmp_name)
-    try:
+    with atomic_writer(target, "wb") as out:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            for part in part_paths:
-                with part.open("rb") as source:
-                    while block := source.read(_HASH_CHUNK_BYTES):
-                        digest.update(block)
-                        out.write(block)
-        size = tmp_path.stat().st_size
+        size = 0
+        for part in part_paths:
+            with part.open("rb") as source:
+                while block := source.read(_HASH_CHUNK_BYTES):
+                    digest.update(block)
+                    out.write(block)
+                    size += len(block)
+        # Raised inside the block, so the wrong file never takes the target's name.
         if spec.size_bytes is not None and size != spec.size_bytes:
             raise ConfigError(f"{spec.alias}: assembled GGUF is {size} bytes, expected {spec.size_bytes}")
         if spec.sha256 is not None and digest.hexdigest() != spec.sha256:
             raise ConfigError(
                 f"{spec.alias}: assembled GGUF sha256 {digest.hexdigest()} does not match {spec.sha256}"
             )
-        os.replace(tmp_path, target)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
     hashes.sha256(target)  # records the verified hash under the final path's mtime
     return target

@@ -9,6 +9,8 @@ How it fits together (ONNX Runtime's multi-LoRA design):
   transposed and pre-multiplied by peft's scaling, as the builder lays them out. `og.Adapters.load` reads
   it and `Generator.set_active_adapter` feeds it to one request; other requests are unaffected.
 Every adapter served by one model must target the same modules as the template (ranks may differ).
+model_prep builds the LoRA-ready base with the helpers here; this module needs only the HF folder
+(hf_folder.py), never model_prep.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from services.core.artifact_cache import cached_build, verify_manifest
 from services.core.errors import ConfigError
 from services.core.settings import GeneratorSettings
-from services.llm.model_prep import cached_build, prepare_hf_model, verify_manifest
+from services.llm.hf_folder import models_dir, prepare_hf_model
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +243,7 @@ def prepare_adapters(settings: GeneratorSettings, data_dir: Path) -> dict[str, P
             files[name] = path / ADAPTER_FILE_NAME
         elif (path / PEFT_CONFIG_NAME).is_file():
             key = hashlib.sha256(f"{path.resolve()}|{hf_dir}".encode()).hexdigest()[:16]
-            out = data_dir / "models" / "adapters" / f"{path.name}-{key}"
+            out = models_dir(data_dir) / "adapters" / f"{path.name}-{key}"
             files[name] = convert_peft_adapter(path, hf_dir, out, settings.onnx_precision)
         else:
             raise ConfigError(f"adapter {name!r}: {path} is neither an .onnx_adapter nor a peft LoRA folder")

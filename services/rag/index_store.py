@@ -12,10 +12,10 @@
         vectors.faiss              the vector store (FAISS; Qdrant: qdrant.json [+ qdrant/ in local mode])
         bm25/                      the BM25 index
 
-A version is built in a hidden folder, fsynced, renamed into place, and only then named in CURRENT (temp
-file + fsync + os.replace), so a reader sees either the old version or the complete new one, never a half
-written index, even across a crash. The file sizes in the manifest catch truncated files before they are
-parsed.
+A version is built in a staged folder, fsynced, renamed into place, and only then named in CURRENT (an
+atomic write; both in services/core/atomic.py), so a reader sees either the old version or the complete
+new one, never a half written index, even across a crash. The file sizes in the manifest catch truncated
+files before they are parsed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -36,9 +35,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.core.atomic import atomic_write, staged_dir
 from services.core.errors import IndexCorrupted, RetrievalError
 from services.core.types import Chunk
-from services.rag.sparse import SPARSE_DIR, Bm25Index
+from services.rag.sparse import Bm25Index
 from services.rag.store import VectorStore, load_vector_store, release_vector_store
 
 logger = logging.getLogger(__name__)
@@ -105,15 +105,6 @@ def version_name(corpus_hash: str, now: datetime | None = None) -> str:
     return f"{moment:%Y%m%dT%H%M%S}.{moment.microsecond // 1000:03d}Z-{corpus_hash[:8]}"
 
 
-def _fsync_path(path: Path) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-    descriptor = os.open(path, flags)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def read_current(index_dir: Path) -> str | None:
     try:
         name = (index_dir / CURRENT_FILE).read_text(encoding="utf-8").strip()
@@ -123,13 +114,7 @@ def read_current(index_dir: Path) -> str | None:
 
 
 def set_current(index_dir: Path, version: str) -> None:
-    temporary = index_dir / f".{CURRENT_FILE}.{os.getpid()}.tmp"
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(version + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, index_dir / CURRENT_FILE)
-    _fsync_path(index_dir)
+    atomic_write(index_dir / CURRENT_FILE, version + "\n")
 
 
 def list_versions(index_dir: Path) -> list[str]:
@@ -173,13 +158,38 @@ def write_version(
     """Write a complete new version, fsync it, point CURRENT at it, prune old versions. Returns its name."""
     created = datetime.now(UTC)
     name = version_name(corpus_hash, created)
-    versions = index_dir / VERSIONS_DIR
-    versions.mkdir(parents=True, exist_ok=True)
-    building = versions / f".building-{name}"
-    if building.exists():
-        shutil.rmtree(building)
-    building.mkdir()
+    with staged_dir(index_dir / VERSIONS_DIR / name) as building:
+        _write_version_files(
+            building,
+            name=name,
+            created=created,
+            corpus_hash=corpus_hash,
+            chunks=chunks,
+            embeddings=embeddings,
+            vectors=vectors,
+            sparse=sparse,
+            manifest=manifest,
+            units=units,
+        )
+    set_current(index_dir, name)
+    prune_versions(index_dir, keep=KEEP_VERSIONS)
+    return name
 
+
+def _write_version_files(
+    building: Path,
+    *,
+    name: str,
+    created: datetime,
+    corpus_hash: str,
+    chunks: Sequence[Chunk],
+    embeddings: npt.NDArray[np.float32],
+    vectors: VectorStore,
+    sparse: Bm25Index,
+    manifest: dict[str, Any],
+    units: UnitVectors | None,
+) -> None:
+    """Every file of one version, the manifest last (it records the others' sizes)."""
     written: list[Path] = []
     with (building / CHUNKS_FILE).open("w", encoding="utf-8") as handle:
         for chunk in chunks:
@@ -210,18 +220,6 @@ def write_version(
     }
     manifest_path = building / MANIFEST_FILE
     manifest_path.write_text(json.dumps(full_manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-    for path in [*written, manifest_path]:
-        _fsync_path(path)
-    if (building / SPARSE_DIR).is_dir():
-        _fsync_path(building / SPARSE_DIR)
-    _fsync_path(building)
-
-    final = versions / name
-    os.rename(building, final)
-    _fsync_path(versions)
-    set_current(index_dir, name)
-    prune_versions(index_dir, keep=KEEP_VERSIONS)
-    return name
 
 
 def prune_versions(index_dir: Path, *, keep: int = KEEP_VERSIONS) -> list[str]:
@@ -236,8 +234,10 @@ def prune_versions(index_dir: Path, *, keep: int = KEEP_VERSIONS) -> list[str]:
         with contextlib.suppress(IndexCorrupted):
             release_vector_store(directory, read_manifest(directory))
         shutil.rmtree(directory, ignore_errors=True)
-    for leftover in (index_dir / VERSIONS_DIR).glob(".building-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    # Hidden folders are builds a crash left behind (staged_dir's, and `.building-*` of older releases).
+    for leftover in (index_dir / VERSIONS_DIR).glob(".*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
     if removed:
         logger.info("pruned index versions %s", removed)
     return removed

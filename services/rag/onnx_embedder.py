@@ -3,7 +3,8 @@
 The first warm_up exports the sentence-transformers model (transformer, mean pooling and L2 normalisation,
 all inside one ONNX graph) to `cache_dir/<name>-<fingerprint>/`, where the fingerprint hashes every file of
 the model folder plus the export recipe; later warm_ups (any process) only load that folder. The export is
-written to a temporary folder and moved into place with one os.replace, so a crash leaves no half export.
+a cached build (services/core/artifact_cache.py): written beside its final place and moved in whole, so a
+crash leaves no half export.
 A damaged export (missing files, checksum mismatch, a graph that does not load) is refused with ConfigError
 rather than silently re-exported, so a bad disk shows up instead of being papered over.
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.core.artifact_cache import cached_build
 from services.core.encoding import pad_encodings
 from services.core.errors import ConfigError, NotReady
 from services.core.packaged import PACKAGED_MINILM, resolve_encoder
@@ -333,22 +334,15 @@ def _verified_manifest(export_dir: Path, fingerprint: str) -> dict[str, Any]:
 
 
 def _export_atomically(model_dir: Path, export_dir: Path, fingerprint: str) -> None:
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.", dir=export_dir.parent))
-    try:
+    """Export into `export_dir` as a cached build; a concurrent exporter's finished copy is kept instead."""
+
+    def build(staging: Path) -> None:
         manifest = _export(model_dir, staging)
         manifest["fingerprint"] = fingerprint
         manifest["model_dir"] = model_dir.name
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        try:
-            os.replace(staging, export_dir)
-        except OSError:
-            # Another process exported the same model meanwhile (os.replace onto a non-empty folder
-            # fails): use theirs, which the manifest check then verifies.
-            if not (export_dir / MANIFEST_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    cached_build(export_dir, build, recipe=EXPORT_RECIPE)
 
 
 def _export(model_dir: Path, target: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Model preparation: hashing, split-GGUF assembly, atomic cached folders, and the real conversion chain."""
+"""Model preparation: hashing, split-GGUF assembly, cached folders, and the real conversion chain."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from services.core.errors import ConfigError
 from services.core.packaged import package_dir
 from services.core.settings import GeneratorSettings, Settings
-from services.llm import gguf_assembly, model_prep
+from services.llm import gguf_assembly, hf_folder, model_prep
 from services.llm.gguf_assembly import HashCache, PackagedGguf, locate_packaged_gguf
-from services.llm.model_prep import cached_build, prepare, prepare_onnx_model, verify_manifest
+from services.llm.model_prep import prepare, prepare_onnx_model
 
 
 @pytest.mark.unit
@@ -84,39 +84,6 @@ def test_qwen_1_5b_lists_its_22_parts_in_numeric_order() -> None:
 
 
 @pytest.mark.unit
-def test_a_failed_build_leaves_no_half_written_folder(tmp_path: Path) -> None:
-    target = tmp_path / "models" / "thing"
-
-    def failing_build(tmp: Path) -> None:
-        (tmp / "model.onnx").write_bytes(b"half")
-        raise ConfigError("builder crashed")
-
-    with pytest.raises(ConfigError, match="builder crashed"):
-        cached_build(target, failing_build)
-    assert list((tmp_path / "models").iterdir()) == []
-
-
-@pytest.mark.unit
-def test_cached_build_runs_once_and_detects_damage(tmp_path: Path) -> None:
-    target = tmp_path / "thing"
-    builds: list[Path] = []
-
-    def build(tmp: Path) -> None:
-        builds.append(tmp)
-        (tmp / "weights.bin").write_bytes(b"x" * 100)
-
-    cached_build(target, build)
-    cached_build(target, build)
-    assert len(builds) == 1
-    (target / "weights.bin").write_bytes(b"x" * 10)
-    with pytest.raises(ConfigError, match="truncated"):
-        verify_manifest(target)
-    (target / "weights.bin").unlink()
-    with pytest.raises(ConfigError, match="missing weights.bin"):
-        cached_build(target, build)
-
-
-@pytest.mark.unit
 def test_unknown_gguf_path_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         model_prep.prepare_hf_model(GeneratorSettings(model=str(tmp_path / "missing.gguf")), tmp_path)
@@ -149,7 +116,7 @@ def test_second_prepare_reuses_the_cached_conversions(
         raise AssertionError("converted again although a cached model exists")
 
     monkeypatch.setattr(model_prep, "run_onnx_builder", must_not_run)
-    monkeypatch.setattr(model_prep, "convert_gguf_to_hf", must_not_run)
+    monkeypatch.setattr(hf_folder, "convert_gguf_to_hf", must_not_run)
     monkeypatch.setattr(gguf_assembly, "file_sha256", must_not_run)  # the GGUF hash comes from hashes.json
     assert prepare_onnx_model(settings, data_dir) == first
     assert (first / "model.onnx").stat().st_mtime_ns == stamp

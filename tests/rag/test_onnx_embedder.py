@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.core.artifact_cache import verify_manifest
 from services.core.errors import ConfigError, NotReady
 from services.rag import onnx_embedder
 from services.rag.embedder import SentenceTransformerEmbedder, build_query_embedder, embedder_cache_dir
@@ -84,6 +85,36 @@ def test_settings_pick_the_query_engine(tmp_path: Path) -> None:
     assert isinstance(default, OnnxEmbedder)
     assert isinstance(torch_engine, SentenceTransformerEmbedder)
     assert embedder_cache_dir(rag_settings(tmp_path / "index")) == tmp_path / "embedder-cache"
+
+
+@pytest.mark.unit
+def test_a_failed_export_leaves_nothing_and_a_finished_one_carries_both_manifests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "embedder-cache"
+
+    def crashing_export(model_dir: Path, target: Path) -> dict[str, object]:
+        (target / ONNX_FILE).write_bytes(b"half a graph")
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(onnx_embedder, "_export", crashing_export)
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        onnx_embedder._export_atomically(tmp_path / "model", cache / "minilm-0123", "f" * 64)
+    assert list(cache.iterdir()) == []
+
+    def export(model_dir: Path, target: Path) -> dict[str, object]:
+        (target / ONNX_FILE).write_bytes(b"graph")
+        return {"dimensions": 4}
+
+    monkeypatch.setattr(onnx_embedder, "_export", export)
+    onnx_embedder._export_atomically(tmp_path / "model", cache / "minilm-0123", "f" * 64)
+    assert [p.name for p in cache.iterdir()] == ["minilm-0123"]
+    manifest = json.loads((cache / "minilm-0123" / MANIFEST_FILE).read_text(encoding="utf-8"))
+    assert manifest == {"dimensions": 4, "fingerprint": "f" * 64, "model_dir": "model"}
+    assert verify_manifest(cache / "minilm-0123")["files"] == {
+        ONNX_FILE: 5,
+        MANIFEST_FILE: len(json.dumps(manifest, indent=2)),
+    }
 
 
 # -- integration: the real model -------------------------------------------------------------------

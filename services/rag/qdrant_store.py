@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -279,14 +278,7 @@ def _persist_local(client: QdrantClient, collection: str, dimensions: int, folde
         _copy_points(client, on_disk, collection, dimensions)
     finally:
         on_disk.close()
-    # write_version fsyncs what save() returns; the embedded database's files are fsynced here.
-    for path in folder.rglob("*"):
-        if path.is_file() and path.name != ".lock":
-            descriptor = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
+    # The version folder is fsynced as a whole when write_version moves it into place (staged_dir).
 
 
 def _copy_local_into_memory(folder: Path, collection: str, dimensions: int) -> QdrantClient:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
+from benchmarks.harness.stats import percentile
 from services.core.errors import PolicyViolation
 from services.core.types import ChatMessage
 from services.privacy.gate import PrivacyGate
@@ -46,12 +47,6 @@ def make_text(size: int, with_findings: bool) -> str:
     return "".join(pieces)[:size]
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
 def bench_latency(gate: PrivacyGate, size: int, with_findings: bool, iterations: int) -> dict[str, Any]:
     messages = [
         ChatMessage("system", "You answer HR questions."),
@@ -71,7 +66,7 @@ def bench_latency(gate: PrivacyGate, size: int, with_findings: bool, iterations:
         "findings": sum(decision.counts.values()),
         "action": decision.action,
         "iterations": iterations,
-        "p50_ms": statistics.median(samples),
+        "p50_ms": percentile(samples, 50),
         "p99_ms": percentile(samples, 99),
         "mean_ms": statistics.fmean(samples),
     }
@@ -89,7 +84,7 @@ def bench_output_filter(gate: PrivacyGate, size: int, chunk: int) -> dict[str, A
             output.feed(answer[i : i + chunk])
         output.flush()
         samples.append((time.perf_counter() - start) * 1000)
-    return {"answer_bytes": size, "chunk_chars": chunk, "p50_ms": statistics.median(samples)}
+    return {"answer_bytes": size, "chunk_chars": chunk, "p50_ms": percentile(samples, 50)}
 
 
 def evaluate(gate: PrivacyGate, eval_path: Path) -> dict[str, Any]:

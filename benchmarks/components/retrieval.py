@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ import numpy.typing as npt
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.harness.stats import percentile  # noqa: E402
 from services.core.protocols import Embedder  # noqa: E402
 from services.core.settings import RagSettings  # noqa: E402
 from services.core.types import Chunk  # noqa: E402
@@ -79,8 +79,9 @@ REALISM_QUESTIONS: tuple[tuple[str, str], ...] = (
 )
 
 
-def percentile(values: list[float], q: float) -> float:
-    return round(float(np.percentile(values, q)), 3)
+def percentile_ms(values: list[float], q: float) -> float:
+    """The harness percentile, rounded to the microsecond for the report."""
+    return round(percentile(values, q), 3)
 
 
 @dataclass(frozen=True)
@@ -222,12 +223,12 @@ def bench_size(
         "size": size,
         "kind": kind,
         "queries": queries,
-        "search_fuse_select_p50_ms": percentile(stage_ms, 50),
-        "search_fuse_select_p99_ms": percentile(stage_ms, 99),
-        "total_p50_ms": percentile(totals, 50),
-        "total_p99_ms": percentile(totals, 99),
-        "dense_search_p50_ms": percentile(dense_ms, 50),
-        "bm25_search_p50_ms": percentile(sparse_ms, 50),
+        "search_fuse_select_p50_ms": percentile_ms(stage_ms, 50),
+        "search_fuse_select_p99_ms": percentile_ms(stage_ms, 99),
+        "total_p50_ms": percentile_ms(totals, 50),
+        "total_p99_ms": percentile_ms(totals, 99),
+        "dense_search_p50_ms": percentile_ms(dense_ms, 50),
+        "bm25_search_p50_ms": percentile_ms(sparse_ms, 50),
         "vector_build_s": round(vector_build_s, 2),
         "bm25_build_s": round(corpus.sparse_build_s, 2),
     }
@@ -375,7 +376,7 @@ def bench_real_recall(
             {
                 "kind": kind,
                 "recall@10_vs_exact": round(hits / (10 * len(exact)), 4),
-                "search_p50_ms": percentile(timings, 50),
+                "search_p50_ms": percentile_ms(timings, 50),
                 "build_s": round(build_s, 2),
             }
         )
@@ -575,10 +576,10 @@ def main() -> None:
         "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start, "
         f"{args.threads} thread(s) per query, builds and ingestion on {args.ingest_threads}",
         "query_engine": args.query_engine,
-        "query_embed_p50_ms": round(statistics.median(embed_ms), 3),
-        "query_embed_p99_ms": percentile(embed_ms, 99),
+        "query_embed_p50_ms": percentile_ms(embed_ms, 50),
+        "query_embed_p99_ms": percentile_ms(embed_ms, 99),
         "query_embed_by_engine": {
-            engine: {"p50_ms": round(statistics.median(ms), 3), "p99_ms": percentile(ms, 99)}
+            engine: {"p50_ms": percentile_ms(ms, 50), "p99_ms": percentile_ms(ms, 99)}
             for engine, ms in measured.items()
         },
         "latency": [],

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
 SLO_METRICS: tuple[str, ...] = ("ttft", "tpot", "e2e")
 
@@ -42,18 +44,12 @@ class RequestRecord:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolation percentile, the same as numpy.percentile's default; NaN for no values."""
+    """The percentile rule of every bench: numpy.percentile's default (linear); NaN for no values."""
     if not 0 <= q <= 100:
         raise ValueError(f"percentile must be in [0, 100], got {q}")
     if not values:
         return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = math.ceil(rank)
-    if low == high:
-        return float(ordered[low])
-    return float(ordered[low] + (ordered[high] - ordered[low]) * (rank - low))
+    return float(np.percentile(values, q))
 
 
 def summarize_ms(values_s: Iterable[float]) -> dict[str, float]:

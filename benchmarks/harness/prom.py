@@ -26,15 +26,33 @@ def parse_metrics(text: str) -> Scrape:
     return samples
 
 
-async def scrape(client: httpx.AsyncClient, base_url: str) -> Scrape:
+def _metrics_url(base_url: str) -> str:
+    return f"{base_url.rstrip('/')}/metrics"
+
+
+def _parse_response(response: httpx.Response) -> Scrape:
+    return parse_metrics(response.text) if response.status_code == 200 else {}
+
+
+async def scrape(client: httpx.AsyncClient, base_url: str, timeout_s: float = 10.0) -> Scrape:
     """One scrape; an empty scrape when the server has no /metrics (an upstream fixture, say)."""
     try:
-        response = await client.get(f"{base_url.rstrip('/')}/metrics", timeout=10.0)
+        return _parse_response(await client.get(_metrics_url(base_url), timeout=timeout_s))
     except httpx.HTTPError:
         return {}
-    if response.status_code != 200:
+
+
+def scrape_blocking(base_url: str, timeout_s: float = 10.0) -> Scrape:
+    """`scrape` for synchronous callers (a bench's control loop between runs)."""
+    try:
+        return _parse_response(httpx.get(_metrics_url(base_url), timeout=timeout_s))
+    except httpx.HTTPError:
         return {}
-    return parse_metrics(response.text)
+
+
+def sample_values(scrape_: Scrape, sample: str) -> list[float]:
+    """The values of one sample name, one per label set (a gauge, a counter)."""
+    return [value for (name, _), value in scrape_.items() if name == sample]
 
 
 def delta(before: Scrape, after: Scrape) -> Scrape:

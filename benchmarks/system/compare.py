@@ -172,7 +172,7 @@ def pipeline_summary(pipeline: str, run: PipelineRun, scores: Sequence[ItemScore
 
 
 def _gauge(scrape: prom.Scrape, name: str) -> float | None:
-    values = [v for (sample, _), v in scrape.items() if sample == name]
+    values = prom.sample_values(scrape, name)
     return values[0] if values else None
 
 

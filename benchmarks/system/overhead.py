@@ -27,8 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from benchmarks.harness import prom
 from benchmarks.harness.fixture_upstream import (
     MODEL_NAME,
@@ -109,11 +107,10 @@ def wait_until_idle(base_url: str, timeout_s: float) -> bool:
     """Wait until the gateway reports no request in flight (a backlog from the last run skews the next)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            scrape = prom.parse_metrics(httpx.get(f"{base_url}/metrics", timeout=5.0).text)
-        except (httpx.HTTPError, ValueError):
+        scrape = prom.scrape_blocking(base_url, timeout_s=5.0)
+        if not scrape:  # no answer, or no /metrics: nothing to wait for
             return False
-        in_flight = sum(v for (name, _), v in scrape.items() if name == "hybrid_requests_in_flight")
+        in_flight = sum(prom.sample_values(scrape, "hybrid_requests_in_flight"))
         if in_flight <= 0:
             return True
         time.sleep(0.5)

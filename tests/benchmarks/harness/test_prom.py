@@ -1,6 +1,19 @@
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
-from benchmarks.harness.prom import attribute_stages, delta, parse_metrics, summarize_delta
+from benchmarks.harness.prom import (
+    attribute_stages,
+    delta,
+    parse_metrics,
+    sample_values,
+    scrape_blocking,
+    summarize_delta,
+)
+from services.core.ports import free_port
 
 pytestmark = pytest.mark.unit
 
@@ -64,3 +77,39 @@ def test_a_counter_reset_counts_from_zero():
     assert diff[("hybrid_cost_usd_total", (("pipeline", "rag"), ("stage", "generate")))] == pytest.approx(
         0.001
     )
+
+
+def test_sample_values_lists_one_value_per_label_set():
+    scrape = parse_metrics(AFTER)
+    assert sorted(sample_values(scrape, "hybrid_egress_tokens_total")) == [40.0, 500.0]
+    assert sample_values(scrape, "hybrid_not_exported") == []
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = AFTER.encode() if self.path == "/metrics" else b""
+        self.send_response(200 if body else 404)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # keep the test output quiet
+        pass
+
+
+@contextmanager
+def _metrics_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _MetricsHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_blocking_scrape_parses_metrics_and_is_empty_when_nothing_answers():
+    with _metrics_server() as url:
+        assert scrape_blocking(url + "/") == parse_metrics(AFTER)
+    assert scrape_blocking(f"http://127.0.0.1:{free_port()}", timeout_s=2.0) == {}

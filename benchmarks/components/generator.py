@@ -8,8 +8,8 @@ For each model and engine, in its own child process (so peak RSS is that engine'
 Models are prepared (converted) once before any timing. Writes benchmarks/results/generator.{json,md,png}
 and prints one JSON object as the last stdout line.
 
-    python -m benchmarks.components.generator --quick            # SmolLM2, int4 vs transformers, small eval
-    python -m benchmarks.components.generator --threads 2        # everything (tens of minutes on 2 cores)
+    python -m benchmarks.components.generator --quick       # SmolLM2, int4 vs transformers, small eval
+    python -m benchmarks.components.generator --threads 2   # every model and engine, the full eval
 """
 
 from __future__ import annotations

@@ -525,7 +525,7 @@ def main() -> None:
         "--hnsw-max-size",
         type=int,
         default=200_000,
-        help="skip HNSW above this many chunks (its build at 1M takes ~20 min on 2 cores)",
+        help="skip HNSW above this many chunks (its build time grows fastest with size; see the report)",
     )
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--hnsw-m", type=int, default=32)

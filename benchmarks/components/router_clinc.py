@@ -13,10 +13,10 @@ The report's rows name the recipe each model was trained with. All models are sc
 (ONNX Runtime, fp32 and int8) on the test split (4,500 in-scope + 1,000 oos). Each operating point is a
 threshold chosen on the validation split only: the one stored at training, and the objectives side by
 side (in-scope accuracy + oos recall, as the paper reads it; and the most oos recall within d of the
-unthresholded in-scope accuracy, for d = 1, 0.5 and 0.2 points: near argmax the test curve is steep, a
-tenth of a point of in-scope accuracy buys ~10 points of oos recall, so the budget decides the operating
-point; all three are shown, none picked on test). The curve over all thresholds on test shows the whole
-trade-off. Writes router_clinc150.{json,md,png}; prints the JSON as the last line.
+unthresholded in-scope accuracy, for d = 1, 0.5 and 0.2 points: the curve is steep near argmax, so the
+budget decides the operating point; all three are shown, none picked on test). The curve over all
+thresholds on test shows the whole trade-off. Writes router_clinc150.{json,md,png}; prints the JSON as the
+last line.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Benchmarks: load generator, architecture comparison, gateway overhead, router / retrieval benches."""
+"""Benchmarks: the shared harness, one component at a time (components/), the whole service (system/)."""

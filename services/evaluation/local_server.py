@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from services.core.ports import free_port
 from services.evaluation.e2e import evaluate_e2e
 
 logger = logging.getLogger(__name__)
@@ -52,12 +52,6 @@ def hybridllm_command() -> list[str]:
     if found:
         return [found]
     return [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def service_env(extra_env: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -21,6 +20,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from services.core.ports import free_port
 
 PRICES = {"prompt": 1e-5, "rag": 3e-5}
 REFUSAL = "I can't help with that: it is outside what this assistant covers."
@@ -148,18 +149,12 @@ def build_fake_app(
     return app
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def serve_fake(
     rows: Sequence[Mapping[str, Any]], pipelines: Sequence[str] = ("prompt", "rag", "hybrid")
 ) -> Iterator[str]:
     """Run the fake on a free port of 127.0.0.1 in a background thread; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(build_fake_app(rows, pipelines), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

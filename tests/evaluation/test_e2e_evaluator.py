@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from e2e_fake_service import SAMPLE_ROWS, serve_fake
 
 from services.evaluation.e2e import evaluate_e2e
+from tests.evaluation.e2e_fake_service import SAMPLE_ROWS, serve_fake
 
 pytestmark = pytest.mark.unit
 

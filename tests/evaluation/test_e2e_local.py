@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.fixture_upstream import FixtureBehaviour, running_fixture_upstream
-from benchmarks.overhead import gateway_env
+from benchmarks.harness.fixture_upstream import FixtureBehaviour, gateway_env, running_fixture_upstream
 from services.evaluation.local_server import evaluate_e2e_local
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from benchmarks.fixture_upstream import FixtureBehaviour, FixtureUpstream, free_port
+from benchmarks.harness.fixture_upstream import FixtureBehaviour, FixtureUpstream
+from services.core.ports import free_port
 
 QUICK = FixtureBehaviour(delay_s=0.0, tokens=8)
 Mode = Literal["ok", "error_500", "slow", "die_mid_stream", "refuse"]

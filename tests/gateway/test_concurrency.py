@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from benchmarks.fixture_upstream import FixtureBehaviour
+from benchmarks.harness.fixture_upstream import FixtureBehaviour
 from services.core.settings import load_settings
 from services.gateway.app import create_app
 from tests.conftest import MODEL_CACHE, serve_in_thread

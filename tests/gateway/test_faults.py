@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.fixture_upstream import FixtureBehaviour
+from benchmarks.harness.fixture_upstream import FixtureBehaviour
 from services.core.settings import Settings, load_settings
 from services.gateway.app import create_app
 from tests.conftest import MODEL_CACHE, serve_in_thread

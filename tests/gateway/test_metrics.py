@@ -20,7 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.fixture_upstream import MODEL_NAME, FixtureBehaviour, running_fixture_upstream
+from benchmarks.harness.fixture_upstream import MODEL_NAME, FixtureBehaviour, running_fixture_upstream
 from services.core.settings import Settings, load_settings
 from services.gateway.app import create_app
 from services.gateway.metrics import COST_STAGES, INTENTS, STAGES, STATUSES, TOKEN_KINDS

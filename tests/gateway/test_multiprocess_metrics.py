@@ -17,8 +17,7 @@ import httpx
 import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
-from benchmarks.fixture_upstream import FixtureBehaviour, running_fixture_upstream
-from benchmarks.overhead import gateway_env
+from benchmarks.harness.fixture_upstream import FixtureBehaviour, gateway_env, running_fixture_upstream
 from services.evaluation.local_server import started_service
 from services.gateway.metrics import claim_multiprocess_dir
 from tests.gateway.test_metrics import scrape, total

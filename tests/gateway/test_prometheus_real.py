@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from benchmarks.fixture_upstream import FixtureBehaviour, running_fixture_upstream
+from benchmarks.harness.fixture_upstream import FixtureBehaviour, running_fixture_upstream
 from services.gateway.app import create_app
 from services.gateway.metrics import STAGE_BUCKETS
 from tests.conftest import free_port, serve_in_thread

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from benchmarks.fixture_upstream import FixtureBehaviour, running_fixture_upstream
+from benchmarks.harness.fixture_upstream import FixtureBehaviour, running_fixture_upstream
 from services.gateway.app import create_app
 from services.gateway.logging_setup import JsonFormatter, redacted_exchange
 from services.privacy import PrivacySettings

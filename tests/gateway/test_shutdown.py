@@ -14,8 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from benchmarks.fixture_upstream import FixtureBehaviour, running_fixture_upstream
-from benchmarks.overhead import gateway_env
+from benchmarks.harness.fixture_upstream import FixtureBehaviour, gateway_env, running_fixture_upstream
 from services.evaluation.local_server import free_port, hybridllm_command, service_env, stop, wait_ready
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from benchmarks.fixture_upstream import FixtureBehaviour, running_fixture_upstream
+from benchmarks.harness.fixture_upstream import FixtureBehaviour, running_fixture_upstream
 from services.core.settings import ObservabilitySettings, load_settings
 from services.gateway.app import create_app
 from services.gateway.tracing import (

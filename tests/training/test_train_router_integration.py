@@ -236,7 +236,7 @@ def test_clinc150_subset_trains(tmp_path: Path) -> None:
     assert "oos_recall" in metrics
 
     # The CLINC150 benchmark scores the same folder through the serving code.
-    from benchmarks.bench_router_clinc import evaluate, read_splits
+    from benchmarks.components.router_clinc import evaluate, read_splits
 
     val, test = read_splits(subset)
     report = evaluate(tmp_path / "m", val, test)

@@ -1,0 +1,1 @@
+"""Benches of one component each: router, retrieval, embedder, generator, privacy gate."""

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
+
 from services.core.errors import InvalidRequest
 
 # The eval file's route names versus the router's intents.
@@ -201,12 +203,8 @@ def _mean(flags: Sequence[bool | None]) -> float | None:
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low, high = int(rank), min(int(rank) + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+    """numpy's (linear) percentile, the rule every benchmark uses; None when there is nothing to rank."""
+    return float(np.percentile(values, q)) if values else None
 
 
 def _group_numbers(scores: Sequence[ItemScore]) -> dict[str, Any]:

@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from services.core.errors import ConfigError, GenerationError, InvalidRequest, NotReady
 from services.core.settings import GeneratorSettings
-from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta
-from services.llm.backend_base import ConfiguredBackend
+from services.core.types import ChatMessage, GenerationParams
+from services.llm.backend_base import InProcessBackend, ThreadedRun
 from services.llm.model_prep import GENAI_CONFIG_NAME, prepare_onnx_model, verify_onnx_model
-from services.llm.stop_strings import StopStringMatcher
-from services.llm.streaming import collect_stream, run_producer_in_thread
+from services.llm.streaming import Emit
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +39,7 @@ def read_chat_template(model_dir: Path) -> str | None:
     return template if isinstance(template, str) else None
 
 
-@dataclass
-class _RequestState:
-    """Shared between the generation thread and the consumer of one request."""
-
-    cancel: threading.Event = field(default_factory=threading.Event)
-    generated_ids: list[int] = field(default_factory=list)
-    hit_eos: bool = False
-
-
-class OnnxGenerator(ConfiguredBackend):
+class OnnxGenerator(InProcessBackend):
     def __init__(self, settings: GeneratorSettings, data_dir: Path) -> None:
         if settings.backend != "onnx":
             raise ValueError(f"OnnxGenerator needs backend 'onnx', got {settings.backend!r}")
@@ -141,56 +128,15 @@ class OnnxGenerator(ConfiguredBackend):
 
     # ------------------------------------------------------------------ generation
 
-    async def complete(self, messages: Sequence[ChatMessage], params: GenerationParams) -> GenerationResult:
-        return await collect_stream(self.stream(messages, params), backend=self.name)
-
-    async def stream(
-        self, messages: Sequence[ChatMessage], params: GenerationParams
-    ) -> AsyncIterator[TokenDelta]:
-        model = self._require_model()
+    def _checked_prompt_ids(self, messages: Sequence[ChatMessage], params: GenerationParams) -> list[int]:
+        self._require_model()
         self._check_params(params)
         prompt_ids = self.prompt_ids(messages)
         if len(prompt_ids) >= self._context_length:
             raise InvalidRequest(
                 f"prompt is {len(prompt_ids)} tokens; the model's context is {self._context_length}"
             )
-        async with self._slots.acquire():
-            started = time.perf_counter()
-            state = _RequestState()
-            matcher = StopStringMatcher(params.stop)
-            ttft: float | None = None
-            stopped_by_string = False
-            pieces = run_producer_in_thread(
-                lambda emit: self._generate_blocking(model, prompt_ids, params, state, emit),
-                cancel=state.cancel,
-            )
-            try:
-                async for piece in pieces:
-                    if ttft is None:
-                        ttft = time.perf_counter() - started
-                    text, stopped = matcher.feed(piece)
-                    if text:
-                        yield TokenDelta(text=text)
-                    if stopped:
-                        stopped_by_string = True
-                        break
-            finally:
-                state.cancel.set()
-                await pieces.aclose()
-            tail = matcher.flush()
-            if tail:
-                yield TokenDelta(text=tail)
-            completion_tokens = len(state.generated_ids) - (1 if state.hit_eos else 0)
-            finished_early = stopped_by_string or state.hit_eos
-            busy = time.perf_counter() - started
-            yield TokenDelta(
-                text="",
-                finish_reason="stop" if finished_early else "length",
-                prompt_tokens=len(prompt_ids),
-                completion_tokens=completion_tokens,
-                ttft_s=ttft if ttft is not None else busy,
-                busy_s=busy,
-            )
+        return prompt_ids
 
     def _check_params(self, params: GenerationParams) -> None:
         if params.max_tokens < 1:
@@ -213,15 +159,11 @@ class OnnxGenerator(ConfiguredBackend):
         return options
 
     def _generate_blocking(
-        self,
-        model: Any,
-        prompt_ids: list[int],
-        params: GenerationParams,
-        state: _RequestState,
-        emit: Callable[[str], None],
+        self, prompt_ids: list[int], params: GenerationParams, run: ThreadedRun, emit: Emit
     ) -> None:
         import onnxruntime_genai as og
 
+        model = self._require_model()
         try:
             generator_params = og.GeneratorParams(model)
             generator_params.set_search_options(**self._search_options(len(prompt_ids), params))
@@ -230,12 +172,12 @@ class OnnxGenerator(ConfiguredBackend):
                 generator.set_active_adapter(self._og_adapters, params.adapter)
             generator.append_tokens(prompt_ids)  # the prefill; the first token comes from the next step
             decoder = self._tokenizer.create_stream()
-            while not state.cancel.is_set() and not generator.is_done():
+            while not run.cancel.is_set() and not generator.is_done():
                 generator.generate_next_token()
                 token = int(generator.get_next_tokens()[0])
-                state.generated_ids.append(token)
+                run.generated_ids.append(token)
                 if token in self._eos_ids:
-                    state.hit_eos = True
+                    run.hit_eos = True
                     break
                 # The stream decoder returns "" until a multi-byte character is complete.
                 text = decoder.decode(token)

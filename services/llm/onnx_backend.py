@@ -5,7 +5,8 @@ no torch or transformers. Each request gets its own `og.Generator`, created and 
 (`generate_next_token`) inside one worker thread, so no two threads ever touch one generator; requests
 share the read-only `og.Model`. `GenerationSlots` bounds how many run at once. The consumer closing the
 stream sets a cancel flag the worker checks between tokens, so a client that disconnects frees the CPU
-within one token.
+within one token. A requested JSON format is enforced by the library's guided decoding where it
+initialises for the model; otherwise the runner validates and repairs (services/llm/structured_output.py).
 """
 
 from __future__ import annotations
@@ -16,12 +17,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from services.core.errors import ConfigError, GenerationError, InvalidRequest, NotReady
+from services.core.errors import ConfigError, GenerationError, InvalidRequest, NotReady, StructuredOutputError
 from services.core.settings import GeneratorSettings
 from services.core.types import ChatMessage, GenerationParams
 from services.llm.backend_base import InProcessBackend, ThreadedRun
 from services.llm.model_prep import GENAI_CONFIG_NAME, prepare_onnx_model, verify_onnx_model
 from services.llm.streaming import Emit
+from services.llm.structured_output import (
+    ResponseFormatSpec,
+    format_instruction,
+    guidance_schema,
+    parse_response_format,
+    with_instruction,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +59,7 @@ class OnnxGenerator(InProcessBackend):
         self._chat_template: str | None = None
         self._eos_ids: frozenset[int] = frozenset()
         self._context_length = 0
+        self._guidance_ready = False
         self.model_dir: Path | None = None
 
     # ------------------------------------------------------------------ loading
@@ -92,6 +101,7 @@ class OnnxGenerator(InProcessBackend):
         self._context_length = int(genai_config["model"].get("context_length", 2048))
         self._eos_ids = frozenset(int(i) for i in tokenizer.eos_token_ids)
         self._chat_template = read_chat_template(model_dir)
+        self._guidance_ready = guided_decoding_works(model, model_dir)
         self._model, self._tokenizer, self._og_adapters = model, tokenizer, og_adapters
         self.model_dir = model_dir
         logger.info(
@@ -100,6 +110,11 @@ class OnnxGenerator(InProcessBackend):
             self._settings.threads or "default",
             sorted(adapter_files or {}),
         )
+
+    @property
+    def supports_response_format(self) -> bool:
+        """With guided decoding a requested JSON format is produced in one pass, valid by construction."""
+        return self._guidance_ready
 
     def _require_model(self) -> Any:
         if self._model is None:
@@ -131,6 +146,9 @@ class OnnxGenerator(InProcessBackend):
     def _checked_prompt_ids(self, messages: Sequence[ChatMessage], params: GenerationParams) -> list[int]:
         self._require_model()
         self._check_params(params)
+        spec = self._guided_format(params)
+        if spec is not None:
+            messages = with_instruction(messages, format_instruction(spec))
         prompt_ids = self.prompt_ids(messages)
         if len(prompt_ids) >= self._context_length:
             raise InvalidRequest(
@@ -147,6 +165,10 @@ class OnnxGenerator(InProcessBackend):
             raise InvalidRequest(f"top_p must be in (0, 1], got {params.top_p}", param="top_p")
         self.check_adapter(params.adapter)
 
+    def _guided_format(self, params: GenerationParams) -> ResponseFormatSpec | None:
+        """The checked response_format this request's decoding is constrained to, if guidance is on."""
+        return parse_response_format(params.response_format) if self._guidance_ready else None
+
     def _search_options(self, prompt_len: int, params: GenerationParams) -> dict[str, Any]:
         max_length = min(prompt_len + params.max_tokens, self._context_length)
         options: dict[str, Any] = {"max_length": max_length, "batch_size": 1}
@@ -161,13 +183,9 @@ class OnnxGenerator(InProcessBackend):
     def _generate_blocking(
         self, prompt_ids: list[int], params: GenerationParams, run: ThreadedRun, emit: Emit
     ) -> None:
-        import onnxruntime_genai as og
-
         model = self._require_model()
+        generator = self._new_og_generator(model, prompt_ids, params)
         try:
-            generator_params = og.GeneratorParams(model)
-            generator_params.set_search_options(**self._search_options(len(prompt_ids), params))
-            generator = og.Generator(model, generator_params)
             if params.adapter is not None:
                 generator.set_active_adapter(self._og_adapters, params.adapter)
             generator.append_tokens(prompt_ids)  # the prefill; the first token comes from the next step
@@ -186,7 +204,43 @@ class OnnxGenerator(InProcessBackend):
         except Exception as exc:  # a runtime failure must surface as a domain error
             raise GenerationError(f"ONNX generation failed: {exc}") from exc
 
+    def _new_og_generator(self, model: Any, prompt_ids: list[int], params: GenerationParams) -> Any:
+        import onnxruntime_genai as og
+
+        spec = self._guided_format(params)
+        try:
+            generator_params = og.GeneratorParams(model)
+            generator_params.set_search_options(**self._search_options(len(prompt_ids), params))
+            if spec is not None:
+                generator_params.set_guidance("json_schema", guidance_schema(spec))
+            return og.Generator(model, generator_params)
+        except Exception as exc:
+            if spec is not None:  # the grammar compiler refused this schema
+                raise StructuredOutputError(
+                    f"guided decoding cannot use this response_format: {exc}", param="response_format"
+                ) from exc
+            raise GenerationError(f"ONNX generation failed: {exc}") from exc
+
     async def aclose(self) -> None:
         self._model = None
         self._tokenizer = None
         self._og_adapters = None
+
+
+def guided_decoding_works(model: Any, model_dir: Path) -> bool:
+    """Whether onnxruntime-genai's guided decoding (llguidance) initialises with this model's tokenizer."""
+    import onnxruntime_genai as og
+
+    try:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=8, batch_size=1)
+        params.set_guidance("json_schema", json.dumps({"type": "object"}))
+        og.Generator(model, params)
+    except Exception as exc:
+        logger.warning(
+            "guided decoding unavailable for %s (%s); response_format falls back to validate-and-repair",
+            model_dir,
+            exc,
+        )
+        return False
+    return True

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -57,6 +58,51 @@ class Generator(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class ResponseFormatEnforcer(Protocol):
+    """A generator that may honour `response_format` in decoding itself (guided decoding, an upstream's)."""
+
+    @property
+    def supports_response_format(self) -> bool:
+        """True when its output already matches the requested format: no validate-and-repair needed."""
+        ...
+
+
+def enforces_response_format(generator: Generator) -> bool:
+    return isinstance(generator, ResponseFormatEnforcer) and generator.supports_response_format
+
+
+class GenerationQueue(Protocol):
+    """A generator's bounded concurrency: how many run and wait, and a hook for each request's wait."""
+
+    on_wait: Callable[[float], None] | None
+
+    @property
+    def running(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+
+@runtime_checkable
+class QueuedGenerator(Protocol):
+    @property
+    def slots(self) -> GenerationQueue | None:
+        """Its generation queue; None when the requests go straight through."""
+        ...
+
+
+def generation_queue(generator: Generator) -> GenerationQueue | None:
+    return generator.slots if isinstance(generator, QueuedGenerator) else None
+
+
+@runtime_checkable
+class AdapterLoader(Protocol):
+    def load_adapter(self, name: str, folder: Path) -> None:
+        """Load (or replace) a LoRA adapter at run time. Blocking: call it off the event loop."""
+        ...
 
 
 class Embedder(Protocol):

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from prometheus_client import Gauge
 
 from services.core.errors import HybridError
+from services.core.protocols import generation_queue
 from services.core.settings import Settings
 from services.gateway.auth import KeyChecker
 from services.gateway.body_limit import BodyLimitMiddleware
@@ -51,7 +52,7 @@ def default_builder(settings: Settings, metrics: ServiceMetrics) -> ServiceCompo
 def _observe_queue_wait(components: ServiceComponents, metrics: ServiceMetrics) -> None:
     """Backends with generation slots report each request's wait for one (hybrid_queue_wait_seconds)."""
     for generator in (components.primary, components.fallback):
-        slots = getattr(generator, "slots", None)
+        slots = generation_queue(generator) if generator is not None else None
         if generator is not None and slots is not None:
             slots.on_wait = metrics.queue_wait.labels(backend=generator.name).observe
 

@@ -16,10 +16,16 @@ import enum
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from pathlib import Path
 
-from services.core.errors import GenerationError
-from services.core.protocols import Generator
+from services.core.errors import GenerationError, InvalidRequest
+from services.core.protocols import (
+    AdapterLoader,
+    GenerationQueue,
+    Generator,
+    enforces_response_format,
+    generation_queue,
+)
 from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta, Trust
 
 logger = logging.getLogger(__name__)
@@ -131,10 +137,6 @@ class CircuitBreakerGenerator:
         self._inner = inner
         self.breaker = breaker
 
-    def __getattr__(self, attribute: str) -> Any:
-        # Backend extras the runner and gateway probe for (slots, supports_response_format, ...).
-        return getattr(self._inner, attribute)
-
     @property
     def inner(self) -> Generator:
         return self._inner
@@ -150,6 +152,22 @@ class CircuitBreakerGenerator:
     @property
     def adapters(self) -> Sequence[str]:
         return self._inner.adapters
+
+    # The inner backend's capabilities, delegated explicitly so the wrapper offers what the backend does.
+
+    @property
+    def supports_response_format(self) -> bool:
+        return enforces_response_format(self._inner)
+
+    @property
+    def slots(self) -> GenerationQueue | None:
+        return generation_queue(self._inner)
+
+    def load_adapter(self, name: str, folder: Path) -> None:
+        """Adapters are loaded into the backend inside, whatever the circuit's state."""
+        if not isinstance(self._inner, AdapterLoader):
+            raise InvalidRequest(f"generator backend {self.name!r} cannot load adapters at run time")
+        self._inner.load_adapter(name, folder)
 
     def warm_up(self) -> None:
         self._inner.warm_up()

@@ -5,27 +5,31 @@ no torch or transformers. Each request gets its own `og.Generator`, created and 
 (`generate_next_token`) inside one worker thread, so no two threads ever touch one generator; requests
 share the read-only `og.Model`. `GenerationSlots` bounds how many run at once. The consumer closing the
 stream sets a cancel flag the worker checks between tokens, so a client that disconnects frees the CPU
-within one token.
+within one token. A requested JSON format is enforced by the library's guided decoding where it
+initialises for the model; otherwise the runner validates and repairs (services/llm/structured_output.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from services.core.errors import ConfigError, GenerationError, InvalidRequest, NotReady
+from services.core.errors import ConfigError, GenerationError, InvalidRequest, NotReady, StructuredOutputError
 from services.core.settings import GeneratorSettings
-from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta
-from services.llm.backend_base import ConfiguredBackend
+from services.core.types import ChatMessage, GenerationParams
+from services.llm.backend_base import InProcessBackend, ThreadedRun
 from services.llm.model_prep import GENAI_CONFIG_NAME, prepare_onnx_model, verify_onnx_model
-from services.llm.stop_strings import StopStringMatcher
-from services.llm.streaming import collect_stream, run_producer_in_thread
+from services.llm.streaming import Emit
+from services.llm.structured_output import (
+    ResponseFormatSpec,
+    format_instruction,
+    guidance_schema,
+    parse_response_format,
+    with_instruction,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +47,7 @@ def read_chat_template(model_dir: Path) -> str | None:
     return template if isinstance(template, str) else None
 
 
-@dataclass
-class _RequestState:
-    """Shared between the generation thread and the consumer of one request."""
-
-    cancel: threading.Event = field(default_factory=threading.Event)
-    generated_ids: list[int] = field(default_factory=list)
-    hit_eos: bool = False
-
-
-class OnnxGenerator(ConfiguredBackend):
+class OnnxGenerator(InProcessBackend):
     def __init__(self, settings: GeneratorSettings, data_dir: Path) -> None:
         if settings.backend != "onnx":
             raise ValueError(f"OnnxGenerator needs backend 'onnx', got {settings.backend!r}")
@@ -64,6 +59,7 @@ class OnnxGenerator(ConfiguredBackend):
         self._chat_template: str | None = None
         self._eos_ids: frozenset[int] = frozenset()
         self._context_length = 0
+        self._guidance_ready = False
         self.model_dir: Path | None = None
 
     # ------------------------------------------------------------------ loading
@@ -105,6 +101,7 @@ class OnnxGenerator(ConfiguredBackend):
         self._context_length = int(genai_config["model"].get("context_length", 2048))
         self._eos_ids = frozenset(int(i) for i in tokenizer.eos_token_ids)
         self._chat_template = read_chat_template(model_dir)
+        self._guidance_ready = guided_decoding_works(model, model_dir)
         self._model, self._tokenizer, self._og_adapters = model, tokenizer, og_adapters
         self.model_dir = model_dir
         logger.info(
@@ -113,6 +110,11 @@ class OnnxGenerator(ConfiguredBackend):
             self._settings.threads or "default",
             sorted(adapter_files or {}),
         )
+
+    @property
+    def supports_response_format(self) -> bool:
+        """With guided decoding a requested JSON format is produced in one pass, valid by construction."""
+        return self._guidance_ready
 
     def _require_model(self) -> Any:
         if self._model is None:
@@ -141,56 +143,18 @@ class OnnxGenerator(ConfiguredBackend):
 
     # ------------------------------------------------------------------ generation
 
-    async def complete(self, messages: Sequence[ChatMessage], params: GenerationParams) -> GenerationResult:
-        return await collect_stream(self.stream(messages, params), backend=self.name)
-
-    async def stream(
-        self, messages: Sequence[ChatMessage], params: GenerationParams
-    ) -> AsyncIterator[TokenDelta]:
-        model = self._require_model()
+    def _checked_prompt_ids(self, messages: Sequence[ChatMessage], params: GenerationParams) -> list[int]:
+        self._require_model()
         self._check_params(params)
+        spec = self._guided_format(params)
+        if spec is not None:
+            messages = with_instruction(messages, format_instruction(spec))
         prompt_ids = self.prompt_ids(messages)
         if len(prompt_ids) >= self._context_length:
             raise InvalidRequest(
                 f"prompt is {len(prompt_ids)} tokens; the model's context is {self._context_length}"
             )
-        async with self._slots.acquire():
-            started = time.perf_counter()
-            state = _RequestState()
-            matcher = StopStringMatcher(params.stop)
-            ttft: float | None = None
-            stopped_by_string = False
-            pieces = run_producer_in_thread(
-                lambda emit: self._generate_blocking(model, prompt_ids, params, state, emit),
-                cancel=state.cancel,
-            )
-            try:
-                async for piece in pieces:
-                    if ttft is None:
-                        ttft = time.perf_counter() - started
-                    text, stopped = matcher.feed(piece)
-                    if text:
-                        yield TokenDelta(text=text)
-                    if stopped:
-                        stopped_by_string = True
-                        break
-            finally:
-                state.cancel.set()
-                await pieces.aclose()
-            tail = matcher.flush()
-            if tail:
-                yield TokenDelta(text=tail)
-            completion_tokens = len(state.generated_ids) - (1 if state.hit_eos else 0)
-            finished_early = stopped_by_string or state.hit_eos
-            busy = time.perf_counter() - started
-            yield TokenDelta(
-                text="",
-                finish_reason="stop" if finished_early else "length",
-                prompt_tokens=len(prompt_ids),
-                completion_tokens=completion_tokens,
-                ttft_s=ttft if ttft is not None else busy,
-                busy_s=busy,
-            )
+        return prompt_ids
 
     def _check_params(self, params: GenerationParams) -> None:
         if params.max_tokens < 1:
@@ -200,6 +164,10 @@ class OnnxGenerator(ConfiguredBackend):
         if not 0 < params.top_p <= 1:
             raise InvalidRequest(f"top_p must be in (0, 1], got {params.top_p}", param="top_p")
         self.check_adapter(params.adapter)
+
+    def _guided_format(self, params: GenerationParams) -> ResponseFormatSpec | None:
+        """The checked response_format this request's decoding is constrained to, if guidance is on."""
+        return parse_response_format(params.response_format) if self._guidance_ready else None
 
     def _search_options(self, prompt_len: int, params: GenerationParams) -> dict[str, Any]:
         max_length = min(prompt_len + params.max_tokens, self._context_length)
@@ -213,29 +181,21 @@ class OnnxGenerator(ConfiguredBackend):
         return options
 
     def _generate_blocking(
-        self,
-        model: Any,
-        prompt_ids: list[int],
-        params: GenerationParams,
-        state: _RequestState,
-        emit: Callable[[str], None],
+        self, prompt_ids: list[int], params: GenerationParams, run: ThreadedRun, emit: Emit
     ) -> None:
-        import onnxruntime_genai as og
-
+        model = self._require_model()
+        generator = self._new_og_generator(model, prompt_ids, params)
         try:
-            generator_params = og.GeneratorParams(model)
-            generator_params.set_search_options(**self._search_options(len(prompt_ids), params))
-            generator = og.Generator(model, generator_params)
             if params.adapter is not None:
                 generator.set_active_adapter(self._og_adapters, params.adapter)
             generator.append_tokens(prompt_ids)  # the prefill; the first token comes from the next step
             decoder = self._tokenizer.create_stream()
-            while not state.cancel.is_set() and not generator.is_done():
+            while not run.cancel.is_set() and not generator.is_done():
                 generator.generate_next_token()
                 token = int(generator.get_next_tokens()[0])
-                state.generated_ids.append(token)
+                run.generated_ids.append(token)
                 if token in self._eos_ids:
-                    state.hit_eos = True
+                    run.hit_eos = True
                     break
                 # The stream decoder returns "" until a multi-byte character is complete.
                 text = decoder.decode(token)
@@ -244,7 +204,43 @@ class OnnxGenerator(ConfiguredBackend):
         except Exception as exc:  # a runtime failure must surface as a domain error
             raise GenerationError(f"ONNX generation failed: {exc}") from exc
 
+    def _new_og_generator(self, model: Any, prompt_ids: list[int], params: GenerationParams) -> Any:
+        import onnxruntime_genai as og
+
+        spec = self._guided_format(params)
+        try:
+            generator_params = og.GeneratorParams(model)
+            generator_params.set_search_options(**self._search_options(len(prompt_ids), params))
+            if spec is not None:
+                generator_params.set_guidance("json_schema", guidance_schema(spec))
+            return og.Generator(model, generator_params)
+        except Exception as exc:
+            if spec is not None:  # the grammar compiler refused this schema
+                raise StructuredOutputError(
+                    f"guided decoding cannot use this response_format: {exc}", param="response_format"
+                ) from exc
+            raise GenerationError(f"ONNX generation failed: {exc}") from exc
+
     async def aclose(self) -> None:
         self._model = None
         self._tokenizer = None
         self._og_adapters = None
+
+
+def guided_decoding_works(model: Any, model_dir: Path) -> bool:
+    """Whether onnxruntime-genai's guided decoding (llguidance) initialises with this model's tokenizer."""
+    import onnxruntime_genai as og
+
+    try:
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=8, batch_size=1)
+        params.set_guidance("json_schema", json.dumps({"type": "object"}))
+        og.Generator(model, params)
+    except Exception as exc:
+        logger.warning(
+            "guided decoding unavailable for %s (%s); response_format falls back to validate-and-repair",
+            model_dir,
+            exc,
+        )
+        return False
+    return True

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import openai
@@ -17,9 +17,8 @@ from openai import AsyncOpenAI
 
 from services.core.errors import ConfigError, GenerationError, GenerationTimeout
 from services.core.settings import GeneratorSettings
-from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta
-from services.llm.backend_base import ConfiguredBackend
-from services.llm.stop_strings import StopStringMatcher
+from services.core.types import ChatMessage, GenerationParams, GenerationResult
+from services.llm.backend_base import ConfiguredBackend, RawCounts, TokenLoop, finish_reason
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +28,10 @@ CHARS_PER_TOKEN_ESTIMATE = 4
 
 
 class OpenAICompatibleGenerator(ConfiguredBackend):
-    # vLLM and cloud APIs enforce `response_format` themselves (structured output / guided decoding).
-    supports_response_format = True
+    @property
+    def supports_response_format(self) -> bool:
+        # vLLM and cloud APIs enforce `response_format` themselves (structured output / guided decoding).
+        return True
 
     def __init__(self, settings: GeneratorSettings) -> None:
         if not settings.base_url:
@@ -120,71 +121,44 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
             text=text,
             prompt_tokens=usage.prompt_tokens if usage else self.render_prompt_tokens(messages),
             completion_tokens=usage.completion_tokens if usage else self.count_tokens(text),
-            finish_reason="length" if choice.finish_reason == "length" else "stop",
+            finish_reason=finish_reason(
+                ended_by_model=choice.finish_reason != "length", stopped_by_string=False
+            ),
             backend=self.name,
             ttft_s=busy,  # non-streaming: the first token arrives with the last
             busy_s=busy,
         )
 
-    async def stream(
-        self, messages: Sequence[ChatMessage], params: GenerationParams
-    ) -> AsyncIterator[TokenDelta]:
-        client = self._require_client()
+    def _token_loop(self, messages: Sequence[ChatMessage], params: GenerationParams) -> TokenLoop:
         args = self._request_args(messages, params)
         args.update(stream=True, stream_options={"include_usage": True})
-        async with self._slots.acquire():
-            started = time.perf_counter()
-            upstream = await self._with_retries(lambda: client.chat.completions.create(**args))
-            ttft: float | None = None
-            finish: str | None = None
-            prompt_tokens: int | None = None
-            completion_tokens: int | None = None
-            # Upstreams honour `stop` themselves; the matcher is a guard for ones that do not.
-            matcher = StopStringMatcher(params.stop)
-            parts: list[str] = []
-            try:
-                async for chunk in upstream:
-                    if chunk.usage is not None:
-                        prompt_tokens = chunk.usage.prompt_tokens
-                        completion_tokens = chunk.usage.completion_tokens
-                    if not chunk.choices:
-                        continue
-                    choice = chunk.choices[0]
-                    piece = choice.delta.content or ""
-                    if piece:
-                        if ttft is None:
-                            ttft = time.perf_counter() - started
-                        text, stopped = matcher.feed(piece)
-                        if text:
-                            parts.append(text)
-                            yield TokenDelta(text=text)
-                        if stopped:
-                            finish = "stop"
-                    if choice.finish_reason is not None:
-                        finish = choice.finish_reason
-            except openai.APIError as exc:
-                raise GenerationError(f"{self.name}: upstream stream failed: {exc}") from exc
-            finally:
-                await upstream.close()
-            if finish is None:
-                raise GenerationError(f"{self.name}: upstream stream ended without a finish reason")
-            tail = matcher.flush()
-            if tail:
-                parts.append(tail)
-                yield TokenDelta(text=tail)
-            busy = time.perf_counter() - started
-            yield TokenDelta(
-                text="",
-                finish_reason="length" if finish == "length" else "stop",
-                prompt_tokens=prompt_tokens
-                if prompt_tokens is not None
-                else self.render_prompt_tokens(messages),
-                completion_tokens=completion_tokens
-                if completion_tokens is not None
-                else self.count_tokens("".join(parts)),
-                ttft_s=ttft if ttft is not None else busy,
-                busy_s=busy,
-            )
+        counts = RawCounts()
+        return TokenLoop(self._upstream_pieces(args, counts), lambda: counts)
+
+    async def _upstream_pieces(self, args: dict[str, Any], counts: RawCounts) -> AsyncGenerator[str, None]:
+        """The upstream's streamed text; it honours `stop` itself, the template's matcher guards the rest."""
+        client = self._require_client()
+        upstream = await self._with_retries(lambda: client.chat.completions.create(**args))
+        finish: str | None = None
+        try:
+            async for chunk in upstream:
+                if chunk.usage is not None:
+                    counts.prompt_tokens = chunk.usage.prompt_tokens
+                    counts.completion_tokens = chunk.usage.completion_tokens
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                if choice.delta.content:
+                    yield choice.delta.content
+                if choice.finish_reason is not None:
+                    finish = choice.finish_reason
+        except openai.APIError as exc:
+            raise GenerationError(f"{self.name}: upstream stream failed: {exc}") from exc
+        finally:
+            await upstream.close()
+        if finish is None:
+            raise GenerationError(f"{self.name}: upstream stream ended without a finish reason")
+        counts.ended_by_model = finish != "length"
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -1,7 +1,7 @@
 """Make a generator honour OpenAI's `response_format` by prompting, validating and repairing once.
 
-Backends that enforce `response_format` themselves (vLLM's guided decoding) still receive it in
-`params`; this wrapper validates their output too, so the gateway never answers 200 with invalid JSON.
+Used where decoding cannot be constrained: backends that enforce `response_format` themselves (an
+upstream's guided decoding, the ONNX backend's guidance) get it in `params` and skip this wrapper.
 Flow: check the request's response_format (malformed -> InvalidRequest naming the field), add an
 instruction to the prompt, extract JSON from the output (code fences stripped), validate it with
 `jsonschema`, and on failure ask once more with the validation error; still failing -> StructuredOutputError.
@@ -101,6 +101,11 @@ def format_instruction(spec: ResponseFormatSpec) -> str:
         "Respond with a single JSON value only (no prose, no code fences) that validates against "
         f"this JSON Schema: {schema_text}"
     )
+
+
+def guidance_schema(spec: ResponseFormatSpec) -> str:
+    """The JSON Schema a guided decoder constrains output to: the request's, or any object for json_object."""
+    return json.dumps(spec.schema if spec.schema is not None else {"type": "object"}, ensure_ascii=False)
 
 
 def with_instruction(messages: Sequence[ChatMessage], instruction: str) -> list[ChatMessage]:
@@ -203,6 +208,7 @@ __all__ = [
     "complete_with_response_format",
     "extract_json",
     "format_instruction",
+    "guidance_schema",
     "parse_response_format",
     "validation_error",
     "with_instruction",

@@ -10,18 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from services.core.errors import ConfigError, GenerationError, NotReady
 from services.core.settings import GeneratorSettings
-from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta
-from services.llm.backend_base import ConfiguredBackend
-from services.llm.stop_strings import StopStringMatcher
-from services.llm.streaming import collect_stream, run_producer_in_thread
+from services.core.types import ChatMessage, GenerationParams
+from services.llm.backend_base import InProcessBackend, ThreadedRun
+from services.llm.streaming import Emit
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +34,7 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-@dataclass
-class _GenerationState:
-    """Shared between the generation thread and the consumer."""
-
-    cancel: threading.Event = field(default_factory=threading.Event)
-    generated_ids: list[int] = field(default_factory=list)
-
-
-class TransformersGenerator(ConfiguredBackend):
+class TransformersGenerator(InProcessBackend):
     def __init__(self, settings: GeneratorSettings, data_dir: Path) -> None:
         super().__init__(settings)
         self._data_dir = data_dir
@@ -128,58 +117,10 @@ class TransformersGenerator(ConfiguredBackend):
     def render_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(self._prompt_ids(messages))
 
-    async def complete(self, messages: Sequence[ChatMessage], params: GenerationParams) -> GenerationResult:
-        return await collect_stream(self.stream(messages, params), backend=self.name)
-
-    async def stream(
-        self, messages: Sequence[ChatMessage], params: GenerationParams
-    ) -> AsyncIterator[TokenDelta]:
-        model = self._require_model()
+    def _checked_prompt_ids(self, messages: Sequence[ChatMessage], params: GenerationParams) -> list[int]:
+        self._require_model()
         self.check_adapter(params.adapter)
-        prompt_ids = self._prompt_ids(messages)
-        async with self._slots.acquire():
-            started = time.perf_counter()
-            state = _GenerationState()
-            matcher = StopStringMatcher(params.stop)
-            ttft: float | None = None
-            finish = "length"
-            deltas = run_producer_in_thread(
-                lambda emit: self._generate_blocking(model, prompt_ids, params, state, emit),
-                cancel=state.cancel,
-            )
-            try:
-                async for piece in deltas:
-                    if ttft is None:
-                        ttft = time.perf_counter() - started
-                    text, stopped = matcher.feed(piece)
-                    if text:
-                        yield TokenDelta(text=text)
-                    if stopped:
-                        finish = "stop"
-                        state.cancel.set()
-                        break
-            finally:
-                state.cancel.set()
-                await deltas.aclose()
-            tail = matcher.flush()
-            if tail:
-                yield TokenDelta(text=tail)
-            completion_tokens = len(state.generated_ids)
-            eos_ids = self._eos_ids()
-            if finish != "stop" and state.generated_ids and state.generated_ids[-1] in eos_ids:
-                finish = "stop"
-                completion_tokens -= 1  # the end-of-turn token is not part of the answer
-            elif finish != "stop" and completion_tokens < params.max_tokens:
-                finish = "stop"
-            busy = time.perf_counter() - started
-            yield TokenDelta(
-                text="",
-                finish_reason="stop" if finish == "stop" else "length",
-                prompt_tokens=len(prompt_ids),
-                completion_tokens=completion_tokens,
-                ttft_s=ttft if ttft is not None else busy,
-                busy_s=busy,
-            )
+        return self._prompt_ids(messages)
 
     def _eos_ids(self) -> set[int]:
         eos = self._model.generation_config.eos_token_id
@@ -188,21 +129,18 @@ class TransformersGenerator(ConfiguredBackend):
         return set(eos) if isinstance(eos, list) else {int(eos)}
 
     def _generate_blocking(
-        self,
-        model: Any,
-        prompt_ids: list[int],
-        params: GenerationParams,
-        state: _GenerationState,
-        emit: Any,
+        self, prompt_ids: list[int], params: GenerationParams, run: ThreadedRun, emit: Emit
     ) -> None:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
+        model = self._require_model()
+
         class _Cancelled(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                return torch.full((input_ids.shape[0],), state.cancel.is_set(), dtype=torch.bool)
+                return torch.full((input_ids.shape[0],), run.cancel.is_set(), dtype=torch.bool)
 
-        streamer = _IncrementalDecoder(self._tokenizer, state, emit)
+        streamer = _IncrementalDecoder(self._tokenizer, run, emit)
         kwargs: dict[str, Any] = {
             "input_ids": torch.tensor([prompt_ids]),
             "attention_mask": torch.ones(1, len(prompt_ids), dtype=torch.long),
@@ -229,6 +167,7 @@ class TransformersGenerator(ConfiguredBackend):
                     model.generate(**kwargs)
         except Exception as exc:  # a model crash must surface as a domain error, not a thread traceback
             raise GenerationError(f"transformers generation failed: {exc}") from exc
+        run.hit_eos = bool(run.generated_ids) and run.generated_ids[-1] in self._eos_ids()
 
     async def aclose(self) -> None:
         self._model = None
@@ -241,9 +180,9 @@ class _IncrementalDecoder:
     SentencePiece spacing right; a trailing U+FFFD means an incomplete character, so it waits.
     """
 
-    def __init__(self, tokenizer: Any, state: _GenerationState, emit: Any) -> None:
+    def __init__(self, tokenizer: Any, run: ThreadedRun, emit: Emit) -> None:
         self._tokenizer = tokenizer
-        self._state = state
+        self._run = run
         self._emit = emit
         self._seen_prompt = False
         self._emitted = 0
@@ -254,8 +193,8 @@ class _IncrementalDecoder:
             self._seen_prompt = True  # generate() first passes the prompt itself
             return
         ids = [int(i) for i in value.reshape(-1).tolist()]
-        self._state.generated_ids.extend(ids)
-        text = self._tokenizer.decode(self._state.generated_ids, skip_special_tokens=True)
+        self._run.generated_ids.extend(ids)
+        text = self._tokenizer.decode(self._run.generated_ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):
             return
         if len(text) > self._emitted:
@@ -263,7 +202,7 @@ class _IncrementalDecoder:
             self._emitted = len(text)
 
     def end(self) -> None:
-        text = self._tokenizer.decode(self._state.generated_ids, skip_special_tokens=True)
+        text = self._tokenizer.decode(self._run.generated_ids, skip_special_tokens=True)
         if len(text) > self._emitted:
             self._emit(text[self._emitted :])
             self._emitted = len(text)

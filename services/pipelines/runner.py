@@ -15,7 +15,7 @@ from typing import Protocol
 
 from services.core.cost import CostLedger
 from services.core.errors import GenerationError
-from services.core.protocols import Generator
+from services.core.protocols import Generator, enforces_response_format
 from services.core.types import ChatMessage, FinishReason, GenerationParams, GenerationResult, TokenDelta
 from services.llm.circuit import CircuitOpen
 from services.llm.structured_output import complete_with_response_format
@@ -136,9 +136,7 @@ class PipelineRunner:
         hold_back = check is not None and check.may_replace
         raw: list[str] = []
         try:
-            if plan.params.response_format is not None and not getattr(
-                generator, "supports_response_format", False
-            ):
+            if plan.params.response_format is not None and not enforces_response_format(generator):
                 stream = self._structured(generator, plan.messages, plan.params, trace)
             elif incremental:
                 stream = self._stream_with_fallback(generator, plan.messages, plan.params, trace)

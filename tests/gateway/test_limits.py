@@ -1,5 +1,5 @@
 """Limits: per-key rate limits and daily budgets (429 + Retry-After), body size (413, chunked too),
-message count, prompt tokens and max_tokens (400 naming the limit), admin keys; the breaker's states."""
+message count, prompt tokens and max_tokens (400 naming the limit), admin keys."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from services.core.settings import LimitsSettings, load_settings
 from services.gateway.app import create_app
 from services.gateway.auth import sha256_hex
 from services.gateway.limits import KeyLimiter, TokenBucket
-from services.llm.circuit import CircuitBreaker, CircuitState
 from tests.conftest import MODEL_CACHE, serve_in_thread
 from tests.gateway.fault_upstream import FaultUpstreamServer, fault_upstream
 
@@ -109,38 +108,6 @@ def test_limits_off_by_default() -> None:
     assert not limiter.enabled
     for _ in range(1000):
         limiter.admit("a")
-
-
-@pytest.mark.unit
-def test_circuit_breaker_states() -> None:
-    clock = FakeClock()
-    seen: list[CircuitState] = []
-    breaker = CircuitBreaker(
-        "primary",
-        failure_threshold=2,
-        window_s=10,
-        cooldown_s=5,
-        clock=clock,
-        on_change=lambda _, s: seen.append(s),
-    )
-    breaker.record_failure()
-    clock.now += 11  # outside the window: the streak starts again
-    breaker.record_failure()
-    assert breaker.state == CircuitState.CLOSED
-    breaker.record_failure()
-    assert breaker.state == CircuitState.OPEN  # type: ignore[comparison-overlap]  # mypy narrows too far
-    assert not breaker.allow()
-    clock.now += 5
-    assert breaker.allow()  # the one probe
-    assert breaker.state == CircuitState.HALF_OPEN
-    assert not breaker.allow()  # only one probe at a time
-    breaker.record_abandoned()  # the probe's client left: another probe may go
-    assert breaker.allow()
-    breaker.record_success()
-    assert breaker.state == CircuitState.CLOSED and breaker.allow()
-    assert seen == [CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.CLOSED]
-    with pytest.raises(ValueError, match="failure_threshold must be >= 1, got 0"):
-        CircuitBreaker("x", failure_threshold=0, window_s=1, cooldown_s=1)
 
 
 # ----------------------------------------------------------------------------- live server

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
-from services.core.errors import ConfigError, InvalidRequest, NotReady, Overloaded
+from services.core.errors import ConfigError, InvalidRequest, NotReady, Overloaded, StructuredOutputError
 from services.core.settings import GeneratorSettings
 from services.core.types import ChatMessage, GenerationParams, TokenDelta
 from services.llm.model_prep import prepare_hf_model, prepare_onnx_model
-from services.llm.onnx_backend import OnnxGenerator
+from services.llm.onnx_backend import OnnxGenerator, guided_decoding_works
+from tests.llm.test_structured_output import SCHEMA as TRIP_SCHEMA
 
 pytestmark = pytest.mark.integration
 
@@ -205,6 +207,39 @@ def test_a_corrupted_converted_model_is_refused(tmp_path: Path, smollm2_settings
     (damaged / "genai_config.json").unlink()
     with pytest.raises(ConfigError, match="genai_config.json"):
         OnnxGenerator(smollm2_settings, tmp_path).load(damaged)
+
+
+def trip_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "trip", "schema": schema}}
+
+
+async def test_a_json_schema_comes_valid_in_one_guided_pass(generator: OnnxGenerator) -> None:
+    import jsonschema
+
+    assert generator.supports_response_format
+    params = GenerationParams(max_tokens=60, response_format=trip_format(TRIP_SCHEMA))
+    result = await generator.complete([ChatMessage("user", "Lisbon for 3 days")], params)
+    jsonschema.validate(json.loads(result.text), TRIP_SCHEMA)
+    assert result.finish_reason == "stop"
+
+
+async def test_a_schema_the_grammar_compiler_refuses_is_a_structured_output_error(
+    generator: OnnxGenerator,
+) -> None:
+    lookbehind = {"type": "object", "properties": {"a": {"type": "string", "pattern": "(?<=a)b"}}}
+    with pytest.raises(StructuredOutputError, match="guided decoding cannot use"):
+        await generator.complete(QUESTION, GenerationParams(response_format=trip_format(lookbehind)))
+    assert generator.slots.running == 0
+
+
+def test_without_guidance_response_format_is_left_to_validate_and_repair(
+    smollm2_settings, onnx_data_dir, smollm2_onnx_dir, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert not guided_decoding_works(object(), smollm2_onnx_dir)  # og refuses a model it cannot use
+    assert "guided decoding unavailable" in caplog.text
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("services.llm.onnx_backend.guided_decoding_works", lambda model, model_dir: False)
+        assert not loaded(smollm2_settings, onnx_data_dir, smollm2_onnx_dir).supports_response_format
 
 
 def make_random_lora(hf_dir: Path, out: Path, seed: int) -> Path:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header
 
 from services.core.errors import InvalidRequest, NotReady
+from services.core.protocols import AdapterLoader
 from services.gateway.schemas import AdapterLoadRequest
 from services.gateway.state import GatewayState, StateDep
 
@@ -48,8 +49,8 @@ async def load_adapter(
     """Load a new adapter version without a restart; running requests finish on the old weights."""
     state.auth.require_admin(authorization)
     generator = state.require_components().primary
-    # A primary behind the circuit breaker is wrapped; the adapter belongs to the backend inside.
-    loader = getattr(getattr(generator, "inner", generator), "load_adapter", None)
+    # A primary behind the circuit breaker delegates to the backend inside.
+    loader = generator.load_adapter if isinstance(generator, AdapterLoader) else None
     if loader is None:
         raise InvalidRequest(f"generator backend {generator.name!r} cannot load adapters at run time")
     path = Path(body.path)

@@ -191,7 +191,7 @@ class PipelineRunner:
         params: GenerationParams,
         trace: RequestTrace,
     ) -> AsyncIterator[TokenDelta]:
-        """In-process backends cannot constrain decoding here: validate the JSON and repair once.
+        """Backends that cannot constrain decoding: validate the JSON and repair once.
 
         The answer is only known to be valid once complete, so it is sent as one piece.
         """

@@ -24,7 +24,7 @@ from typing import Any
 from services.core.errors import ConfigError
 from services.router import artifacts as layout
 from services.router.artifacts import read_artifacts
-from training.router_data import load_router_data
+from services.router.examples import load_router_data
 from training.train_router import RouterTrainConfig, RouterTrainer, finish_router, load_config, prepare_labels
 
 logger = logging.getLogger(__name__)

@@ -30,6 +30,7 @@ from services.core.encoding import pad_encodings
 from services.core.errors import ConfigError
 from services.core.packaged import resolve_encoder
 from services.router import artifacts as layout
+from services.router.examples import Example, RouterSplits, load_router_data
 from services.router.export import export_onnx, quantize_int8
 from services.router.metrics import (
     calibrate_oos_threshold,
@@ -41,7 +42,6 @@ from services.router.metrics import (
 )
 from services.router.modeling import POOLINGS, Pooling, build_classifier
 from training.distill import TeacherTargets, distillation_loss, teacher_targets
-from training.router_data import Example, RouterSplits, load_router_data
 from training.weight_average import WeightAverage
 
 logger = logging.getLogger(__name__)
@@ -715,55 +715,17 @@ def finish_router(
     return metrics
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m training.train_router --data FILE --out DIR` (the CLI's train-router does the same)."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m training.train_router ...`: the same arguments and handler as `hybridllm train-router`."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--text-col", default="text")
-    parser.add_argument("--label-col", default="label")
-    parser.add_argument("--eval", type=Path, default=None)
-    parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--oos-method", choices=list(layout.OOS_METHODS), default=None)
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--learning-rate", type=float, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--max-length", type=int, default=None)
-    parser.add_argument("--torch-threads", type=int, default=None)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    # onnxruntime's quantizer logs one INFO line per tensor it leaves alone.
-    logging.getLogger("onnxruntime").setLevel(logging.WARNING)
-    quiet = logging.Filter()
-    quiet.filter = lambda record: not record.getMessage().startswith("Quantization")  # type: ignore[method-assign]
-    logging.getLogger().handlers[0].addFilter(quiet)
-    try:
-        metrics = train_router(
-            args.data,
-            args.out,
-            text_col=args.text_col,
-            label_col=args.label_col,
-            eval_file=args.eval,
-            config=args.config,
-            max_steps=args.max_steps,
-            progress=not args.no_progress,
-            oos_method=args.oos_method,
-            epochs=args.epochs,
-            learning_rate=args.learning_rate,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            torch_threads=args.torch_threads,
-        )
-    except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
-    return 0
+    from services.cli import run
+    from training.cli import add_train_router_arguments, train_router_command
+
+    parser = argparse.ArgumentParser(prog="python -m training.train_router", description=__doc__)
+    add_train_router_arguments(parser)
+    run(train_router_command, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -123,18 +123,11 @@ def build_components(
     classifier = None
     if "rag" in pipelines:
         try:
-            from services.router.classifier import IntentRouterModel
-            from services.router.policy import RoutingPolicy
+            from services.router.build import build_router
 
-            classifier = IntentRouterModel(
-                settings.router.model_dir,
-                threads=settings.router.threads,
-                max_length=settings.router.max_length,
-                quantized=settings.router.precision == "int8",
-            )
-            classifier.warm_up()
-            policy = RoutingPolicy(settings.router, threshold=getattr(classifier, "oos_threshold", None))
-            pipelines["hybrid"] = HybridPipeline(classifier, policy, pipelines, prompts)
+            router = build_router(settings.router)
+            classifier = router.classifier
+            pipelines["hybrid"] = HybridPipeline(classifier, router.policy, pipelines, prompts)
         except (HybridError, OSError) as exc:
             classifier = None
             unavailable["hybrid"] = str(exc)

@@ -1,4 +1,6 @@
-"""Router training data: JSONL, CSV with named columns, and CLINC150's `data_full.json`, read as-is.
+"""Labelled router examples: JSONL, CSV with named columns, and CLINC150's `data_full.json`, read as-is.
+
+Training reads its splits here; `hybridllm eval router` reads the examples it scores.
 
 Every loader returns a `RouterSplits` of (text, label) examples; a validation split is held out
 (stratified by label, seeded) when the source has none and no eval file is given.

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
+import httpx
 import pytest
 
 from services import cli
 from services.cli import PLUGIN_GROUP
-from services.evaluation.local_server import hybridllm_command
+from services.evaluation.local_server import hybridllm_command, service_env, started_service
 
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -161,3 +163,65 @@ def test_a_plugin_whose_package_is_missing_keeps_its_name_and_says_what_to_insta
         cli.main(["bench", "load", "--rps", "3"])
     assert exited.value.code == 1
     assert capsys.readouterr().err.strip().endswith("pip install 'hybridllm[bench]'")
+
+
+# The modules of the convert, train and bench extras: the serving install has none of them.
+NOT_IN_THE_SERVING_INSTALL = (
+    "torch",
+    "matplotlib",
+    "sentence_transformers",
+    "peft",
+    "transformers",
+    "accelerate",
+    "gguf",
+    "onnx",
+    "onnx_ir",
+)
+# On PYTHONPATH, sitecustomize runs at start-up: a None entry in sys.modules makes `import torch` raise
+# ModuleNotFoundError and importlib.util.find_spec return None, as when the package is not installed.
+BLOCKER = f"""import sys
+for name in {NOT_IN_THE_SERVING_INSTALL!r}:
+    sys.modules[name] = None
+"""
+
+
+@pytest.mark.integration
+def test_serve_answers_from_a_prepared_var_without_torch_or_matplotlib(
+    tmp_path: Path, handbook_index: Path, service_router: Path
+) -> None:
+    from services.core.settings import load_settings
+    from services.llm.model_prep import prepare
+    from services.rag.embedder import build_query_embedder
+
+    # What `make run` prepares before serving: the converted generator and the embedder's ONNX export.
+    settings = load_settings(
+        rag={"index_dir": str(handbook_index)}, router={"model_dir": str(service_router)}
+    )
+    prepare(settings)
+    build_query_embedder(settings.rag).warm_up()
+
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCKER, encoding="utf-8")
+    path = [str(blocker), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {"PYTHONPATH": os.pathsep.join(path), "HYBRID_ROUTER__MODEL_DIR": str(service_router)}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch"],
+        env=service_env(env),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr  # the blocker is in force
+
+    with started_service(None, index_dir=handbook_index, extra_env=env, ready_timeout_s=300) as service:
+        ready = httpx.get(f"{service.base_url}/readyz", timeout=10).json()
+        assert {"prompt", "rag", "hybrid"} <= set(ready["pipelines"]), ready
+        question = {"role": "user", "content": "How many vacation days do I get?"}
+        answer = httpx.post(
+            f"{service.base_url}/v1/chat/completions",
+            json={"model": "hybrid", "messages": [question], "max_tokens": 8},
+            timeout=120,
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"].strip()

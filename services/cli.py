@@ -24,6 +24,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # `register(subparsers)` that lives with its code, adds one command and returns its parser. An entry named
 # `eval.generator` adds `generator` under `eval`. A plugin missing its extra fails with one line naming it.
 PLUGIN_GROUP = "hybridllm.commands"
+# Ingestion embeds documents with sentence-transformers, and first-run conversion needs torch: the
+# `convert` extra. Serving a prepared var/ needs neither.
+CONVERT_HINT = "pip install 'hybridllm[convert]'"
 Handler = Callable[[argparse.Namespace], None]
 # What argparse's add_subparsers returns; its class is private to argparse.
 Subparsers = Any
@@ -226,11 +229,18 @@ def _add_core_commands(sub: Subparsers) -> Subparsers:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=_port, default=None)
 
-    ingest = add_command(sub, "ingest", cmd_ingest, "ingest documents into a new index version")
+    ingest = add_command(
+        sub, "ingest", _needing(CONVERT_HINT, cmd_ingest), "ingest documents into a new index version"
+    )
     ingest.add_argument("paths", nargs="+", type=existing_path)
     ingest.add_argument("--index", type=Path, default=None)
 
-    add_command(sub, "prepare", cmd_prepare, "convert and cache the configured generator models")
+    add_command(
+        sub,
+        "prepare",
+        _needing(CONVERT_HINT, cmd_prepare),
+        "convert and cache the configured generator models",
+    )
 
     route = add_command(sub, "route", cmd_route, "print the routing decision for a text")
     route.add_argument("text")

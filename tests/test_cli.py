@@ -153,6 +153,17 @@ def test_a_plugin_missing_its_extra_fails_with_one_line_naming_it(
 
 
 @pytest.mark.unit
+def test_ingest_without_the_convert_extra_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "services.rag.ingest", None)  # as if its imports were not installed
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["ingest", str(tmp_path)])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.strip().endswith("pip install 'hybridllm[convert]'")
+
+
+@pytest.mark.unit
 def test_a_plugin_whose_package_is_missing_keeps_its_name_and_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

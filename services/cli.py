@@ -82,6 +82,29 @@ def add_command(subparsers: Subparsers, name: str, handler: Handler, help_: str)
     return parser
 
 
+def _missing_module(name: str | None, hint: str) -> NoReturn:
+    fail(f"this command needs {name!r}, which is not installed: {hint}")
+
+
+def _needing(hint: str, handler: Handler) -> Handler:
+    """`handler`, failing with one line that names what to install when one of its imports is missing."""
+
+    def run_needing(args: argparse.Namespace) -> None:
+        try:
+            handler(args)
+        except ModuleNotFoundError as exc:
+            _missing_module(exc.name, hint)
+
+    return run_needing
+
+
+def _unavailable(exc: ImportError, hint: str) -> Handler:
+    def missing(_: argparse.Namespace) -> None:
+        _missing_module(exc.name, hint)
+
+    return missing
+
+
 def _index_override(index: Path | None) -> dict[str, Any]:
     return {"rag": {"index_dir": str(index)}} if index is not None else {}
 
@@ -277,18 +300,6 @@ def _install_hint(extras: Sequence[str]) -> str:
     return f"pip install 'hybridllm[{','.join(extras)}]'" if extras else "pip install hybridllm"
 
 
-def _needing(hint: str, handler: Handler) -> Handler:
-    """`handler`, failing with one line that names what to install when one of its imports is missing."""
-
-    def run_plugin(args: argparse.Namespace) -> None:
-        try:
-            handler(args)
-        except ModuleNotFoundError as exc:
-            fail(f"this command needs {exc.name!r}, which is not installed: {hint}")
-
-    return run_plugin
-
-
 def _add_plugin(groups: dict[str, Subparsers], entry: EntryPoint) -> None:
     parent, _, name = entry.name.rpartition(".")
     if parent not in groups:
@@ -306,19 +317,12 @@ def _add_plugin(groups: dict[str, Subparsers], entry: EntryPoint) -> None:
     parser.set_defaults(handler=_needing(hint, parser.get_default("handler")))
 
 
-def _unavailable(exc: ImportError, hint: str) -> Handler:
-    def missing(_: argparse.Namespace) -> None:
-        fail(f"this command needs {exc.name!r}, which is not installed: {hint}")
-
-    return missing
-
-
-def build_parser(plugins: Iterable[EntryPoint] | None = None) -> argparse.ArgumentParser:
-    """The command line: the core commands, then the plugins (by default the installed entry points)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: the core commands, then the installed plugins."""
     parser = argparse.ArgumentParser(prog="hybridllm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     groups = {"": sub, "eval": _add_core_commands(sub)}
-    for entry in sorted(plugin_commands() if plugins is None else plugins, key=lambda e: e.name):
+    for entry in sorted(plugin_commands(), key=lambda e: e.name):
         _add_plugin(groups, entry)
     return parser
 

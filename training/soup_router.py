@@ -24,8 +24,11 @@ from typing import Any
 from services.core.errors import ConfigError
 from services.router import artifacts as layout
 from services.router.artifacts import read_artifacts
-from training.router_data import load_router_data
-from training.train_router import RouterTrainConfig, RouterTrainer, finish_router, load_config, prepare_labels
+from services.router.examples import load_router_data
+from training.router_config import RouterTrainConfig, load_config
+from training.router_labels import prepare_labels
+from training.router_model import RouterTrainer
+from training.router_output import finish_router
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from services.core.cpus import available_cpu_count
 from services.core.errors import ConfigError
-from services.privacy.settings import PrivacySettings
-
-Trust = Literal["internal", "external"]
+from services.core.privacy_settings import PrivacySettings
+from services.core.types import Trust
 
 
 class Section(BaseModel):

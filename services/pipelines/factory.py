@@ -25,8 +25,7 @@ from services.pipelines.retrieval_policy import RetrievalFailurePolicy
 from services.pipelines.runner import FallbackHook, PipelineRunner
 from services.privacy import PrivacyGate
 from services.rag.service import RetrievalService
-from services.router.classifier import IntentRouterModel
-from services.router.policy import RoutingPolicy
+from services.router.build import build_router
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +92,9 @@ def build_components(
     classifier: IntentClassifier | None = None
     if "rag" in pipelines:
         try:
-            classifier, policy = _build_router(settings)
-            pipelines["hybrid"] = HybridPipeline(classifier, policy, pipelines, prompts)
+            router = build_router(settings.router)
+            classifier = router.classifier
+            pipelines["hybrid"] = HybridPipeline(classifier, router.policy, pipelines, prompts)
         except (HybridError, OSError) as exc:
             unavailable["hybrid"] = str(exc)
             logger.warning("hybrid pipeline unavailable: %s", exc)
@@ -171,15 +171,3 @@ def _build_rag(
         context_filter=guard.filter_context,
     )
     return retriever, pipeline
-
-
-def _build_router(settings: Settings) -> tuple[IntentClassifier, RoutingPolicy]:
-    """The intent router model (warm) and the policy that maps its intents to pipelines."""
-    classifier = IntentRouterModel(
-        settings.router.model_dir,
-        threads=settings.router.threads,
-        max_length=settings.router.max_length,
-        quantized=settings.router.precision == "int8",
-    )
-    classifier.warm_up()
-    return classifier, RoutingPolicy(settings.router, threshold=classifier.oos_threshold)

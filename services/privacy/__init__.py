@@ -1,10 +1,10 @@
 """Privacy gate: find sensitive data, decide per backend trust, redact or block, filter answers."""
 
+from services.core.privacy_settings import PrivacySettings, TrustActions
 from services.privacy.detectors import Finding, PiiDetector
 from services.privacy.gate import ContextInspection, GateDecision, OutputFilter, PrivacyGate, PrivacyReport
 from services.privacy.injection import InjectionDetector, quote_context_block
 from services.privacy.redaction import Redactor, StreamingTextFilter
-from services.privacy.settings import PrivacySettings, TrustActions
 
 __all__ = [
     "ContextInspection",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from services.core.privacy_settings import CLASSIFICATION_ORDER, Classification, PrivacySettings
 from services.privacy.detectors import Finding
-from services.privacy.settings import CLASSIFICATION_ORDER, Classification, PrivacySettings
 
 _RANK: dict[Classification, int] = {level: rank for rank, level in enumerate(CLASSIFICATION_ORDER)}
 

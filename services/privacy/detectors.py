@@ -24,7 +24,7 @@ from stdnum import iban as stdnum_iban
 from stdnum import luhn
 from stdnum.us import ssn as stdnum_ssn
 
-from services.privacy.settings import DETECTOR_KINDS
+from services.core.privacy_settings import DETECTOR_KINDS
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,13 +22,13 @@ from types import MappingProxyType
 from typing import NotRequired, TypedDict, TypeVar
 
 from services.core.errors import PolicyViolation
+from services.core.privacy_settings import Action, Classification, PrivacySettings
 from services.core.types import ChatMessage, Trust
 from services.privacy.classification import floor_classification, most_sensitive
 from services.privacy.detectors import Finding, PiiDetector
 from services.privacy.injection import InjectionDetector
 from services.privacy.policy import PrivacyPolicy
 from services.privacy.redaction import PLACEHOLDER_LABELS, Redactor, StreamingTextFilter
-from services.privacy.settings import Action, Classification, PrivacySettings
 
 logger = logging.getLogger(__name__)
 

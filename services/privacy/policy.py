@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.core.privacy_settings import ACTION_ORDER, Action, Classification, PrivacySettings
+from services.core.types import Trust
 from services.privacy.classification import classify_finding, most_sensitive
 from services.privacy.detectors import Finding
-from services.privacy.settings import ACTION_ORDER, Action, Classification, PrivacySettings, TrustLevel
 
 _SEVERITY: dict[Action, int] = {action: rank for rank, action in enumerate(ACTION_ORDER)}
 
@@ -33,7 +34,7 @@ class PolicyOutcome:
     """
 
     action: Action
-    backend_trust: TrustLevel
+    backend_trust: Trust
     classification: Classification
     to_redact: tuple[Finding, ...]
     blocking_kinds: tuple[str, ...]
@@ -43,7 +44,7 @@ class PrivacyPolicy:
     def __init__(self, settings: PrivacySettings) -> None:
         self._settings = settings
 
-    def finding_action(self, finding: Finding, floor: Classification, trust: TrustLevel) -> Action:
+    def finding_action(self, finding: Finding, floor: Classification, trust: Trust) -> Action:
         override = self._settings.kind_actions.get(finding.kind)
         if override is not None:
             return override.for_trust(trust)
@@ -54,7 +55,7 @@ class PrivacyPolicy:
         findings: Sequence[Finding],
         *,
         floor: Classification,
-        backend_trust: TrustLevel,
+        backend_trust: Trust,
         internal_available: bool,
     ) -> PolicyOutcome:
         outcome = self._decide_for(findings, floor, backend_trust)
@@ -69,9 +70,7 @@ class PrivacyPolicy:
             "force_internal", "internal", forced.classification, forced.to_redact, outcome.blocking_kinds
         )
 
-    def _decide_for(
-        self, findings: Sequence[Finding], floor: Classification, trust: TrustLevel
-    ) -> PolicyOutcome:
+    def _decide_for(self, findings: Sequence[Finding], floor: Classification, trust: Trust) -> PolicyOutcome:
         settings = self._settings
         classification = most_sensitive([floor, *(classify_finding(settings, f, floor) for f in findings)])
         per_finding = [(finding, self.finding_action(finding, floor, trust)) for finding in findings]

@@ -13,6 +13,7 @@ import numpy as np
 from services.core.errors import ConfigError
 from services.core.types import IntentPrediction
 from services.router.classifier import Engine, IntentRouterModel
+from services.router.examples import is_clinc_file, load_clinc, load_examples
 from services.router.metrics import classification_metrics
 from services.router.policy import apply_oos_threshold
 
@@ -22,9 +23,6 @@ BATCH_SIZE = 64
 
 def read_labelled(data: Path, *, text_col: str = "text", label_col: str = "label") -> list[tuple[str, str]]:
     """JSONL or CSV examples; for CLINC150's data_full.json, its test + oos_test split."""
-    # Imported here: the loaders live with training, and serving never needs them.
-    from training.router_data import is_clinc_file, load_clinc, load_examples
-
     if is_clinc_file(data):
         return load_clinc(data).test
     return load_examples(data, text_col=text_col, label_col=label_col)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from services.core.errors import ConfigError
-from training.train_router import load_config
+from training.router_config import load_config
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ import pytest
 from services.core.errors import ConfigError
 from services.router.classifier import IntentRouterModel
 from services.router.evaluation import evaluate_router
-from training import train_router as train_module
+from training import router_output
 from training.train_router import train_router
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -103,7 +103,7 @@ def test_a_failing_run_leaves_the_previous_model_intact(
     def broken_export(*args: object, **kwargs: object) -> Path:
         raise RuntimeError("export failed")
 
-    monkeypatch.setattr(train_module, "export_onnx", broken_export)
+    monkeypatch.setattr(router_output, "export_onnx", broken_export)
     with pytest.raises(RuntimeError, match="export failed"):
         train_router(val, out, max_steps=2, progress=False, export_int8=False)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before

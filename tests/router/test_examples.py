@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from services.core.errors import ConfigError
-from training.router_data import is_clinc_file, load_clinc, load_csv, load_router_data, stratified_split
+from services.router.examples import is_clinc_file, load_clinc, load_csv, load_router_data, stratified_split
 
 pytestmark = pytest.mark.unit
 

@@ -1,7 +1,9 @@
-"""Router training data: JSONL, CSV with named columns, and CLINC150's `data_full.json`, read as-is.
+"""Labelled router examples: JSONL, CSV with named columns, and CLINC150's `data_full.json`, read as-is.
 
-Every loader returns a `RouterSplits` of (text, label) examples; a validation split is held out
-(stratified by label, seeded) when the source has none and no eval file is given.
+Training reads its splits here; `hybridllm eval router` reads the examples it scores.
+
+Examples are (text, label) pairs. `load_router_data` returns the train/val/test `RouterSplits`: a validation
+split is held out (stratified by label, seeded) when the source has none and no eval file is given.
 """
 
 from __future__ import annotations

@@ -1,0 +1,33 @@
+"""`hybridllm bench` (an entry point in the `hybridllm.commands` group, extra `bench`): the load generator,
+the gateway overhead bench and the architecture comparison. The bench modules load when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from services.cli import Subparsers
+
+
+def bench_command(args: argparse.Namespace) -> None:
+    rest: list[str] = list(args.rest)
+    if args.kind == "load":
+        from benchmarks.load import bench_load_main
+
+        raise SystemExit(bench_load_main(rest))
+    if args.kind == "overhead":
+        from benchmarks.overhead import bench_overhead_main
+
+        raise SystemExit(bench_overhead_main(rest))
+    from benchmarks.compare import bench_compare_main
+
+    raise SystemExit(bench_compare_main(rest))
+
+
+def register_bench(subparsers: Subparsers) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "bench", help="load generator and architecture comparison (benchmarks/)"
+    )
+    parser.add_argument("kind", choices=["load", "compare", "overhead"])
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.set_defaults(handler=bench_command, config=None)
+    return parser

@@ -86,7 +86,7 @@ clinc150: install
 			--router-config training/configs/router_clinc150.yaml --seed $$seed \
 			--out $(DATA_DIR)/router-clinc150-s$$seed || exit 1; \
 	done
-	$(BIN)/python -m benchmarks.bench_router_clinc --data $(CLINC150) \
+	$(BIN)/python -m benchmarks.components.router_clinc --data $(CLINC150) \
 		$(foreach seed,$(CLINC_SEEDS),--model seed$(seed)=$(DATA_DIR)/router-clinc150-s$(seed))
 
 # The tuned architecture: a LoRA adapter on the generator, trained from the corpus (a few CPU minutes).
@@ -118,7 +118,7 @@ lint: install-dev
 	$(BIN)/mypy services training benchmarks
 
 bench: prepare index router
-	$(BIN)/python -m benchmarks.compare --quick
+	$(BIN)/python -m benchmarks.system.compare --quick
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) .mypy_cache .ruff_cache .pytest_cache

@@ -11,14 +11,14 @@ from services.cli import Subparsers
 def bench_command(args: argparse.Namespace) -> None:
     rest: list[str] = list(args.rest)
     if args.kind == "load":
-        from benchmarks.load import bench_load_main
+        from benchmarks.harness.load import bench_load_main
 
         raise SystemExit(bench_load_main(rest))
     if args.kind == "overhead":
-        from benchmarks.overhead import bench_overhead_main
+        from benchmarks.system.overhead import bench_overhead_main
 
         raise SystemExit(bench_overhead_main(rest))
-    from benchmarks.compare import bench_compare_main
+    from benchmarks.system.compare import bench_compare_main
 
     raise SystemExit(bench_compare_main(rest))
 

@@ -2,8 +2,8 @@
 
     hybridllm train-router --data ../shared/datasets/clinc150/data_full.json \
         --router-config training/configs/router_clinc150.yaml --out var/router-clinc150-mean
-    python -m training.train_router --data ../shared/datasets/clinc150/data_full.json \
-        --config training/configs/router_clinc150.yaml --oos-method threshold \
+    hybridllm train-router --data ../shared/datasets/clinc150/data_full.json \
+        --router-config training/configs/router_clinc150.yaml --oos-method threshold \
         --out var/router-clinc150-threshold
     python -m benchmarks.components.router_clinc --data ../shared/datasets/clinc150/data_full.json \
         --class-model var/router-clinc150-mean --threshold-model var/router-clinc150-threshold \
@@ -58,7 +58,7 @@ TRAINING_KEYS = ("steps", "best_step", "epochs_run", "stopped_early", "train_sec
 
 
 def read_splits(data: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    from training.router_data import is_clinc_file, load_clinc
+    from services.router.examples import is_clinc_file, load_clinc
 
     if not is_clinc_file(data):
         raise ConfigError(f"{data} is not CLINC150's data_full.json")

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 Engine = Literal["onnx", "torch"]
 # Rows per model call in predict_batch (after sorting by length): large enough to fill the matrix
-# kernels, small enough that lengths within a sub-batch stay close (benchmarks/bench_router.py).
+# kernels, small enough that lengths within a sub-batch stay close (benchmarks/components/router.py).
 SUB_BATCH = 32
 
 

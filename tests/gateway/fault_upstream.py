@@ -1,6 +1,6 @@
 """TEST FIXTURE: an OpenAI-compatible upstream whose failure mode a test switches at run time.
 
-Modes: `ok` (answers like benchmarks.fixture_upstream), `error_500`, `slow` (waits `slow_s` before
+Modes: `ok` (answers like benchmarks.harness.fixture_upstream), `error_500`, `slow` (waits `slow_s` before
 answering), `die_mid_stream` (sends a few tokens, then drops the connection), and `refuse` (the listening
 socket is closed: connection refused). It runs on its own event loop in a thread, on 127.0.0.1.
 """

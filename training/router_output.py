@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
+from services.core.atomic import staged_dir
 from services.router import artifacts as layout
 from services.router.examples import Example
 from services.router.export import export_onnx, quantize_int8
@@ -193,35 +192,6 @@ def write_router_files(
     (folder / layout.MODEL_CARD_FILE).write_text(model_card(metrics, cfg, source), encoding="utf-8")
 
 
-def swap_in(built: Path, out: Path) -> None:
-    """Replace `out` by `built`: rename the old folder away, rename the new one in, delete the old one."""
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    if out.exists():
-        out.rename(old)
-    try:
-        built.rename(out)
-    except OSError:
-        if old.exists():
-            old.rename(out)  # put the previous model back where it served from
-        raise
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """A sibling temp folder to build in; swapped in for `out` on success, removed on any failure."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    building = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    building.mkdir()
-    try:
-        yield building
-        swap_in(building, out)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-
-
 def finish_router(
     trainer: RouterTrainer,
     prepared: PreparedData,
@@ -236,7 +206,7 @@ def finish_router(
     `training` is the training loop's report (steps, timings, history), copied into metrics.json.
     """
     evaluation = evaluate_calibrated(trainer, prepared, cfg)
-    with staged_folder(out) as folder:
+    with staged_dir(out, replace=True) as folder:
         export = export_models(trainer, prepared, evaluation, folder)
         metrics = router_metrics(trainer, prepared, cfg, evaluation, export, training)
         write_router_files(folder, prepared, cfg, evaluation, metrics, source)

@@ -15,14 +15,16 @@ IntArray = npt.NDArray[np.int64]
 
 
 def pad_encodings(encodings: Sequence[Any]) -> tuple[IntArray, IntArray, IntArray]:
-    """Token ids, attention mask and token types of `encodings`, zero-padded to the longest."""
+    """Token ids, attention mask and token types of `encodings`, padded to the longest of them.
+
+    The padding is the tokenizers library's own (`Encoding.pad`: pad id 0 and attention 0, as BERT
+    expects); it pads the given encodings in place.
+    """
     width = max(len(e.ids) for e in encodings)
-    input_ids = np.zeros((len(encodings), width), dtype=np.int64)
-    attention_mask = np.zeros_like(input_ids)
-    token_type_ids = np.zeros_like(input_ids)
-    for row, encoding in enumerate(encodings):
-        n = len(encoding.ids)
-        input_ids[row, :n] = encoding.ids
-        attention_mask[row, :n] = 1
-        token_type_ids[row, :n] = encoding.type_ids
-    return input_ids, attention_mask, token_type_ids
+    for encoding in encodings:
+        encoding.pad(width)
+    return (
+        np.array([e.ids for e in encodings], dtype=np.int64),
+        np.array([e.attention_mask for e in encodings], dtype=np.int64),
+        np.array([e.type_ids for e in encodings], dtype=np.int64),
+    )

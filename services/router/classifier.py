@@ -143,8 +143,7 @@ class IntentRouterModel:
         encodings = self._tokenizer.encode_batch(list(texts))
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         chunks = [order[start : start + SUB_BATCH] for start in range(0, len(order), SUB_BATCH)]
-        # Measured and left out: running sub-batches concurrently (one single-threaded run per core)
-        # instead of one two-threaded run each: no gain beyond this VM's +-20 % noise.
+        # Sub-batches run one after another, each on every intra-op thread (benchmarks/components/router.py).
         parts = [self._run(*pad_encodings([encodings[i] for i in rows])) for rows in chunks]
         out = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
         for rows, part in zip(chunks, parts, strict=True):

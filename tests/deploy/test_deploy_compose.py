@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_checks import DEPLOY_DIR, assert_tool_ok, hybrid_environment, require_tool, run_tool
 
 from services.core.settings import load_settings
+from tests.deploy.deploy_checks import DEPLOY_DIR, assert_tool_ok, hybrid_environment, require_tool, run_tool
 
 pytestmark = pytest.mark.integration
 

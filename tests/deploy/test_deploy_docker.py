@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from deploy_checks import DEPLOY_DIR, REPO_ROOT, assert_tool_ok, require_tool, run_tool
+
+from tests.deploy.deploy_checks import DEPLOY_DIR, REPO_ROOT, assert_tool_ok, require_tool, run_tool
 
 pytestmark = pytest.mark.integration
 

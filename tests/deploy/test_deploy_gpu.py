@@ -5,9 +5,16 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from deploy_checks import DEPLOY_DIR, REPO_ROOT, assert_tool_ok, hybrid_environment, require_tool, run_tool
 
 from services.core.settings import load_settings
+from tests.deploy.deploy_checks import (
+    DEPLOY_DIR,
+    REPO_ROOT,
+    assert_tool_ok,
+    hybrid_environment,
+    require_tool,
+    run_tool,
+)
 
 pytestmark = pytest.mark.integration
 

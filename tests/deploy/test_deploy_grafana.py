@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_checks import (
+
+from tests.deploy.deploy_checks import (
     DEPLOY_DIR,
     HISTOGRAM_SUFFIXES,
     HYBRID_METRICS,

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_checks import (
+
+from tests.deploy.deploy_checks import (
     DEPLOY_DIR,
     assert_tool_ok,
     is_known_metric,

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from prometheus_client import Gauge
+from starlette.routing import Route
 
 from services.core.errors import HybridError
 from services.core.settings import Settings
@@ -37,13 +37,8 @@ def default_builder(settings: Settings, metrics: ServiceMetrics) -> ServiceCompo
     def count_fallback(from_backend: str, to_backend: str) -> None:
         metrics.fallbacks.labels(from_backend=from_backend, to_backend=to_backend).inc()
 
-    circuit_state = Gauge(
-        "hybrid_circuit_state", "Circuit of a generator backend: 0 closed, 1 open, 2 half-open.",
-        ["backend"], registry=metrics.registry, multiprocess_mode="max",
-    )  # fmt: skip
-
     def show_circuit(backend: str, state: CircuitState) -> None:
-        circuit_state.labels(backend=backend).set(int(state))
+        metrics.circuit_state.labels(backend=backend).set(int(state))
 
     return build_components(settings, on_fallback=count_fallback, on_circuit_change=show_circuit)
 
@@ -137,4 +132,6 @@ def create_app(
 
     for module in (chat, models, health, retrieve, admin):
         app.include_router(module.router)
+    # Open without an API key (middleware.OPEN_PATHS), as scrapers send none.
+    app.router.routes.append(Route("/metrics", metrics.asgi_app(), methods=["GET"], include_in_schema=False))
     return app

@@ -21,7 +21,7 @@ from benchmarks.fixture_upstream import FixtureBehaviour, running_fixture_upstre
 from benchmarks.overhead import gateway_env
 from services.evaluation.local_server import started_service
 from services.gateway.metrics import claim_multiprocess_dir
-from tests.gateway.test_metrics import scrape, total
+from tests.gateway.metrics_scrape import scrape, total
 
 MAX_REQUESTS = 200
 BATCH = 10

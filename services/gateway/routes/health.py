@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from services.gateway.state import StateDep
@@ -35,8 +35,3 @@ async def readyz(state: StateDep) -> JSONResponse:
         info = components.retriever.index_info
         body["index"] = {"version": info.version, "chunks": info.chunks}
     return JSONResponse(body)
-
-
-@router.get("/metrics")
-async def metrics(state: StateDep) -> Response:
-    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

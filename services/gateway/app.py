@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
 from services.core.errors import HybridError
@@ -21,6 +22,7 @@ from services.gateway.errors import install_error_handlers
 from services.gateway.limits import KeyLimiter, RateLimitMiddleware
 from services.gateway.metrics import ServiceMetrics, claim_multiprocess_dir, multiprocess_enabled
 from services.gateway.middleware import GatewayMiddleware
+from services.gateway.openapi import install_openapi
 from services.gateway.routes import admin, chat, health, models, retrieve
 from services.gateway.state import GatewayState
 from services.gateway.tracing import RequestTracer, tracer_from_settings
@@ -121,9 +123,12 @@ def create_app(
             if metrics.tracer is not None:
                 metrics.tracer.shutdown()
 
-    app = FastAPI(title="hybridllm", version="0.1.0", lifespan=lifespan)
+    # JSONResponse named (not left to FastAPI's default) keeps the stdlib encoder for response models:
+    # FastAPI's fast path would write the same values with other float spellings.
+    app = FastAPI(title="hybridllm", version="0.1.0", lifespan=lifespan, default_response_class=JSONResponse)
     app.state.gateway = state
     install_error_handlers(app)
+    install_openapi(app)
 
     # Innermost first: the body cap and rate limits run after the gateway middleware identified the key.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)

@@ -157,6 +157,18 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 unit="percentunit",
                 width=12,
             ),
+            Panel(
+                "Requests by prompt template and version",
+                (
+                    Query(
+                        f"sum by (template, version) (rate(hybrid_template_requests_total[{RATE}]))",
+                        "{{template}} v{{version}}",
+                    ),
+                ),
+                unit="reqps",
+                width=24,
+                stacked=True,
+            ),
         ),
     ),
     (
@@ -200,6 +212,19 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 ),
                 unit="percentunit",
                 width=8,
+            ),
+            Panel(
+                "Generator circuit state by backend",
+                (Query("max by (backend) (hybrid_circuit_state)", "{{backend}}"),),
+                width=12,
+                description="0 closed (serving), 1 open (failing over to the fallback), 2 half-open.",
+            ),
+            Panel(
+                "Wait for a generator slot (p50 / p95 / p99)",
+                quantile_queries("hybrid_queue_wait_seconds", "backend", matcher=""),
+                unit="s",
+                width=12,
+                description="Time a request queued for one of the backend's concurrent generation slots.",
             ),
         ),
     ),

@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from prometheus_client import Gauge
+from fastapi.responses import JSONResponse
+from starlette.routing import Route
 
 from services.core.errors import HybridError
 from services.core.protocols import generation_queue
@@ -22,6 +23,7 @@ from services.gateway.errors import install_error_handlers
 from services.gateway.limits import KeyLimiter, RateLimitMiddleware
 from services.gateway.metrics import ServiceMetrics, claim_multiprocess_dir, multiprocess_enabled
 from services.gateway.middleware import GatewayMiddleware
+from services.gateway.openapi import install_openapi
 from services.gateway.routes import admin, chat, health, models, retrieve
 from services.gateway.state import GatewayState
 from services.gateway.tracing import RequestTracer, tracer_from_settings
@@ -38,13 +40,8 @@ def default_builder(settings: Settings, metrics: ServiceMetrics) -> ServiceCompo
     def count_fallback(from_backend: str, to_backend: str) -> None:
         metrics.fallbacks.labels(from_backend=from_backend, to_backend=to_backend).inc()
 
-    circuit_state = Gauge(
-        "hybrid_circuit_state", "Circuit of a generator backend: 0 closed, 1 open, 2 half-open.",
-        ["backend"], registry=metrics.registry, multiprocess_mode="max",
-    )  # fmt: skip
-
     def show_circuit(backend: str, state: CircuitState) -> None:
-        circuit_state.labels(backend=backend).set(int(state))
+        metrics.circuit_state.labels(backend=backend).set(int(state))
 
     return build_components(settings, on_fallback=count_fallback, on_circuit_change=show_circuit)
 
@@ -127,9 +124,12 @@ def create_app(
             if metrics.tracer is not None:
                 metrics.tracer.shutdown()
 
-    app = FastAPI(title="hybridllm", version="0.1.0", lifespan=lifespan)
+    # JSONResponse named (not left to FastAPI's default) keeps the stdlib encoder for response models:
+    # FastAPI's fast path would write the same values with other float spellings.
+    app = FastAPI(title="hybridllm", version="0.1.0", lifespan=lifespan, default_response_class=JSONResponse)
     app.state.gateway = state
     install_error_handlers(app)
+    install_openapi(app)
 
     # Innermost first: the body cap and rate limits run after the gateway middleware identified the key.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
@@ -138,4 +138,6 @@ def create_app(
 
     for module in (chat, models, health, retrieve, admin):
         app.include_router(module.router)
+    # Open without an API key (middleware.OPEN_PATHS), as scrapers send none.
+    app.router.routes.append(Route("/metrics", metrics.asgi_app(), methods=["GET"], include_in_schema=False))
     return app

@@ -18,9 +18,29 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from services.core import errors
 from services.core.types import ChatMessage, GenerationParams, Role
+from services.gateway import responses
 from services.gateway.errors import error_body, status_for
 from services.gateway.limits import report_usage
 from services.gateway.logging_setup import redacted_exchange
+from services.gateway.responses import (
+    AdapterInfo,
+    AssistantMessage,
+    BackendInfo,
+    ChatCompletionChunk,
+    Choice,
+    ChunkChoice,
+    ChunkDelta,
+    ErrorResponse,
+    FallbackInfo,
+    GroundednessReport,
+    HybridExtension,
+    PrivacyReport,
+    RouteInfo,
+    SourceRef,
+    TemplateInfo,
+    TokenCounts,
+    Usage,
+)
 from services.gateway.schemas import ChatCompletionRequest
 from services.gateway.state import GatewayState
 from services.llm.structured_output import parse_response_format
@@ -36,7 +56,11 @@ T = TypeVar("T")
 
 def _to_messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
     messages: list[ChatMessage] = []
-    for message in body.messages:
+    for index, message in enumerate(body.messages):
+        if message.role == "user" and message.content is None:
+            # OpenAI requires content on user messages; only assistant messages may go without.
+            field = f"messages[{index}].content"
+            raise errors.InvalidRequest(f"{field}: a user message needs content", param=field)
         # OpenAI's newer `developer` role is the system role of older models.
         role: Role = "system" if message.role == "developer" else message.role
         messages.append(ChatMessage(role=role, content=message.text()))
@@ -79,40 +103,41 @@ def _check_limits(messages: tuple[ChatMessage, ...], state: GatewayState) -> Non
         )
 
 
-def build_extension(trace: RequestTrace, outcome: Outcome | None) -> dict[str, Any]:
-    extension: dict[str, Any] = {
-        "pipeline": trace.pipeline,
-        "route": trace.route.as_dict() if trace.route is not None else None,
-        "sources": trace.sources,
-        "timings_ms": {k: round(v, 3) for k, v in trace.timings.ms.items()},
-        "tokens": {
-            "prompt": outcome.prompt_tokens if outcome else 0,
-            "completion": outcome.completion_tokens if outcome else 0,
-            "context": trace.context_tokens,
-        },
-        "cost_usd": outcome.cost_usd if outcome else {},
-        "privacy": trace.privacy,
-        "index_version": trace.index_version,
-        "template": trace.template.as_dict() if trace.template else None,
-        "backend": {"name": trace.backend, "trust": trace.backend_trust} if trace.backend else None,
-    }
+def build_extension(trace: RequestTrace, outcome: Outcome | None) -> HybridExtension:
+    extension = HybridExtension(
+        pipeline=trace.pipeline,
+        route=RouteInfo(**trace.route.as_dict()) if trace.route is not None else None,
+        sources=[SourceRef(**source) for source in trace.sources],
+        timings_ms={k: round(v, 3) for k, v in trace.timings.ms.items()},
+        tokens=TokenCounts(
+            prompt=outcome.prompt_tokens if outcome else 0,
+            completion=outcome.completion_tokens if outcome else 0,
+            context=trace.context_tokens,
+        ),
+        cost_usd=outcome.cost_usd if outcome else {},
+        privacy=PrivacyReport.model_validate(trace.privacy) if trace.privacy is not None else None,
+        index_version=trace.index_version,
+        template=TemplateInfo(**trace.template.as_dict()) if trace.template else None,
+        backend=BackendInfo(name=trace.backend, trust=trace.backend_trust) if trace.backend else None,
+    )
+    # Optional members are sent only when they apply (set here, so `json_body` includes them).
     if trace.adapter is not None:
-        extension["adapter"] = {"name": trace.adapter, "version": trace.adapter_version}
+        extension.adapter = AdapterInfo(name=trace.adapter, version=trace.adapter_version)
     if trace.fallback is not None:
-        extension["fallback"] = trace.fallback
+        extension.fallback = FallbackInfo.model_validate(trace.fallback)
     if trace.degraded is not None:
-        extension["degraded"] = trace.degraded
+        extension.degraded = trace.degraded
     if trace.groundedness is not None:
-        extension["groundedness"] = trace.groundedness
+        extension.groundedness = GroundednessReport.model_validate(trace.groundedness)
     return extension
 
 
-def _usage(outcome: Outcome) -> dict[str, int]:
-    return {
-        "prompt_tokens": outcome.prompt_tokens,
-        "completion_tokens": outcome.completion_tokens,
-        "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
-    }
+def _usage(outcome: Outcome) -> Usage:
+    return Usage(
+        prompt_tokens=outcome.prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        total_tokens=outcome.prompt_tokens + outcome.completion_tokens,
+    )
 
 
 class ChatCompletion:
@@ -231,39 +256,41 @@ class ChatCompletion:
             raise
         self._finish(outcome, self._status_of(outcome))
         self._state.metrics.in_flight.dec()
-        return JSONResponse(self._completion_body(outcome), headers={"x-request-id": self._request_id})
+        return JSONResponse(
+            self._completion_body(outcome).json_body(), headers={"x-request-id": self._request_id}
+        )
 
-    def _extension(self, outcome: Outcome) -> dict[str, Any]:
+    def _extension(self, outcome: Outcome) -> HybridExtension:
         if self._trace.adapter is not None:
             self._trace.adapter_version = self._state.adapter_versions.get(self._trace.adapter, "initial")
         return build_extension(self._trace, outcome)
 
-    def _completion_body(self, outcome: Outcome) -> dict[str, Any]:
-        return {
-            "id": self._completion_id,
-            "object": "chat.completion",
-            "created": self._created,
-            "model": self._pipeline_name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": outcome.text},
-                    "finish_reason": outcome.finish_reason,
-                    "logprobs": None,
-                }
+    def _completion_body(self, outcome: Outcome) -> responses.ChatCompletion:
+        return responses.ChatCompletion(
+            id=self._completion_id,
+            object="chat.completion",
+            created=self._created,
+            model=self._pipeline_name,
+            choices=[
+                Choice(
+                    index=0,
+                    message=AssistantMessage(role="assistant", content=outcome.text),
+                    finish_reason=outcome.finish_reason,
+                    logprobs=None,
+                )
             ],
-            "usage": _usage(outcome),
-            "hybrid": self._extension(outcome),
-        }
+            usage=_usage(outcome),
+            hybrid=self._extension(outcome),
+        )
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {
-            "id": self._completion_id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._pipeline_name,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
-        }
+    def _chunk(self, delta: ChunkDelta, finish_reason: str | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=self._completion_id,
+            object="chat.completion.chunk",
+            created=self._created,
+            model=self._pipeline_name,
+            choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish_reason, logprobs=None)],
+        )
 
     async def _stream_response(self, pipeline: Any, request: PipelineRequest) -> StreamingResponse:
         runner = self._state.require_components().runner
@@ -282,23 +309,26 @@ class ChatCompletion:
         outcome: Outcome | None = None
         status = "ok"
         try:
-            yield _event(self._chunk({"role": "assistant", "content": ""}))
+            yield _event(self._chunk(ChunkDelta(role="assistant", content="")))
             pending: list[str | Outcome] = [first]
             while True:
                 item = pending.pop() if pending else await self._within_deadline(items.__anext__())
                 if isinstance(item, Outcome):
                     outcome = item
                     break
-                yield _event(self._chunk({"content": item}))
-            final = self._chunk({}, finish_reason=outcome.finish_reason)
+                yield _event(self._chunk(ChunkDelta(content=item)))
+            final = self._chunk(ChunkDelta(), finish_reason=outcome.finish_reason)
             extension = self._extension(outcome)
             if include_usage:
                 yield _event(final)
-                yield _event(
-                    {**self._chunk({}), "choices": [], "usage": _usage(outcome), "hybrid": extension}
-                )
+                usage_chunk = self._chunk(ChunkDelta())
+                usage_chunk.choices = []
+                usage_chunk.usage = _usage(outcome)
+                usage_chunk.hybrid = extension
+                yield _event(usage_chunk)
             else:
-                yield _event({**final, "hybrid": extension})
+                final.hybrid = extension
+                yield _event(final)
             yield b"data: [DONE]\n\n"
             status = self._status_of(outcome)
         except errors.HybridError as exc:
@@ -326,5 +356,6 @@ async def _aclose(items: AsyncIterator[Any]) -> None:
         await close()
 
 
-def _event(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode("utf-8") + b"\n\n"
+def _event(payload: ChatCompletionChunk | ErrorResponse) -> bytes:
+    body = payload.json_body()
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n\n"

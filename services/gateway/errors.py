@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.core import errors
+from services.gateway.responses import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ _STATUS: list[tuple[type[errors.HybridError], int, str]] = [
 ]
 
 
-def error_body(message: str, *, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+def error_body(message: str, *, type_: str, code: str | None, param: str | None = None) -> ErrorResponse:
+    return ErrorResponse(error=ErrorDetail(message=message, type=type_, param=param, code=code))
 
 
 def status_for(exc: errors.HybridError) -> tuple[int, str]:
@@ -52,7 +52,7 @@ def response_for(exc: errors.HybridError) -> JSONResponse:
     if isinstance(exc, errors.Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(
-        error_body(exc.message, type_=type_, code=exc.code, param=exc.param),
+        error_body(exc.message, type_=type_, code=exc.code, param=exc.param).json_body(),
         status_code=status,
         headers=headers,
     )
@@ -77,7 +77,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, field = describe_validation_error(exc)
         return JSONResponse(
-            error_body(message, type_="invalid_request_error", code="invalid_request", param=field),
+            error_body(
+                message, type_="invalid_request_error", code="invalid_request", param=field
+            ).json_body(),
             status_code=400,
         )
 
@@ -86,7 +88,7 @@ def install_error_handlers(app: FastAPI) -> None:
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(
-            error_body(str(exc.detail), type_=type_, code=code),
+            error_body(str(exc.detail), type_=type_, code=code).json_body(),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
@@ -96,6 +98,6 @@ def install_error_handlers(app: FastAPI) -> None:
         # Never a stack trace to the client; the log has it, under the request id.
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse(
-            error_body("internal server error", type_="server_error", code="internal_error"),
+            error_body("internal server error", type_="server_error", code="internal_error").json_body(),
             status_code=500,
         )

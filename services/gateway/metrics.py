@@ -17,14 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, multiprocess
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.pipelines.base import RequestTrace
 from services.pipelines.runner import Outcome
@@ -172,6 +166,10 @@ class ServiceMetrics:
             "hybrid_groundedness_actions", "Checked answers by what the check did with them.",
             ["pipeline", "action"], registry=r,
         )  # fmt: skip
+        self.circuit_state = Gauge(
+            "hybrid_circuit_state", "Circuit of a generator backend: 0 closed, 1 open, 2 half-open.",
+            ["backend"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
         self._index_version: str | None = None
         self._index_built_at: float | None = None
         # Spans of finished requests (services.gateway.tracing); None while tracing is off.
@@ -269,11 +267,42 @@ class ServiceMetrics:
         if multiprocess_enabled():
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
-    def render(self) -> bytes:
-        if self._index_built_at is not None:  # the age grows between index reloads
-            self.index_age.set(max(0.0, time.time() - self._index_built_at))
+    def asgi_app(self) -> ASGIApp:
+        """The /metrics endpoint: prometheus_client's exporter over this registry, or over every
+        worker's files in multiprocess mode."""
         if multiprocess_enabled():
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+            exported = CollectorRegistry()
+            multiprocess.MultiProcessCollector(exported)  # type: ignore[no-untyped-call]
+        else:
+            exported = self.registry
+        return _MetricsEndpoint(self, make_asgi_app(exported))
+
+    def refresh_index_age(self) -> None:
+        """The index age grows between index reloads; brought up to date before each scrape."""
+        if self._index_built_at is not None:
+            self.index_age.set(max(0.0, time.time() - self._index_built_at))
+
+
+class _MetricsEndpoint:
+    """An ASGI app (a class, so Starlette mounts it as one rather than as a request handler)."""
+
+    def __init__(self, metrics: ServiceMetrics, exporter: ASGIApp) -> None:
+        self._metrics = metrics
+        self._exporter = exporter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._metrics.refresh_index_age()
+        await self._exporter(scope, receive, send)
+
+
+def exposition_names(registry: CollectorRegistry) -> frozenset[str]:
+    """The name each metric of `registry` is scraped under: a counter's ends in `_total`; a histogram's
+    samples add `_bucket`, `_sum` and `_count` to its name."""
+    return frozenset(
+        f"{family.name}_total" if family.type == "counter" else family.name for family in registry.collect()
+    )
+
+
+def service_metric_names() -> frozenset[str]:
+    """Every metric the service exports, read from the metric objects themselves (a fresh registry)."""
+    return exposition_names(ServiceMetrics().registry)

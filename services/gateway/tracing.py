@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from services.core.errors import ConfigError
 from services.core.settings import ObservabilitySettings
-from services.pipelines.base import RequestTrace
+from services.pipelines.base import ClockedStageTimings, RequestTrace
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -71,7 +71,8 @@ def build_tracer_provider(exporter: SpanExporter, *, batch: bool = True) -> Trac
 def stage_windows(trace: RequestTrace, started_ns: int) -> list[tuple[str, int, int]]:
     """(stage, start_ns, end_ns) for each stage span, in the order the stages ran."""
     durations = [(name, int(ms * 1_000_000)) for name, ms in trace.timings.ms.items() if name in STAGE_SPANS]
-    ended: dict[str, int] = getattr(trace.timings, "ended_ns", {})
+    timings = trace.timings
+    ended = timings.ended_ns if isinstance(timings, ClockedStageTimings) else {}
     windows: list[tuple[str, int, int]] = []
     if any(name not in ended for name, _ in durations):
         # No clock marks: back to back from the request start (durations exact, offsets approximate).

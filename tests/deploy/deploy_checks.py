@@ -13,33 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.gateway.metrics import service_metric_names
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = REPO_ROOT / "deploy"
 INSTALL_HINT = "install the deploy validators with `bash .ci/deploy-tools.sh`"
 
-# The metric names of the service (shared/ARCHITECTURE.md "Metrics"); histograms also export these suffixes.
-HYBRID_METRICS = frozenset(
-    {
-        "hybrid_requests_total",
-        "hybrid_request_duration_seconds",
-        "hybrid_stage_duration_seconds",
-        "hybrid_time_to_first_token_seconds",
-        "hybrid_time_per_output_token_seconds",
-        "hybrid_tokens_total",
-        "hybrid_cost_usd_total",
-        "hybrid_route_decisions_total",
-        "hybrid_router_confidence",
-        "hybrid_requests_in_flight",
-        "hybrid_privacy_findings_total",
-        "hybrid_egress_tokens_total",
-        "hybrid_fallbacks_total",
-        "hybrid_index_chunks",
-        "hybrid_index_age_seconds",
-        "hybrid_index_info",
-        "hybrid_groundedness_score",
-        "hybrid_groundedness_actions_total",
-    }
-)
+# The metric names the service exports, read from its metric objects; histograms add HISTOGRAM_SUFFIXES.
+HYBRID_METRICS = service_metric_names()
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 _PROMQL_KEYWORDS = frozenset(

@@ -18,6 +18,7 @@ from services.core.settings import load_settings
 from services.gateway.app import create_app
 from tests.conftest import MODEL_CACHE, serve_in_thread
 from tests.gateway.fault_upstream import FaultUpstreamServer, fault_upstream
+from tests.gateway.metrics_scrape import scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +133,7 @@ def test_streams_and_disconnects_leave_no_leaks(
         assert outcomes.count("done") == STREAMS - STREAMS // 3
         assert _wait_for(lambda: slots.running == 0 and slots.waiting == 0), (slots.running, slots.waiting)
         assert _wait_for(lambda: upstream.upstream.open_streams == 0), upstream.upstream.open_streams
-        assert "hybrid_requests_in_flight 0.0" in httpx.get(url + "/metrics").text
+        assert value(scrape(url), "hybrid_requests_in_flight") == 0
         assert _wait_for(lambda: recorder.task_names() == tasks_before), (recorder.task_names(), tasks_before)
         new_threads = [t for t in threading.enumerate() if t.ident not in threads_before]
         # Only bounded pools may have grown: AnyIO's worker threads (idle ones exit after 10 s) and the

@@ -11,13 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.harness.fixture_upstream import FixtureBehaviour
 from services.core.settings import Settings, load_settings
 from services.gateway.app import create_app
 from tests.conftest import MODEL_CACHE, serve_in_thread
 from tests.gateway.fault_upstream import FaultUpstreamServer, fault_upstream
+from tests.gateway.metrics_scrape import scrape, total, value
 
 pytestmark = pytest.mark.integration
 
@@ -100,19 +100,13 @@ def _stream_events(url: str, max_tokens: int = 8) -> tuple[int, list[str]]:
         return resp.status_code, lines
 
 
-def _metric(url: str, name: str, default: float | None = None, **labels: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    if default is not None:  # a labelled counter appears at its first increment
-        return default
-    raise AssertionError(f"metric {name}{labels} not exported")
+def _metric(url: str, name: str, **labels: str) -> float:
+    return value(scrape(url), name, **labels)
 
 
 def _fallbacks(url: str) -> float:
-    return _metric(url, "hybrid_fallbacks_total", 0.0, from_backend="primary", to_backend="backup")
+    # A labelled counter appears at its first increment.
+    return total(scrape(url), "hybrid_fallbacks_total", from_backend="primary", to_backend="backup")
 
 
 def test_upstream_500_is_answered_by_the_fallback(chained: str, primary: FaultUpstreamServer) -> None:

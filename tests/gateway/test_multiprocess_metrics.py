@@ -20,7 +20,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from benchmarks.harness.fixture_upstream import FixtureBehaviour, gateway_env, running_fixture_upstream
 from services.evaluation.local_server import started_service
 from services.gateway.metrics import claim_multiprocess_dir
-from tests.gateway.test_metrics import scrape, total
+from tests.gateway.metrics_scrape import scrape, total
 
 MAX_REQUESTS = 200
 BATCH = 10

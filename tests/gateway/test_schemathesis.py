@@ -1,7 +1,8 @@
 """Property-based fuzzing of the live gateway from its own OpenAPI schema (schemathesis + hypothesis).
 
-At least 1,000 generated requests over every operation: no 5xx, and every response that the schema
-documents must match it. Generation goes to the fixture upstream (an OpenAI-compatible server answering
+At least 1,000 generated requests over every operation: no 5xx, every status code and content type is
+one the operation documents, and every body matches the documented schema (JSON bodies, and each event of
+a stream). Generation goes to the fixture upstream (an OpenAI-compatible server answering
 at once), so the run is bounded by the gateway, not by a model.
 """
 
@@ -19,7 +20,12 @@ import schemathesis  # noqa: E402
 from hypothesis import HealthCheck, Phase, given  # noqa: E402
 from hypothesis import settings as hypothesis_settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import not_a_server_error, response_schema_conformance  # noqa: E402
+from schemathesis.checks import (  # noqa: E402
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from services.core.settings import load_settings  # noqa: E402
 from services.gateway.app import create_app  # noqa: E402
@@ -33,6 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EXAMPLES = {"/v1/chat/completions": 450, "/v1/retrieve": 120}
 OTHER_EXAMPLES = 40
 MIN_REQUESTS = 1000
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +77,7 @@ def _fuzz(operation: Any, mode: GenerationMode, base_url: str, sent: dict[str, i
     def exercise(case: Any) -> None:
         response = case.call(base_url=base_url, timeout=30)
         sent[label] += 1
-        case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
+        case.validate_response(response, checks=CHECKS)
 
     exercise()
 

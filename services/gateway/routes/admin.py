@@ -3,12 +3,13 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header
 
 from services.core.errors import InvalidRequest, NotReady
 from services.core.protocols import AdapterLoader
+from services.gateway.responses import AdapterLoaded, IndexReloaded, error_responses
 from services.gateway.schemas import AdapterLoadRequest
 from services.gateway.state import GatewayState, StateDep
 
@@ -30,8 +31,8 @@ def _age_seconds(created_at: datetime) -> float:
     return (datetime.now(UTC) - created_at).total_seconds()
 
 
-@router.post("/reload-index")
-async def reload_index(state: StateDep, authorization: AuthHeader = None) -> dict[str, Any]:
+@router.post("/reload-index", responses=error_responses(401, 503))
+async def reload_index(state: StateDep, authorization: AuthHeader = None) -> IndexReloaded:
     state.auth.require_admin(authorization)
     retriever = state.require_components().retriever
     if retriever is None:
@@ -39,13 +40,13 @@ async def reload_index(state: StateDep, authorization: AuthHeader = None) -> dic
     changed = await asyncio.to_thread(retriever.reload_if_changed)
     refresh_index_metrics(state)
     info = retriever.index_info
-    return {"reloaded": changed, "version": info.version, "chunks": info.chunks}
+    return IndexReloaded(reloaded=changed, version=info.version, chunks=info.chunks)
 
 
-@router.post("/adapters")
+@router.post("/adapters", responses=error_responses(400, 401, 413, 503))
 async def load_adapter(
     body: AdapterLoadRequest, state: StateDep, authorization: AuthHeader = None
-) -> dict[str, Any]:
+) -> AdapterLoaded:
     """Load a new adapter version without a restart; running requests finish on the old weights."""
     state.auth.require_admin(authorization)
     generator = state.require_components().primary
@@ -59,4 +60,4 @@ async def load_adapter(
     await asyncio.to_thread(loader, body.name, path)
     version = body.version or path.name
     state.adapter_versions[body.name] = version
-    return {"loaded": body.name, "version": version}
+    return AdapterLoaded(loaded=body.name, version=version)

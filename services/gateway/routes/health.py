@@ -1,42 +1,41 @@
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from services.gateway.responses import BackendInfo, Health, IndexInfo, Readiness
 from services.gateway.state import StateDep
 
 router = APIRouter()
 
 
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
+async def healthz() -> Health:
     """Alive: the process answers. Says nothing about models (that is /readyz)."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/readyz", response_model=None)
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Still loading, failed to start, or draining."}},
+)
 async def readyz(state: StateDep) -> JSONResponse:
     components = state.components
-    body: dict[str, Any] = {
-        "status": "ready" if components is not None and not state.draining else "not_ready"
-    }
     if components is None:
-        body["reason"] = state.startup_error or "models are still loading"
-        return JSONResponse(body, status_code=503)
+        not_ready = Readiness(status="not_ready", reason=state.startup_error or "models are still loading")
+        return JSONResponse(not_ready.json_body(), status_code=503)
     if state.draining:
-        body["reason"] = "shutting down"
-        return JSONResponse(body, status_code=503)
-    body["pipelines"] = sorted(components.pipelines)
-    body["unavailable"] = components.unavailable
-    body["generator"] = {"name": components.primary.name, "trust": components.primary.trust}
+        return JSONResponse(
+            Readiness(status="not_ready", reason="shutting down").json_body(), status_code=503
+        )
+    ready = Readiness(
+        status="ready",
+        pipelines=sorted(components.pipelines),
+        unavailable=components.unavailable,
+        generator=BackendInfo(name=components.primary.name, trust=components.primary.trust),
+    )
     if components.retriever is not None:
         info = components.retriever.index_info
-        body["index"] = {"version": info.version, "chunks": info.chunks}
-    return JSONResponse(body)
-
-
-@router.get("/metrics")
-async def metrics(state: StateDep) -> Response:
-    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        ready.index = IndexInfo(version=info.version, chunks=info.chunks)
+    return JSONResponse(ready.json_body())

@@ -1,0 +1,55 @@
+"""Scrape a live gateway's /metrics and read or diff the samples: the one helper the gateway tests share.
+
+Samples are keyed by exposition name and label set; counters are compared as deltas around the requests a
+test sends, so tests do not depend on their order.
+"""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def scrape(base_url: str) -> Samples:
+    response = httpx.get(base_url + "/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    return parse(response.text)
+
+
+def _matching(samples: Samples, name: str, labels: dict[str, str]) -> list[float]:
+    want = set(labels.items())
+    return [value for (n, lbl), value in samples.items() if n == name and want <= lbl]
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over every series of `name` whose labels include `labels`; 0 when there is none."""
+    return sum(_matching(samples, name, labels))
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """Like `total`, but the series must be exported (a labelled counter appears at its first use)."""
+    found = _matching(samples, name, labels)
+    assert found, f"metric {name}{labels} not exported"
+    return sum(found)
+
+
+def delta(after: Samples, before: Samples, name: str, **labels: str) -> float:
+    return total(after, name, **labels) - total(before, name, **labels)
+
+
+def label_values(samples: Samples, name: str, label: str) -> set[str]:
+    return {dict(lbl)[label] for (n, lbl) in samples if n == name and label in dict(lbl)}
+
+
+def sample_names(samples: Samples) -> set[str]:
+    return {name for name, _ in samples}

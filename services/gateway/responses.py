@@ -92,6 +92,10 @@ class PrivacyReport(_Body):
     backend_trust: str
     classification: str
     injection: list[str]
+    # Present when retrieved context was inspected: what the gate did to it, and the chunks that looked
+    # like instructions as (position, rule names).
+    context_action: str | None = None
+    context_injection: list[tuple[int, list[str]]] | None = None
 
 
 class GroundednessReport(_Body):

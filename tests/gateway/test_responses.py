@@ -82,6 +82,18 @@ def test_extension_adds_optional_members_when_they_apply() -> None:
     assert body["cost_usd"] == {}
 
 
+def test_the_privacy_report_carries_what_the_gate_did_to_retrieved_context() -> None:
+    trace = RequestTrace(pipeline="rag")
+    trace.privacy = {
+        "findings": ["email", "iban"], "action": "redact", "backend_trust": "internal",
+        "classification": "confidential", "injection": [],
+        "context_action": "redact", "context_injection": [(2, ("ignore_previous",))],
+    }  # fmt: skip
+    body = json.loads(json.dumps(build_extension(trace, None).json_body()))
+    assert body["privacy"]["context_action"] == "redact"
+    assert body["privacy"]["context_injection"] == [[2, ["ignore_previous"]]]
+
+
 def test_chunks_leave_out_what_a_chunk_does_not_carry() -> None:
     def chunk(delta: ChunkDelta, finish_reason: str | None = None) -> ChatCompletionChunk:
         choice = ChunkChoice(index=0, delta=delta, finish_reason=finish_reason, logprobs=None)

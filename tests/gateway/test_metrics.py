@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from benchmarks.harness.fixture_upstream import MODEL_NAME, FixtureBehaviour, running_fixture_upstream
+from services.core.ports import free_port
 from services.core.settings import Settings, load_settings
 from services.gateway.app import create_app
 from services.gateway.metrics import (
@@ -30,7 +31,7 @@ from services.gateway.metrics import (
     TOKEN_KINDS,
     service_metric_names,
 )
-from tests.conftest import free_port, serve_in_thread
+from tests.conftest import serve_in_thread
 from tests.gateway.metrics_scrape import delta, label_values, sample_names, scrape, total
 
 pytestmark = pytest.mark.integration

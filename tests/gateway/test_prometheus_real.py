@@ -20,9 +20,10 @@ import httpx
 import pytest
 
 from benchmarks.harness.fixture_upstream import FixtureBehaviour, running_fixture_upstream
+from services.core.ports import free_port
 from services.gateway.app import create_app
 from services.gateway.metrics import STAGE_BUCKETS
-from tests.conftest import free_port, serve_in_thread
+from tests.conftest import serve_in_thread
 from tests.gateway.test_metrics import chat, gateway_settings
 
 pytestmark = pytest.mark.integration

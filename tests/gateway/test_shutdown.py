@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from benchmarks.harness.fixture_upstream import FixtureBehaviour, gateway_env, running_fixture_upstream
-from services.evaluation.local_server import free_port, hybridllm_command, service_env, stop, wait_ready
+from services.core.ports import free_port
+from services.evaluation.local_server import hybridllm_command, service_env, stop, wait_ready
 
 pytestmark = pytest.mark.integration
 

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from benchmarks.harness.fixture_upstream import FixtureBehaviour, running_fixture_upstream
+from services.core.ports import free_port
 from services.core.settings import ObservabilitySettings, load_settings
 from services.gateway.app import create_app
 from services.gateway.tracing import (
@@ -33,7 +34,7 @@ from services.gateway.tracing import (
     tracer_from_settings,
 )
 from services.pipelines.base import RequestTrace
-from tests.conftest import free_port, serve_in_thread
+from tests.conftest import serve_in_thread
 from tests.gateway.test_metrics import ANSWER_TOKENS, chat, gateway_settings
 
 ALLOWED_ATTRIBUTES = {

@@ -23,11 +23,12 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from services.core.ports import free_port
 from services.core.settings import GeneratorSettings, load_settings
 from services.core.types import ChatMessage, GenerationParams
 from services.gateway.app import create_app
 from services.llm.model_prep import prepare_hf_model
-from tests.conftest import MODEL_CACHE, REPO_ROOT, free_port, serve_in_thread
+from tests.conftest import MODEL_CACHE, REPO_ROOT, serve_in_thread
 
 pytestmark = [pytest.mark.vllm, pytest.mark.integration, pytest.mark.slow]
 

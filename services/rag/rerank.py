@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,21 +21,24 @@ from services.core.packaged import resolve_encoder
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """The fused candidates of one query: their texts and embeddings, and the query's."""
+
+    query: str
+    query_vector: npt.NDArray[np.float32]
+    texts: Sequence[str]
+    vectors: npt.NDArray[np.float32]
+
+
 class Reranker(Protocol):
     @property
     def name(self) -> str: ...
 
     def warm_up(self) -> None: ...
 
-    def rerank(
-        self,
-        query: str,
-        query_vector: npt.NDArray[np.float32],
-        texts: Sequence[str],
-        vectors: npt.NDArray[np.float32],
-        top_k: int,
-    ) -> list[int]:
-        """Positions into `texts` (and the rows of `vectors`), best first, at most `top_k`."""
+    def rerank(self, candidates: Candidates, top_k: int) -> list[int]:
+        """Positions into `candidates.texts` (and the rows of `.vectors`), best first, at most `top_k`."""
         ...
 
 
@@ -44,15 +48,8 @@ class NoReranker:
     def warm_up(self) -> None:
         return None
 
-    def rerank(
-        self,
-        query: str,
-        query_vector: npt.NDArray[np.float32],
-        texts: Sequence[str],
-        vectors: npt.NDArray[np.float32],
-        top_k: int,
-    ) -> list[int]:
-        return list(range(min(top_k, len(texts))))
+    def rerank(self, candidates: Candidates, top_k: int) -> list[int]:
+        return list(range(min(top_k, len(candidates.texts))))
 
 
 class MmrReranker:
@@ -73,21 +70,15 @@ class MmrReranker:
     def warm_up(self) -> None:
         return None
 
-    def rerank(
-        self,
-        query: str,
-        query_vector: npt.NDArray[np.float32],
-        texts: Sequence[str],
-        vectors: npt.NDArray[np.float32],
-        top_k: int,
-    ) -> list[int]:
-        count = min(top_k, len(texts))
+    def rerank(self, candidates: Candidates, top_k: int) -> list[int]:
+        count = min(top_k, len(candidates.texts))
         if count == 0:
             return []
-        relevance = vectors @ query_vector
+        vectors = candidates.vectors
+        relevance = vectors @ candidates.query_vector
         similarity = vectors @ vectors.T
         selected: list[int] = []
-        remaining = list(range(len(texts)))
+        remaining = list(range(len(candidates.texts)))
         while len(selected) < count:
             if selected:
                 redundancy = similarity[np.ix_(remaining, selected)].max(axis=1)
@@ -130,21 +121,13 @@ class CrossEncoderReranker:
                 raise ConfigError(f"cannot load CrossEncoder {self._model_name!r}: {exc}") from exc
             logger.info("cross-encoder reranker %s loaded", self._model_name)
 
-    def rerank(
-        self,
-        query: str,
-        query_vector: npt.NDArray[np.float32],
-        texts: Sequence[str],
-        vectors: npt.NDArray[np.float32],
-        top_k: int,
-    ) -> list[int]:
+    def rerank(self, candidates: Candidates, top_k: int) -> list[int]:
         if self._model is None:
             raise NotReady(f"reranker {self._model_name!r} is not loaded: call warm_up() first")
-        if not texts:
+        if not candidates.texts:
             return []
-        scores = self._model.predict(
-            [(query, text) for text in texts], batch_size=self._batch_size, show_progress_bar=False
-        )
+        pairs = [(candidates.query, text) for text in candidates.texts]
+        scores = self._model.predict(pairs, batch_size=self._batch_size, show_progress_bar=False)
         order = np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="stable")
         return [int(position) for position in order[:top_k]]
 

@@ -17,7 +17,7 @@ from services.core.types import ScoredChunk
 from services.rag.chunking import embedding_text
 from services.rag.fusion import FusionMode, fuse
 from services.rag.index_store import IndexSnapshot
-from services.rag.rerank import NoReranker, Reranker
+from services.rag.rerank import Candidates, NoReranker, Reranker
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,7 @@ def rank_chunks(
     searched = time.perf_counter()
     if reranking and candidates:
         texts = [embedding_text(snapshot.chunks[row]) for row in candidates]
-        order = reranker.rerank(query, query_vector, texts, candidate_vectors, params.top_k)
+        order = reranker.rerank(Candidates(query, query_vector, texts, candidate_vectors), params.top_k)
     else:
         order = list(range(len(candidates)))
     reranked = time.perf_counter()

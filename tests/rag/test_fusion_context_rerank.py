@@ -8,7 +8,7 @@ import pytest
 from services.core.types import Chunk, ScoredChunk
 from services.rag.context import render_numbered_context, select_context_within_budget
 from services.rag.fusion import fuse, reciprocal_rank_fusion, weighted_score_fusion
-from services.rag.rerank import CrossEncoderReranker, MmrReranker, NoReranker, build_reranker
+from services.rag.rerank import Candidates, CrossEncoderReranker, MmrReranker, NoReranker, build_reranker
 
 pytestmark = pytest.mark.unit
 
@@ -71,9 +71,9 @@ def test_mmr_skips_a_near_duplicate() -> None:
     query = np.array([1.0, 0.0, 0.0], dtype=np.float32)
     vectors = np.array([[0.9, 0.43, 0.0], [0.9, 0.43, 0.01], [0.8, 0.0, 0.6]], dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    order = MmrReranker(lambda_=0.5).rerank("q", query, ["a", "b", "c"], vectors, 2)
+    order = MmrReranker(lambda_=0.5).rerank(Candidates("q", query, ["a", "b", "c"], vectors), 2)
     assert order == [0, 2]
-    assert NoReranker().rerank("q", query, ["a", "b", "c"], vectors, 2) == [0, 1]
+    assert NoReranker().rerank(Candidates("q", query, ["a", "b", "c"], vectors), 2) == [0, 1]
 
 
 def test_build_reranker_names() -> None:
@@ -99,7 +99,7 @@ def test_cross_encoder_code_path_with_a_tiny_model_built_from_minilm(tmp_path: P
     reranker.warm_up()
     texts = ["vacation days per year", "the printer on floor 2", "carry over unused vacation"]
     unused = np.zeros((3, 3), dtype=np.float32)
-    order = reranker.rerank("how much vacation", unused[0], texts, unused, 3)
+    order = reranker.rerank(Candidates("how much vacation", unused[0], texts, unused), 3)
     assert sorted(order) == [0, 1, 2]
     model = CrossEncoder(str(folder), num_labels=1, device="cpu")
     scores = model.predict([("how much vacation", t) for t in texts])

@@ -144,62 +144,43 @@ def ingest_lock(index_dir: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def write_version(
-    index_dir: Path,
-    *,
-    corpus_hash: str,
-    chunks: Sequence[Chunk],
-    embeddings: npt.NDArray[np.float32],
-    vectors: VectorStore,
-    sparse: Bm25Index,
-    manifest: dict[str, Any],
-    units: UnitVectors | None = None,
-) -> str:
+@dataclass(frozen=True, slots=True)
+class VersionContents:
+    """What one index version holds; `manifest` is the caller's part of manifest.json."""
+
+    corpus_hash: str
+    chunks: Sequence[Chunk]
+    embeddings: npt.NDArray[np.float32]
+    vectors: VectorStore
+    sparse: Bm25Index
+    manifest: dict[str, Any]
+    units: UnitVectors | None = None
+
+
+def write_version(index_dir: Path, contents: VersionContents) -> str:
     """Write a complete new version, fsync it, point CURRENT at it, prune old versions. Returns its name."""
     created = datetime.now(UTC)
-    name = version_name(corpus_hash, created)
+    name = version_name(contents.corpus_hash, created)
     with staged_dir(index_dir / VERSIONS_DIR / name) as building:
-        _write_version_files(
-            building,
-            name=name,
-            created=created,
-            corpus_hash=corpus_hash,
-            chunks=chunks,
-            embeddings=embeddings,
-            vectors=vectors,
-            sparse=sparse,
-            manifest=manifest,
-            units=units,
-        )
+        _write_version_files(building, name, created, contents)
     set_current(index_dir, name)
     prune_versions(index_dir, keep=KEEP_VERSIONS)
     return name
 
 
-def _write_version_files(
-    building: Path,
-    *,
-    name: str,
-    created: datetime,
-    corpus_hash: str,
-    chunks: Sequence[Chunk],
-    embeddings: npt.NDArray[np.float32],
-    vectors: VectorStore,
-    sparse: Bm25Index,
-    manifest: dict[str, Any],
-    units: UnitVectors | None,
-) -> None:
+def _write_version_files(building: Path, name: str, created: datetime, contents: VersionContents) -> None:
     """Every file of one version, the manifest last (it records the others' sizes)."""
     written: list[Path] = []
     with (building / CHUNKS_FILE).open("w", encoding="utf-8") as handle:
-        for chunk in chunks:
+        for chunk in contents.chunks:
             handle.write(json.dumps(asdict(chunk), ensure_ascii=False) + "\n")
     written.append(building / CHUNKS_FILE)
-    np.save(building / EMBEDDINGS_FILE, np.ascontiguousarray(embeddings, dtype=np.float32))
+    np.save(building / EMBEDDINGS_FILE, np.ascontiguousarray(contents.embeddings, dtype=np.float32))
     written.append(building / EMBEDDINGS_FILE)
-    written.extend(vectors.save(building))
-    written.extend(sparse.save(building))
+    written.extend(contents.vectors.save(building))
+    written.extend(contents.sparse.save(building))
     units_manifest: dict[str, Any] = {}
+    units = contents.units
     if units is not None:
         np.save(building / UNIT_VECTORS_FILE, np.ascontiguousarray(units.vectors, dtype=np.float16))
         np.save(building / UNIT_OFFSETS_FILE, np.ascontiguousarray(units.offsets, dtype=np.int64))
@@ -207,14 +188,14 @@ def _write_version_files(
         units_manifest = {"units": {"splitter": units.splitter, "count": int(units.vectors.shape[0])}}
 
     full_manifest = {
-        **manifest,
+        **contents.manifest,
         "format_version": FORMAT_VERSION,
         "version": name,
         "created_at": created.isoformat(),
-        "corpus_hash": corpus_hash,
-        "chunks": len(chunks),
-        "dimensions": int(embeddings.shape[1]),
-        "index_kind": vectors.kind,
+        "corpus_hash": contents.corpus_hash,
+        "chunks": len(contents.chunks),
+        "dimensions": int(contents.embeddings.shape[1]),
+        "index_kind": contents.vectors.kind,
         **units_manifest,
         "file_sizes": {path.relative_to(building).as_posix(): path.stat().st_size for path in written},
     }

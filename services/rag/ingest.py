@@ -29,6 +29,7 @@ from services.rag.evidence import units_for_embedding
 from services.rag.index_store import (
     VERSIONS_DIR,
     UnitVectors,
+    VersionContents,
     ingest_lock,
     read_chunks,
     read_current,
@@ -217,23 +218,18 @@ def ingest(
         sparse = Bm25Index.build([embedding_text(chunk) for chunk in chunks])
         units, embedded_units = embed_units(embedder, chunks, reusable.units, progress=progress)
         current_ids = set(unique)
-        version = write_version(
-            index_dir,
-            corpus_hash=corpus_hash_of(chunks),
-            chunks=chunks,
-            embeddings=embeddings,
-            vectors=vectors,
-            sparse=sparse,
-            units=units,
-            manifest={
-                "embedding_model": embedder.model_id,
-                "files": loaded.files,
-                "roots": [Path(path).resolve().name for path in paths],
-                "chunk_tokens": chunk_tokens,
-                "chunk_overlap": settings.chunk_overlap,
-                "skipped_files": loaded.skipped,
-            },
+        manifest = {
+            "embedding_model": embedder.model_id,
+            "files": loaded.files,
+            "roots": [Path(path).resolve().name for path in paths],
+            "chunk_tokens": chunk_tokens,
+            "chunk_overlap": settings.chunk_overlap,
+            "skipped_files": loaded.skipped,
+        }
+        contents = VersionContents(
+            corpus_hash_of(chunks), chunks, embeddings, vectors, sparse, manifest, units
         )
+        version = write_version(index_dir, contents)
     report = IngestReport(
         version=version,
         chunks=len(chunks),

@@ -26,9 +26,9 @@ from prometheus_client import (
     multiprocess,
 )
 
+from services.core.privacy_settings import ACTION_ORDER
 from services.pipelines.base import RequestTrace
 from services.pipelines.runner import Outcome
-from services.privacy.settings import ACTION_ORDER
 
 if TYPE_CHECKING:
     from services.gateway.tracing import RequestTracer

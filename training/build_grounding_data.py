@@ -591,9 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompts=PromptLibrary(settings.prompts.templates_dir),
         system_prompt=settings.prompts.system_prompt,
         options=GroundingOptions(
-            context=settings.rag.context, evidence_candidates=settings.rag.evidence_candidates
+            context=settings.rag.context.mode, evidence_candidates=settings.rag.evidence.candidates
         ),
-        answer_when_irrelevant=settings.rag.no_answer == "generate",
+        answer_when_irrelevant=settings.rag.relevance.no_answer == "generate",
         seed=args.seed,
         limit=args.limit,
     )

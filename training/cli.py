@@ -20,7 +20,7 @@ from services.cli import (
     existing_path,
     settings_from,
 )
-from services.core.settings import load_settings
+from services.core.settings import OnnxGeneratorSettings, load_settings
 from services.router.artifacts import OOS_METHODS
 
 
@@ -149,17 +149,21 @@ def train_generator_command(args: argparse.Namespace) -> None:
     from training.train_generator import train_generator
 
     settings = settings_from(args)
+    generator = settings.generator
+    # An onnx generator serves the adapter as an ONNX copy, converted at the generator's own precision.
+    onnx = generator if isinstance(generator, OnnxGeneratorSettings) else OnnxGeneratorSettings()
+    onnx_adapter = generator.backend == "onnx"
     emit(
         train_generator(
             args.data,
             args.out,
             config=args.generator_config,
-            base=args.base or settings.generator.model,
+            base=args.base or generator.model,
             max_steps=args.max_steps,
             progress=training_progress(),
             data_dir=settings.data_dir,
-            onnx_adapter=settings.generator.backend == "onnx",
-            onnx_precision=settings.generator.onnx_precision,
+            onnx_adapter=onnx_adapter,
+            onnx_precision=onnx.onnx_precision,
         )
     )
 

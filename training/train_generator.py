@@ -29,7 +29,7 @@ import yaml
 
 from services.core.atomic import staged_dir
 from services.core.errors import ConfigError
-from services.core.settings import GeneratorSettings
+from services.core.settings import TransformersGeneratorSettings
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def load_base(base: str, data_dir: Path, *, dtype: str = "fp32") -> tuple[Any, A
 
     from services.llm.model_prep import prepare_hf_model
 
-    hf_dir = prepare_hf_model(GeneratorSettings(model=base, backend="transformers"), data_dir)
+    hf_dir = prepare_hf_model(TransformersGeneratorSettings(model=base), data_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -28,9 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
-from services.core.settings import GeneratorSettings, PromptSettings
+from services.core.settings import (
+    OnnxGeneratorSettings,
+    PromptSettings,
+    TransformersGeneratorSettings,
+)
 from services.core.types import ChatMessage, GenerationParams
 
+# The engines compared here run in this process.
+LocalGeneratorSettings = OnnxGeneratorSettings | TransformersGeneratorSettings
 ENGINES = ("transformers-bf16", "onnx-int4", "onnx-int8", "onnx-fp32")
 MODELS = ("smollm2", "qwen2.5-coder-0.5b")
 PROMPT_TOKENS = (50, 100, 500)
@@ -46,14 +52,14 @@ FILLER = (
 )
 
 
-def engine_settings(model: str, engine: str, threads: int) -> GeneratorSettings:
+def engine_settings(model: str, engine: str, threads: int) -> LocalGeneratorSettings:
     if engine == "transformers-bf16":
-        return GeneratorSettings(backend="transformers", model=model, dtype="bf16", threads=threads)
+        return TransformersGeneratorSettings(model=model, dtype="bf16", threads=threads)
     precision = engine.removeprefix("onnx-")
-    return GeneratorSettings(backend="onnx", model=model, onnx_precision=precision, threads=threads)
+    return OnnxGeneratorSettings(model=model, onnx_precision=precision, threads=threads)
 
 
-def make_generator(settings: GeneratorSettings, data_dir: Path) -> Any:
+def make_generator(settings: LocalGeneratorSettings, data_dir: Path) -> Any:
     if settings.backend == "transformers":
         from services.llm.transformers_backend import TransformersGenerator
 

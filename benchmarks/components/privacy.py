@@ -20,9 +20,9 @@ from typing import Any
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from benchmarks.harness.stats import percentile
 from services.core.errors import PolicyViolation
+from services.core.privacy_settings import DETECTOR_KINDS, PrivacySettings
 from services.core.types import ChatMessage
 from services.privacy.gate import PrivacyGate
-from services.privacy.settings import DETECTOR_KINDS, PrivacySettings
 
 CHECKSUM_KINDS = ("card", "iban", "ssn")
 PROSE = (

@@ -520,7 +520,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
-    parser.add_argument("--ivf-nprobe", type=int, default=RagSettings().ivf_nprobe)
+    parser.add_argument("--ivf-nprobe", type=int, default=RagSettings().faiss.ivf_nprobe)
     parser.add_argument(
         "--hnsw-max-size",
         type=int,

@@ -27,7 +27,7 @@ from benchmarks.harness.paths import RESULTS_ROOT  # noqa: E402
 from benchmarks.harness.report import markdown_table, write_json  # noqa: E402
 from benchmarks.harness.stats import percentile  # noqa: E402
 from services.core.errors import StructuredOutputError  # noqa: E402
-from services.core.settings import GeneratorSettings, load_settings  # noqa: E402
+from services.core.settings import OnnxGeneratorSettings, load_settings  # noqa: E402
 from services.core.types import ChatMessage, GenerationParams, GenerationResult  # noqa: E402
 from services.llm.onnx_backend import OnnxGenerator  # noqa: E402
 from services.llm.structured_output import (  # noqa: E402
@@ -212,7 +212,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data_dir = load_settings().data_dir
-    settings = GeneratorSettings(backend="onnx", model="smollm2", threads=args.threads)
+    settings = OnnxGeneratorSettings(model="smollm2", threads=args.threads)
     generator = OnnxGenerator(settings, data_dir)
     generator.warm_up()
     if not generator.supports_response_format:

@@ -68,16 +68,17 @@ GENERATORS = {
 CONFIGS = {
     # Today's pipeline before this work: whole chunks under the 450-token budget, answers unchecked.
     "chunks": RagConfig(
-        "chunks", {"HYBRID_RAG__CONTEXT": "chunks", "HYBRID_RAG__UNSUPPORTED_ANSWER": "pass"}
+        "chunks", {"HYBRID_RAG__CONTEXT__MODE": "chunks", "HYBRID_RAG__GROUNDING__UNSUPPORTED_ANSWER": "pass"}
     ),
     "evidence": RagConfig(
-        "evidence", {"HYBRID_RAG__CONTEXT": "evidence", "HYBRID_RAG__UNSUPPORTED_ANSWER": "pass"}
+        "evidence",
+        {"HYBRID_RAG__CONTEXT__MODE": "evidence", "HYBRID_RAG__GROUNDING__UNSUPPORTED_ANSWER": "pass"},
     ),
     "evidence+adapter": RagConfig(
         "evidence+adapter",
         {
-            "HYBRID_RAG__CONTEXT": "evidence",
-            "HYBRID_RAG__UNSUPPORTED_ANSWER": "pass",
+            "HYBRID_RAG__CONTEXT__MODE": "evidence",
+            "HYBRID_RAG__GROUNDING__UNSUPPORTED_ANSWER": "pass",
             "HYBRID_RAG__ADAPTER": "grounded",
         },
         needs_adapter=True,
@@ -85,25 +86,25 @@ CONFIGS = {
     "evidence+extract": RagConfig(
         "evidence+extract",
         {
-            "HYBRID_RAG__CONTEXT": "evidence",
-            "HYBRID_RAG__UNSUPPORTED_ANSWER": "extract",
-            "HYBRID_RAG__EXTRACT_QUOTE_UNITS": "1",
+            "HYBRID_RAG__CONTEXT__MODE": "evidence",
+            "HYBRID_RAG__GROUNDING__UNSUPPORTED_ANSWER": "extract",
+            "HYBRID_RAG__GROUNDING__EXTRACT_QUOTE_UNITS": "1",
         },
     ),  # fmt: skip
     "evidence+extract2": RagConfig(
         "evidence+extract2",
         {
-            "HYBRID_RAG__CONTEXT": "evidence",
-            "HYBRID_RAG__UNSUPPORTED_ANSWER": "extract",
-            "HYBRID_RAG__EXTRACT_QUOTE_UNITS": "2",
+            "HYBRID_RAG__CONTEXT__MODE": "evidence",
+            "HYBRID_RAG__GROUNDING__UNSUPPORTED_ANSWER": "extract",
+            "HYBRID_RAG__GROUNDING__EXTRACT_QUOTE_UNITS": "2",
         },
     ),  # fmt: skip
     "evidence+adapter+extract2": RagConfig(
         "evidence+adapter+extract2",
         {
-            "HYBRID_RAG__CONTEXT": "evidence",
-            "HYBRID_RAG__UNSUPPORTED_ANSWER": "extract",
-            "HYBRID_RAG__EXTRACT_QUOTE_UNITS": "2",
+            "HYBRID_RAG__CONTEXT__MODE": "evidence",
+            "HYBRID_RAG__GROUNDING__UNSUPPORTED_ANSWER": "extract",
+            "HYBRID_RAG__GROUNDING__EXTRACT_QUOTE_UNITS": "2",
             "HYBRID_RAG__ADAPTER": "grounded",
         },
         needs_adapter=True,

@@ -320,8 +320,8 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 ),
                 unit="percentunit",
                 stacked=True,
-                description="What rag.unsupported_answer did: pass, flag, extract (answered with the quoted "
-                "evidence) or abstain.",
+                description="What rag.grounding.unsupported_answer did: pass, flag, extract (answered with "
+                "the quoted evidence) or abstain.",
             ),
         ),
     ),

@@ -1,17 +1,27 @@
 """Service settings: defaults in code, an optional YAML file, `HYBRID_...` environment overrides.
 
 Read once at start (`load_settings`) and passed down as sections; no module reads the environment itself.
-Precedence, highest first: explicit overrides, environment (`HYBRID_RAG__TOP_K=8`), YAML file, defaults.
+Precedence, highest first: explicit overrides, environment (`HYBRID_RAG__TOP_K=8`,
+`HYBRID_RAG__FUSION__RRF_K=10`), YAML file, defaults. `generator` and `fallback_generator` hold the fields
+of their `backend` only: a field of another backend is an error, as is any unknown key.
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from services.core.cpus import available_cpu_count
 from services.core.errors import ConfigError
@@ -36,23 +46,16 @@ class ServerSettings(Section):
     shutdown_grace_s: float = Field(20.0, ge=0)
 
 
-class GeneratorSettings(Section):
-    """One generator backend.
+class BaseGeneratorSettings(Section):
+    """What every generator backend shares; `GeneratorSettings` picks the backend's own model by `backend`.
 
     `model` is a packaged alias (`smollm2`, `qwen2.5-coder-0.5b`, `qwen2.5-coder-1.5b`), a Hugging Face id,
     a local HF folder, or a `.gguf` file. For the `openai` backend it is the served model name upstream.
     """
 
     name: str = "local"
-    backend: Literal["onnx", "transformers", "openai"] = "onnx"
     model: str = "smollm2"
     trust: Trust = "internal"
-    # transformers: torch dtype; `auto` picks bf16 where the CPU supports it.
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
-    # onnx: precision the ONNX Runtime GenAI builder converts to. int8 is the embedded default: on the
-    # handbook eval it kept transformers bf16's answer quality (int4 lost half of it) at 107 tokens/s
-    # for SmolLM2 on 2 cores (benchmarks/results/generator.md).
-    onnx_precision: Literal["int4", "int8", "fp32"] = "int8"
     # Intra-op threads. The default is the cores this process may use (affinity and cgroup quota): the
     # library's own default (0) may start more threads than the process has cores, which then contend with
     # each other and with the event loop. 0 keeps the library default.
@@ -60,12 +63,29 @@ class GeneratorSettings(Section):
     max_concurrency: int = Field(1, ge=1, description="generations running at once in this process")
     max_queue: int = Field(32, ge=0, description="requests waiting for a slot before 503")
     timeout_s: float = Field(120.0, gt=0)
-    # openai backend
+    # LoRA adapters: served name -> folder (transformers/onnx) or upstream model name (openai).
+    adapters: dict[str, str] = Field(default_factory=dict)
+
+
+class OnnxGeneratorSettings(BaseGeneratorSettings):
+    backend: Literal["onnx"] = "onnx"
+    # Precision the ONNX Runtime GenAI builder converts to. int8 is the embedded default: on the handbook
+    # eval it kept transformers bf16's answer quality where int4 lost much of it
+    # (benchmarks/results/generator.md).
+    onnx_precision: Literal["int4", "int8", "fp32"] = "int8"
+
+
+class TransformersGeneratorSettings(BaseGeneratorSettings):
+    backend: Literal["transformers"] = "transformers"
+    # torch dtype; `auto` picks bf16 where the CPU supports it.
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+
+
+class OpenAIGeneratorSettings(BaseGeneratorSettings):
+    backend: Literal["openai"] = "openai"
     base_url: str | None = None
     api_key: str | None = None
     max_retries: int = Field(2, ge=0)
-    # LoRA adapters: served name -> folder (transformers/onnx) or upstream model name (openai).
-    adapters: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("base_url")
     @classmethod
@@ -75,57 +95,113 @@ class GeneratorSettings(Section):
         return value
 
 
-class RagSettings(Section):
-    index_dir: Path = Path("var/index")
-    corpus_dirs: list[Path] = Field(default_factory=lambda: [Path("corpus/handbook")])
-    embedder: str = "packaged:all-MiniLM-L6-v2"
-    # Query embedding at serving time: "onnx" (ONNX Runtime, 1 thread, exported once to
-    # <index_dir>/../embedder-cache) or "torch" (sentence-transformers). Vectors agree to ~1e-6: same index.
-    embedder_engine: Literal["onnx", "torch"] = "onnx"
-    vector_store: Literal["faiss", "qdrant"] = "faiss"
-    qdrant_url: str | None = None
-    qdrant_shards: int = Field(1, ge=1)
-    qdrant_replication_factor: int = Field(1, ge=1)
-    chunk_tokens: int = Field(256, ge=32, le=512)
-    chunk_overlap: int = Field(32, ge=0)
+def _backend_of(value: Any) -> str:
+    # A section that names no backend is the default one (onnx), as it was before backends had own models.
+    if isinstance(value, dict):
+        return str(value.get("backend", "onnx"))
+    return str(getattr(value, "backend", "onnx"))
+
+
+GeneratorSettings = Annotated[
+    Annotated[OnnxGeneratorSettings, Tag("onnx")]
+    | Annotated[TransformersGeneratorSettings, Tag("transformers")]
+    | Annotated[OpenAIGeneratorSettings, Tag("openai")],
+    Discriminator(_backend_of),
+]
+GENERATOR_BACKENDS = ("onnx", "transformers", "openai")
+
+
+class ChunkingSettings(Section):
+    tokens: int = Field(256, ge=32, le=512)
+    overlap: int = Field(32, ge=0)
+
+
+class FaissSettings(Section):
     exact_search_max_chunks: int = Field(50_000, ge=1, description="above this, FAISS builds `ann_index`")
     # The approximate index above exact_search_max_chunks (services/rag/faiss_store.py says when to pick
     # which); its search breadth is built into each index version.
     ann_index: Literal["hnsw", "ivf", "ivf_sq8"] = "hnsw"
     hnsw_ef_search: int = Field(64, ge=1)
     ivf_nprobe: int = Field(16, ge=1)
-    dense_k: int = Field(30, ge=1)
-    sparse_k: int = Field(30, ge=1)
-    fusion: Literal["rrf", "weighted", "dense", "sparse"] = "rrf"
+
+
+class QdrantSettings(Section):
+    url: str | None = None
+    shards: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+
+class FusionSettings(Section):
+    """How the dense and the sparse (BM25) rankings become one."""
+
+    method: Literal["rrf", "weighted", "dense", "sparse"] = "rrf"
     rrf_k: int = Field(60, ge=1)
     dense_weight: float = Field(0.5, ge=0, le=1)
+    dense_k: int = Field(30, ge=1)
+    sparse_k: int = Field(30, ge=1)
+
+
+class RerankSettings(Section):
     reranker: str = Field("none", description="none | mmr | a CrossEncoder id or folder")
-    rerank_candidates: int = Field(20, ge=1)
-    top_k: int = Field(4, ge=1)
-    # What the prompt carries: `evidence`, the sentences of the top `evidence_candidates` chunks that
-    # answer the question (services/rag/evidence.py), or `chunks`, whole chunks under
-    # context_budget_tokens. benchmarks/results/grounding.md compares them.
-    context: Literal["evidence", "chunks"] = "evidence"
-    context_budget_tokens: int = Field(450, ge=32)
-    evidence_candidates: int = Field(6, ge=1, description="chunks evidence is selected from")
-    evidence_budget_tokens: int = Field(160, ge=16)
-    evidence_neighbours: int = Field(0, ge=0, description="units added on each side of a picked one")
+    candidates: int = Field(20, ge=1)
+
+
+class ContextSettings(Section):
+    # What the prompt carries: `evidence`, the sentences of the top evidence.candidates chunks that answer
+    # the question (services/rag/evidence.py), or `chunks`, whole chunks under budget_tokens.
+    # benchmarks/results/grounding.md compares them.
+    mode: Literal["evidence", "chunks"] = "evidence"
+    budget_tokens: int = Field(450, ge=32, description="token budget of whole chunks (mode: chunks)")
+
+
+class EvidenceSettings(Section):
+    candidates: int = Field(6, ge=1, description="chunks evidence is selected from")
+    budget_tokens: int = Field(160, ge=16)
+    neighbours: int = Field(0, ge=0, description="units added on each side of a picked one")
+
+
+class GroundingSettings(Section):
     # What happens to an answer whose groundedness (services/rag/groundedness.py) is below the
     # threshold: `pass` reports the score, `flag` marks it in hybrid.groundedness, `extract` answers with
     # the best evidence sentence, quoted, and its source (the answer is then held back until checked).
     unsupported_answer: Literal["pass", "flag", "extract"] = "extract"
-    groundedness_threshold: float = Field(0.6, ge=0, le=1)
-    # The first N evidence lines as the prompt shows them (best source first). 2 is the measured default:
-    # the best unit alone holds the answer less often than the best two (benchmarks/results/grounding.md).
+    threshold: float = Field(0.6, ge=0, le=1)
+    # The first N evidence lines as the prompt shows them (best source first). The best unit alone holds
+    # the answer less often than the best two (benchmarks/results/grounding.md).
     extract_quote_units: int = Field(2, ge=1, le=5, description="evidence lines an extract quotes")
-    # A LoRA adapter of the generator (a name in generator.adapters) used for rag answers only.
-    adapter: str | None = None
+
+
+class RelevanceSettings(Section):
+    """When the index likely does not know the topic, and what the rag pipeline does then."""
+
     min_dense_score: float = Field(0.25, ge=-1, le=1)
     no_answer: Literal["say_so", "generate"] = "say_so"
+
+
+class RagSettings(Section):
+    index_dir: Path = Path("var/index")
+    corpus_dirs: list[Path] = Field(default_factory=lambda: [Path("corpus/handbook")])
+    embedder: str = "packaged:all-MiniLM-L6-v2"
+    # Query embedding at serving time: "onnx" (ONNX Runtime, 1 thread, exported once to
+    # <index_dir>/../embedder-cache) or "torch" (sentence-transformers). Same vectors, so the same index.
+    embedder_engine: Literal["onnx", "torch"] = "onnx"
+    vector_store: Literal["faiss", "qdrant"] = "faiss"
+    top_k: int = Field(4, ge=1)
+    # A LoRA adapter of the generator (a name in generator.adapters) used for rag answers only.
+    adapter: str | None = None
     watch_interval_s: float = Field(2.0, ge=0, description="0 disables picking up new index versions")
     # When retrieval fails (index unavailable, embedder error): `fail` answers 503; `degrade` answers
     # without context through the `prompt` pipeline and says so in `hybrid.degraded`.
     on_failure: Literal["fail", "degrade"] = "fail"
+    chunking: ChunkingSettings = ChunkingSettings()
+    faiss: FaissSettings = FaissSettings()
+    qdrant: QdrantSettings = QdrantSettings()
+    fusion: FusionSettings = FusionSettings()
+    rerank: RerankSettings = RerankSettings()
+    context: ContextSettings = ContextSettings()
+    evidence: EvidenceSettings = EvidenceSettings()
+    grounding: GroundingSettings = GroundingSettings()
+    relevance: RelevanceSettings = RelevanceSettings()
 
 
 class RouterSettings(Section):
@@ -211,7 +287,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     default_pipeline: str = "hybrid"
     server: ServerSettings = ServerSettings()
-    generator: GeneratorSettings = GeneratorSettings()
+    generator: GeneratorSettings = OnnxGeneratorSettings()
     fallback_generator: GeneratorSettings | None = None
     rag: RagSettings = RagSettings()
     router: RouterSettings = RouterSettings()
@@ -232,69 +308,93 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The YAML file arrives as init kwargs (see load_settings) and must rank *below* the environment,
-        # so init_settings goes after env_settings here.
-        return env_settings, init_settings
+        # Highest first: explicit overrides, the environment, the YAML file load_settings was given.
+        return init_settings, env_settings, _YamlFileSource(settings_cls, yaml_file=_config_file.get())
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file not found: {path}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return raw
+# The YAML file of the load_settings call in progress (sources are built by the class, not the call).
+_config_file: ContextVar[Path | None] = ContextVar("hybrid_config_file", default=None)
+
+
+class _YamlFileSource(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source, with errors that say which file is wrong and how."""
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        try:
+            raw: object = super()._read_file(file_path)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file_path} is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {file_path} must hold a mapping at the top level")
+        return raw
+
+
+def _generator_error(error: ErrorDetails) -> tuple[str, str, object]:
+    """(key, message, value) of an error inside a generator section, whose location carries the backend."""
+    section, *rest = [str(part) for part in error["loc"]]
+    value = error.get("input")
+    if error["type"] == "union_tag_invalid":
+        backend = value.get("backend") if isinstance(value, dict) else value
+        return f"{section}.backend", f"must be one of {', '.join(GENERATOR_BACKENDS)}", backend
+    if rest and rest[0] in GENERATOR_BACKENDS:
+        backend, *rest = rest
+        if error["type"] == "extra_forbidden" and len(rest) == 1:
+            return ".".join([section, *rest]), f"not a setting of the {backend} backend", value
+    return ".".join([section, *rest]), error["msg"], value
 
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "<root>"
-    got = first.get("input")
+    if first["loc"] and first["loc"][0] in ("generator", "fallback_generator"):
+        key, message, got = _generator_error(first)
+    else:
+        key = ".".join(str(part) for part in first["loc"]) or "<root>"
+        message, got = first["msg"], first.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     more = len(error.errors()) - 1
     suffix = f"; and {more} more" if more else ""
-    return f"invalid setting {key}: {first['msg']}{shown}{suffix}"
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    return f"invalid setting {key}: {message}{shown}{suffix}"
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build settings from defaults, an optional YAML file and the environment; explicit overrides win."""
-    file_values = _read_yaml(config_file) if config_file is not None else {}
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file not found: {config_file}")
+    token = _config_file.set(config_file)
     try:
-        settings = Settings(**file_values)
-        if overrides:
-            settings = Settings.model_validate(_deep_merge(settings.model_dump(), overrides))
+        return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
-    return settings
+    finally:
+        _config_file.reset(token)
 
 
 __all__ = [
+    "GENERATOR_BACKENDS",
     "AuthSettings",
+    "BaseGeneratorSettings",
+    "ChunkingSettings",
     "CircuitSettings",
+    "ContextSettings",
+    "EvidenceSettings",
+    "FaissSettings",
+    "FusionSettings",
     "GeneratorSettings",
+    "GroundingSettings",
     "LimitsSettings",
     "ObservabilitySettings",
+    "OnnxGeneratorSettings",
+    "OpenAIGeneratorSettings",
     "PriceCard",
     "PrivacySettings",
     "PromptSettings",
+    "QdrantSettings",
     "RagSettings",
+    "RelevanceSettings",
+    "RerankSettings",
     "RouterSettings",
     "ServerSettings",
     "Settings",
+    "TransformersGeneratorSettings",
     "load_settings",
 ]

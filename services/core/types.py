@@ -83,7 +83,7 @@ class RetrievalOutcome:
     """Chunks best first. `score` of each is its cosine similarity to the query.
 
     timings_ms has "embed" (query embedding), "search" (dense + sparse + fusion), "rerank".
-    relevant: the best dense cosine reached rag.min_dense_score, i.e. the index likely knows the topic.
+    relevant: the best dense cosine reached rag.relevance.min_dense_score: the index likely knows the topic.
     query_vector: the query's embedding, for evidence selection.
     """
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from services.privacy.settings import PrivacySettings
+    from services.core.privacy_settings import PrivacySettings
 
 
 class JsonFormatter(logging.Formatter):

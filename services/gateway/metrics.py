@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, multiprocess
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.core.privacy_settings import ACTION_ORDER
 from services.pipelines.base import RequestTrace
 from services.pipelines.runner import Outcome
-from services.privacy.settings import ACTION_ORDER
 
 if TYPE_CHECKING:
     from services.gateway.tracing import RequestTracer

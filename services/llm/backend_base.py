@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from services.core.errors import InvalidRequest
-from services.core.settings import GeneratorSettings
+from services.core.settings import BaseGeneratorSettings
 from services.core.types import (
     ChatMessage,
     FinishReason,
@@ -51,7 +51,7 @@ def finish_reason(*, ended_by_model: bool, stopped_by_string: bool) -> FinishRea
 
 
 class ConfiguredBackend(abc.ABC):
-    def __init__(self, settings: GeneratorSettings) -> None:
+    def __init__(self, settings: BaseGeneratorSettings) -> None:
         self._settings = settings
         self._slots = GenerationSlots(settings.max_concurrency, settings.max_queue)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from services.core.artifact_cache import cached_build, verify_manifest
 from services.core.errors import ConfigError
-from services.core.settings import GeneratorSettings
+from services.core.settings import BaseGeneratorSettings, TransformersGeneratorSettings
 from services.llm.gguf_assembly import PACKAGED_GGUFS, HashCache, locate_packaged_gguf
 
 logger = logging.getLogger(__name__)
@@ -43,13 +43,14 @@ def resolve_gguf(model: str, data_dir: Path) -> Path | None:
     return None
 
 
-def _hf_dtype(settings: GeneratorSettings) -> str:
+def _hf_dtype(settings: BaseGeneratorSettings) -> str:
     # bf16 is faster than fp32 on CPUs with avx512_bf16 and halves the cache; dequantized 4-bit weights
-    # lose nothing meaningful in it.
-    return "fp32" if settings.dtype == "fp32" else "bf16"
+    # lose nothing meaningful in it. Only the transformers backend can ask for fp32.
+    fp32 = isinstance(settings, TransformersGeneratorSettings) and settings.dtype == "fp32"
+    return "fp32" if fp32 else "bf16"
 
 
-def prepare_hf_model(settings: GeneratorSettings, data_dir: Path) -> Path:
+def prepare_hf_model(settings: BaseGeneratorSettings, data_dir: Path) -> Path:
     """A local Hugging Face folder (safetensors + tokenizer + chat template) for `settings.model`."""
     gguf = resolve_gguf(settings.model, data_dir)
     if gguf is None:

@@ -33,7 +33,7 @@ from typing import Any
 
 from services.core.artifact_cache import MANIFEST_NAME, cached_build, verify_manifest
 from services.core.errors import ConfigError
-from services.core.settings import GeneratorSettings, Settings
+from services.core.settings import GeneratorSettings, OnnxGeneratorSettings, Settings
 from services.llm.hf_folder import models_dir
 
 # Re-exported: callers that prepare a model import it from here, beside prepare_onnx_model.
@@ -80,7 +80,7 @@ def builder_version() -> str:
 # --------------------------------------------------------------------------- ONNX
 
 
-def prepare_onnx_model(settings: GeneratorSettings, data_dir: Path) -> Path:
+def prepare_onnx_model(settings: OnnxGeneratorSettings, data_dir: Path) -> Path:
     """An ONNX Runtime GenAI model folder for `settings.model` at `settings.onnx_precision`.
 
     With LoRA adapters configured, the model carries LoRA inputs (zero by default, so it answers like the

@@ -26,7 +26,7 @@ from typing import Any
 
 from services.core.artifact_cache import cached_build, verify_manifest
 from services.core.errors import ConfigError
-from services.core.settings import GeneratorSettings
+from services.core.settings import OnnxGeneratorSettings
 from services.llm.hf_folder import models_dir, prepare_hf_model
 
 logger = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def _peft_fingerprint(peft_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def prepare_adapters(settings: GeneratorSettings, data_dir: Path) -> dict[str, Path]:
+def prepare_adapters(settings: OnnxGeneratorSettings, data_dir: Path) -> dict[str, Path]:
     """adapter name -> `.onnx_adapter` file, converting peft folders under `<data_dir>/models/adapters/`."""
     hf_dir = prepare_hf_model(settings, data_dir)
     files: dict[str, Path] = {}

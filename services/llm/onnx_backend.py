@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core.errors import ConfigError, GenerationError, InvalidRequest, NotReady, StructuredOutputError
-from services.core.settings import GeneratorSettings
+from services.core.settings import OnnxGeneratorSettings
 from services.core.types import ChatMessage, GenerationParams
 from services.llm.backend_base import InProcessBackend, ThreadedRun
 from services.llm.model_prep import GENAI_CONFIG_NAME, prepare_onnx_model, verify_onnx_model
@@ -48,9 +48,9 @@ def read_chat_template(model_dir: Path) -> str | None:
 
 
 class OnnxGenerator(InProcessBackend):
-    def __init__(self, settings: GeneratorSettings, data_dir: Path) -> None:
-        if settings.backend != "onnx":
-            raise ValueError(f"OnnxGenerator needs backend 'onnx', got {settings.backend!r}")
+    _settings: OnnxGeneratorSettings  # this backend's own settings model
+
+    def __init__(self, settings: OnnxGeneratorSettings, data_dir: Path) -> None:
         super().__init__(settings)
         self._data_dir = data_dir
         self._model: Any = None

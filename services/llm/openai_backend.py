@@ -16,7 +16,7 @@ import openai
 from openai import AsyncOpenAI
 
 from services.core.errors import ConfigError, GenerationError, GenerationTimeout
-from services.core.settings import GeneratorSettings
+from services.core.settings import OpenAIGeneratorSettings
 from services.core.types import ChatMessage, GenerationParams, GenerationResult
 from services.llm.backend_base import ConfiguredBackend, RawCounts, TokenLoop, finish_reason
 
@@ -28,12 +28,14 @@ CHARS_PER_TOKEN_ESTIMATE = 4
 
 
 class OpenAICompatibleGenerator(ConfiguredBackend):
+    _settings: OpenAIGeneratorSettings  # this backend's own settings model
+
     @property
     def supports_response_format(self) -> bool:
         # vLLM and cloud APIs enforce `response_format` themselves (structured output / guided decoding).
         return True
 
-    def __init__(self, settings: GeneratorSettings) -> None:
+    def __init__(self, settings: OpenAIGeneratorSettings) -> None:
         if not settings.base_url:
             raise ConfigError(f"generator {settings.name!r}: backend 'openai' needs base_url")
         super().__init__(settings)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core.errors import ConfigError, GenerationError, NotReady
-from services.core.settings import GeneratorSettings
+from services.core.settings import TransformersGeneratorSettings
 from services.core.types import ChatMessage, GenerationParams
 from services.llm.backend_base import InProcessBackend, ThreadedRun
 from services.llm.streaming import Emit
@@ -35,7 +35,9 @@ def cpu_supports_bf16() -> bool:
 
 
 class TransformersGenerator(InProcessBackend):
-    def __init__(self, settings: GeneratorSettings, data_dir: Path) -> None:
+    _settings: TransformersGeneratorSettings  # this backend's own settings model
+
+    def __init__(self, settings: TransformersGeneratorSettings, data_dir: Path) -> None:
         super().__init__(settings)
         self._data_dir = data_dir
         self._model: Any = None

@@ -160,14 +160,14 @@ def _build_rag(
         prompts,
         settings.prompts.system_prompt,
         options=GroundingOptions(
-            context=rag.context,
-            evidence_candidates=rag.evidence_candidates,
-            unsupported_answer=rag.unsupported_answer,
-            groundedness_threshold=rag.groundedness_threshold,
-            quote_units=rag.extract_quote_units,
+            context=rag.context.mode,
+            evidence_candidates=rag.evidence.candidates,
+            unsupported_answer=rag.grounding.unsupported_answer,
+            groundedness_threshold=rag.grounding.threshold,
+            quote_units=rag.grounding.extract_quote_units,
             adapter=rag.adapter,
         ),
-        answer_when_irrelevant=rag.no_answer == "generate",
+        answer_when_irrelevant=rag.relevance.no_answer == "generate",
         context_filter=guard.filter_context,
     )
     return retriever, pipeline

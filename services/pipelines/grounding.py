@@ -57,7 +57,7 @@ class EvidenceAnswerCheck:
         self._policy = policy
         self._threshold = threshold
         self._render_extract = render_extract
-        # Whole chunks (rag.context: chunks) have no ranked sentences to quote: extract degrades to flag.
+        # Whole chunks (rag.context.mode: chunks) have no ranked sentences to quote: extract degrades to flag.
         self._can_extract = can_extract and bool(evidence)
 
     @property

@@ -131,12 +131,12 @@ def _build_snapshot(
         ]
         texts = [f"{chunk.title} {chunk.text}".strip() for chunk in chunks]
     else:
-        chunk_tokens = effective_chunk_tokens(embedder, settings.chunk_tokens)
+        chunk_tokens = effective_chunk_tokens(embedder, settings.chunking.tokens)
         chunks = chunk_documents(
             documents,
             embedder.token_spans,
             chunk_tokens=chunk_tokens,
-            chunk_overlap=min(settings.chunk_overlap, chunk_tokens // 2),
+            chunk_overlap=min(settings.chunking.overlap, chunk_tokens // 2),
         )
         texts = [embedding_text(chunk) for chunk in chunks]
     started = time.perf_counter()
@@ -170,7 +170,7 @@ def evaluate_beir(
 ) -> dict[str, Any]:
     """Evaluate retrieval on a BEIR folder. IR metrics are on a 0-100 scale, latencies in milliseconds.
 
-    mode: "fused" uses settings.fusion; "rrf", "weighted", "dense", "sparse" force that fusion mode.
+    mode: "fused" uses settings.fusion.method; "rrf", "weighted", "dense", "sparse" force that fusion mode.
     Returns {"ndcg@10", "recall@10", "mrr@10", "p50_ms", "p99_ms", "queries", "corpus_docs", "mode",
     "fusion", "doc_mode", "chunks", "embed_seconds", "embedder", "split"}.
     """
@@ -179,11 +179,11 @@ def evaluate_beir(
         raise RetrievalError(f"{beir_dir} is not a BEIR folder (no corpus.jsonl)")
     if max_queries is not None and max_queries <= 0:
         raise ValueError(f"max_queries must be > 0, got {max_queries}")
-    fusion = settings.fusion if mode == "fused" else mode
-    settings = settings.model_copy(update={"fusion": fusion})
+    fusion = settings.fusion.method if mode == "fused" else mode
+    settings = settings.model_copy(update={"fusion": settings.fusion.model_copy(update={"method": fusion})})
     embedder = embedder or SentenceTransformerEmbedder(settings.embedder)
     embedder.warm_up()
-    reranker = build_reranker(settings.reranker)
+    reranker = build_reranker(settings.rerank.reranker)
     reranker.warm_up()
 
     snapshot, embed_seconds = _build_snapshot(

@@ -184,12 +184,12 @@ def ingest(
         loaded = load_corpus([Path(path) for path in paths])
         embedder = embedder or SentenceTransformerEmbedder(settings.embedder)
         embedder.warm_up()
-        chunk_tokens = effective_chunk_tokens(embedder, settings.chunk_tokens)
+        chunk_tokens = effective_chunk_tokens(embedder, settings.chunking.tokens)
         chunks = chunk_documents(
             loaded.documents,
             embedder.token_spans,
             chunk_tokens=chunk_tokens,
-            chunk_overlap=min(settings.chunk_overlap, chunk_tokens // 2),
+            chunk_overlap=min(settings.chunking.overlap, chunk_tokens // 2),
         )
         if not chunks:
             raise RetrievalError(f"the documents under {[str(p) for p in paths]} produced no text to index")
@@ -223,7 +223,7 @@ def ingest(
             "files": loaded.files,
             "roots": [Path(path).resolve().name for path in paths],
             "chunk_tokens": chunk_tokens,
-            "chunk_overlap": settings.chunk_overlap,
+            "chunk_overlap": settings.chunking.overlap,
             "skipped_files": loaded.skipped,
         }
         contents = VersionContents(

@@ -8,7 +8,7 @@ Two modes:
 - remote (a URL): a Qdrant server or cluster. Each index version gets its own collection (created at build,
   named in the version's `qdrant.json`), so a new version is filled while the old one keeps serving and the
   swap stays the atomic CURRENT rename; `drop()` deletes a version's collection when the version is pruned.
-  Shards and replicas are fixed at creation (settings.qdrant_shards, settings.qdrant_replication_factor).
+  Shards and replicas are fixed at creation (settings.qdrant.shards, settings.qdrant.replication_factor).
 
 Points are addressed by row (0 .. n-1) like the FAISS rows, and compared by dot product: on the embedder's
 unit vectors that is the cosine, the same score FAISS's IndexFlatIP returns.

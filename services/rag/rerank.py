@@ -1,4 +1,4 @@
-"""Rerankers, chosen by RagSettings.reranker: "none", "mmr", or a CrossEncoder id or folder.
+"""Rerankers, chosen by RagSettings.rerank.reranker: "none", "mmr", or a CrossEncoder id or folder.
 
 A reranker reorders the fused candidates and keeps `top_k`. It returns positions into the candidate list,
 so the caller keeps each chunk's meaningful score (its cosine) whatever the reranker's own scale is.

@@ -39,12 +39,12 @@ class RetrievalParams:
     @classmethod
     def from_settings(cls, settings: RagSettings, *, top_k: int | None = None) -> RetrievalParams:
         return cls(
-            dense_k=settings.dense_k,
-            sparse_k=settings.sparse_k,
-            fusion=settings.fusion,
-            rrf_k=settings.rrf_k,
-            dense_weight=settings.dense_weight,
-            rerank_candidates=settings.rerank_candidates,
+            dense_k=settings.fusion.dense_k,
+            sparse_k=settings.fusion.sparse_k,
+            fusion=settings.fusion.method,
+            rrf_k=settings.fusion.rrf_k,
+            dense_weight=settings.fusion.dense_weight,
+            rerank_candidates=settings.rerank.candidates,
             top_k=settings.top_k if top_k is None else top_k,
         )
 

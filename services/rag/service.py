@@ -73,7 +73,7 @@ class RetrievalService:
         self._settings = settings
         self._index_dir = Path(settings.index_dir)
         self._embedder = embedder or build_query_embedder(settings)
-        self._reranker = reranker or build_reranker(settings.reranker)
+        self._reranker = reranker or build_reranker(settings.rerank.reranker)
         self._params = RetrievalParams.from_settings(settings)
         self._snapshot: IndexSnapshot | None = None
         self._refused_version: str | None = None
@@ -131,21 +131,21 @@ class RetrievalService:
             timings_ms={"embed": embed_ms, "search": ranked.search_ms, "rerank": ranked.rerank_ms},
             index_version=snapshot.version,
             max_dense_score=ranked.max_dense_score,
-            relevant=ranked.max_dense_score >= self._settings.min_dense_score,
+            relevant=ranked.max_dense_score >= self._settings.relevance.min_dense_score,
             query_vector=query_vector,
         )
 
     def select_context(
         self, chunks: Sequence[ScoredChunk], budget_tokens: int | None = None
     ) -> ContextSelection:
-        budget = self._settings.context_budget_tokens if budget_tokens is None else budget_tokens
+        budget = self._settings.context.budget_tokens if budget_tokens is None else budget_tokens
         return select_context_within_budget(chunks, budget)
 
     def select_evidence(
         self, query: str, outcome: RetrievalOutcome, budget_tokens: int | None = None
     ) -> EvidenceSelection:
         """The sentences of `outcome.chunks` that best answer `query`, within the evidence budget."""
-        budget = self._settings.evidence_budget_tokens if budget_tokens is None else budget_tokens
+        budget = self._settings.evidence.budget_tokens if budget_tokens is None else budget_tokens
         return select_evidence(
             query,
             outcome.query_vector,
@@ -153,7 +153,7 @@ class RetrievalService:
             IndexedUnitSource(self._current(), self._embedded_units),
             budget_tokens=budget,
             count_tokens=self._embedder.count_tokens,
-            neighbours=self._settings.evidence_neighbours,
+            neighbours=self._settings.evidence.neighbours,
             tokenizer=self._unit_tokenizer,
         )
 

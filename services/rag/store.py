@@ -55,18 +55,17 @@ def create_vector_store(settings: RagSettings, dimensions: int, *, expected_coun
 
         return QdrantVectorStore.create(
             dimensions,
-            url=settings.qdrant_url,
-            # Read with defaults until RagSettings declares them.
-            shard_number=settings.qdrant_shards,
-            replication_factor=settings.qdrant_replication_factor,
+            url=settings.qdrant.url,
+            shard_number=settings.qdrant.shards,
+            replication_factor=settings.qdrant.replication_factor,
         )
     return FaissVectorStore.create(
         dimensions,
         expected_count=expected_count,
-        exact_search_max=settings.exact_search_max_chunks,
-        ann=settings.ann_index,
-        hnsw_ef_search=settings.hnsw_ef_search,
-        ivf_nprobe=settings.ivf_nprobe,
+        exact_search_max=settings.faiss.exact_search_max_chunks,
+        ann=settings.faiss.ann_index,
+        hnsw_ef_search=settings.faiss.hnsw_ef_search,
+        ivf_nprobe=settings.faiss.ivf_nprobe,
     )
 
 

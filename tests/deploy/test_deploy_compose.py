@@ -103,7 +103,7 @@ def test_gateway_environment_is_valid_settings(
         assert settings.generator.adapters == {"tuned": "tuned"}
     if profile == "qdrant":
         assert settings.rag.vector_store == "qdrant"
-        assert settings.rag.qdrant_url == "http://qdrant:6333"
+        assert settings.rag.qdrant.url == "http://qdrant:6333"
 
 
 def test_gpu_profile_reserves_a_gpu_for_vllm_with_lora(resolved: dict[str, Any]) -> None:

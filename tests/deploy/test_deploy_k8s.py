@@ -223,7 +223,7 @@ def test_qdrant_overlay_points_the_gateway_at_the_qdrant_service(
     objects = _objects(rendered["qdrant"])
     settings = _settings_of(objects, tmp_path, monkeypatch)
     assert settings.rag.vector_store == "qdrant"
-    assert settings.rag.qdrant_url == "http://hybridllm-qdrant:6333"
+    assert settings.rag.qdrant.url == "http://hybridllm-qdrant:6333"
     statefulset = _get(objects, "StatefulSet", "hybridllm-qdrant")
     assert statefulset["spec"]["serviceName"] == "hybridllm-qdrant-headless"
     _get(objects, "Service", "hybridllm-qdrant-headless")

@@ -97,7 +97,7 @@ def gateway(
         upstream,
         tmp,
         default_pipeline="hybrid",
-        rag={"index_dir": str(handbook_index), "watch_interval_s": 0, "reranker": "mmr"},
+        rag={"index_dir": str(handbook_index), "watch_interval_s": 0, "rerank": {"reranker": "mmr"}},
         router={"model_dir": str(service_router)},
     )
     with serve_in_thread(create_app(settings)) as url:

@@ -47,7 +47,9 @@ def gateway(handbook_index: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     tmp = tmp_path_factory.mktemp("prom-gw")
     with running_fixture_upstream(FixtureBehaviour(delay_s=0.005, tokens=24)) as upstream:
         settings = gateway_settings(
-            upstream, tmp, rag={"index_dir": str(handbook_index), "watch_interval_s": 0, "reranker": "mmr"}
+            upstream,
+            tmp,
+            rag={"index_dir": str(handbook_index), "watch_interval_s": 0, "rerank": {"reranker": "mmr"}},
         )
         with serve_in_thread(create_app(settings)) as url:
             yield url

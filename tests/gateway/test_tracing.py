@@ -64,7 +64,7 @@ def gateway(
             upstream,
             tmp,
             default_pipeline="hybrid",
-            rag={"index_dir": str(handbook_index), "watch_interval_s": 0, "reranker": "mmr"},
+            rag={"index_dir": str(handbook_index), "watch_interval_s": 0, "rerank": {"reranker": "mmr"}},
             router={"model_dir": str(service_router), "min_confidence": 1.0},  # every request goes to rag
         )
         tracer = RequestTracer(build_tracer_provider(exporter, batch=False))

@@ -9,7 +9,7 @@ from typing import cast
 import pytest
 
 from services.core.errors import InvalidRequest
-from services.core.settings import GeneratorSettings
+from services.core.settings import OnnxGeneratorSettings, OpenAIGeneratorSettings
 from services.core.types import ChatMessage, GenerationParams, TokenDelta
 from services.llm.backend_base import ConfiguredBackend, InProcessBackend, RawCounts, ThreadedRun, TokenLoop
 from services.llm.streaming import Emit
@@ -24,7 +24,7 @@ class CountingBackend(InProcessBackend):
     """Emits the given words, one token each, then its end-of-turn token if `ends` (else max_tokens)."""
 
     def __init__(self, words: Sequence[str], *, ends: bool, max_queue: int = 0) -> None:
-        super().__init__(GeneratorSettings(max_concurrency=1, max_queue=max_queue))
+        super().__init__(OnnxGeneratorSettings(max_concurrency=1, max_queue=max_queue))
         self.words = list(words)
         self.ends = ends
         self.cancelled = threading.Event()
@@ -57,7 +57,7 @@ class UpstreamLikeBackend(ConfiguredBackend):
     """A raw loop that reports no counts and says whether the model ended, like an upstream server."""
 
     def __init__(self, pieces: Sequence[str], *, ended_by_model: bool) -> None:
-        super().__init__(GeneratorSettings(backend="openai", base_url="http://x"))
+        super().__init__(OpenAIGeneratorSettings(base_url="http://x"))
         self.pieces = list(pieces)
         self.ended_by_model = ended_by_model
 

@@ -9,7 +9,7 @@ import pytest
 
 from services.core.errors import ConfigError
 from services.core.packaged import package_dir
-from services.core.settings import GeneratorSettings, Settings
+from services.core.settings import OnnxGeneratorSettings, Settings
 from services.llm import gguf_assembly, hf_folder, model_prep
 from services.llm.gguf_assembly import HashCache, PackagedGguf, locate_packaged_gguf
 from services.llm.model_prep import prepare, prepare_onnx_model
@@ -86,7 +86,7 @@ def test_qwen_1_5b_lists_its_22_parts_in_numeric_order() -> None:
 @pytest.mark.unit
 def test_unknown_gguf_path_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
-        model_prep.prepare_hf_model(GeneratorSettings(model=str(tmp_path / "missing.gguf")), tmp_path)
+        model_prep.prepare_hf_model(OnnxGeneratorSettings(model=str(tmp_path / "missing.gguf")), tmp_path)
 
 
 @pytest.mark.integration
@@ -108,7 +108,7 @@ def test_second_prepare_reuses_the_cached_conversions(
 ) -> None:
     # Same session data dir as tests/llm/test_onnx_backend.py, so the SmolLM2 conversion is shared.
     data_dir = tmp_path_factory.getbasetemp() / "onnx-data"
-    settings = GeneratorSettings(model="smollm2", onnx_precision="int4")
+    settings = OnnxGeneratorSettings(model="smollm2", onnx_precision="int4")
     first = prepare_onnx_model(settings, data_dir)
     stamp = (first / "model.onnx").stat().st_mtime_ns
 

@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from services.core.errors import ConfigError, InvalidRequest, NotReady, Overloaded, StructuredOutputError
-from services.core.settings import GeneratorSettings
+from services.core.settings import OnnxGeneratorSettings
 from services.core.types import ChatMessage, GenerationParams, TokenDelta
 from services.llm.model_prep import prepare_hf_model, prepare_onnx_model
 from services.llm.onnx_backend import OnnxGenerator, guided_decoding_works
@@ -32,18 +32,16 @@ def onnx_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_settings() -> GeneratorSettings:
-    return GeneratorSettings(
-        backend="onnx", model="smollm2", onnx_precision="int8", threads=2, max_concurrency=2
-    )
+def smollm2_settings() -> OnnxGeneratorSettings:
+    return OnnxGeneratorSettings(model="smollm2", onnx_precision="int8", threads=2, max_concurrency=2)
 
 
 @pytest.fixture(scope="session")
-def smollm2_onnx_dir(onnx_data_dir: Path, smollm2_settings: GeneratorSettings) -> Path:
+def smollm2_onnx_dir(onnx_data_dir: Path, smollm2_settings: OnnxGeneratorSettings) -> Path:
     return prepare_onnx_model(smollm2_settings, onnx_data_dir)
 
 
-def loaded(settings: GeneratorSettings, data_dir: Path, model_dir: Path) -> OnnxGenerator:
+def loaded(settings: OnnxGeneratorSettings, data_dir: Path, model_dir: Path) -> OnnxGenerator:
     # A fresh generator per test (its GenerationSlots belong to that test's event loop); loading a converted
     # model takes under a second.
     generator = OnnxGenerator(settings, data_dir)
@@ -53,13 +51,15 @@ def loaded(settings: GeneratorSettings, data_dir: Path, model_dir: Path) -> Onnx
 
 @pytest.fixture
 def generator(
-    smollm2_settings: GeneratorSettings, onnx_data_dir: Path, smollm2_onnx_dir: Path
+    smollm2_settings: OnnxGeneratorSettings, onnx_data_dir: Path, smollm2_onnx_dir: Path
 ) -> OnnxGenerator:
     return loaded(smollm2_settings, onnx_data_dir, smollm2_onnx_dir)
 
 
 @pytest.fixture(scope="session")
-def greedy_reference(smollm2_settings: GeneratorSettings, onnx_data_dir: Path, smollm2_onnx_dir: Path) -> str:
+def greedy_reference(
+    smollm2_settings: OnnxGeneratorSettings, onnx_data_dir: Path, smollm2_onnx_dir: Path
+) -> str:
     result = asyncio.run(loaded(smollm2_settings, onnx_data_dir, smollm2_onnx_dir).complete(QUESTION, GREEDY))
     assert result.finish_reason == "length"
     return result.text

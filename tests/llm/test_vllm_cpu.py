@@ -24,7 +24,7 @@ import pytest
 from openai import OpenAI
 
 from services.core.ports import free_port
-from services.core.settings import GeneratorSettings, load_settings
+from services.core.settings import TransformersGeneratorSettings, load_settings
 from services.core.types import ChatMessage, GenerationParams
 from services.gateway.app import create_app
 from services.llm.model_prep import prepare_hf_model
@@ -271,8 +271,7 @@ def test_greedy_answers_equal_the_transformers_backend_in_float32(
     """Same weights (fp32), same chat template, greedy: the same tokens, base model and adapter alike."""
     from services.llm.transformers_backend import TransformersGenerator
 
-    settings = GeneratorSettings(
-        backend="transformers",
+    settings = TransformersGeneratorSettings(
         model=str(smollm2_dir),
         dtype="fp32",
         threads=1,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from services.core.privacy_settings import DETECTOR_KINDS
 from services.privacy.detectors import Finding, PiiDetector
-from services.privacy.settings import DETECTOR_KINDS
 
 pytestmark = pytest.mark.unit
 

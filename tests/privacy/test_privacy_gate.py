@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from services.core.errors import PolicyViolation
+from services.core.privacy_settings import PrivacySettings, TrustActions
 from services.core.types import ChatMessage, GenerationParams, GenerationResult
 from services.privacy.gate import DROPPED_CONTEXT_NOTICE, GATE_ERROR_MESSAGE, PrivacyGate
-from services.privacy.settings import PrivacySettings, TrustActions
 
 pytestmark = pytest.mark.unit
 

@@ -112,6 +112,6 @@ def write_handbook(root: Path) -> Path:
 
 
 def rag_settings(index_dir: Path, **overrides: object) -> RagSettings:
-    values: dict[str, object] = {"index_dir": index_dir, "chunk_tokens": 64, "chunk_overlap": 8}
+    values: dict[str, object] = {"index_dir": index_dir, "chunking": {"tokens": 64, "overlap": 8}}
     values.update(overrides)
     return RagSettings.model_validate(values)

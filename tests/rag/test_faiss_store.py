@@ -9,7 +9,7 @@ import numpy.typing as npt
 import pytest
 
 from services.core.errors import IndexCorrupted
-from services.core.settings import RagSettings
+from services.core.settings import FaissSettings, RagSettings
 from services.rag.faiss_store import FaissVectorStore, ivf_list_count
 from services.rag.store import create_vector_store, load_vector_store
 
@@ -65,7 +65,9 @@ def test_ann_indexes_above_the_threshold_find_the_exact_neighbours(ann: str, min
 @pytest.mark.parametrize("ann", ["hnsw", "ivf", "ivf_sq8"])
 def test_saved_index_loads_with_its_kind_and_search_breadth(ann: str, tmp_path: Path) -> None:
     vectors = clustered_unit_vectors(2000, seed=1)
-    settings = RagSettings(exact_search_max_chunks=500, ann_index=ann, ivf_nprobe=5, hnsw_ef_search=40)  # type: ignore[arg-type]
+    settings = RagSettings(
+        faiss=FaissSettings(exact_search_max_chunks=500, ann_index=ann, ivf_nprobe=5, hnsw_ef_search=40)  # type: ignore[arg-type]
+    )
     store = create_vector_store(settings, DIMENSIONS, expected_count=len(vectors))
     store.add(vectors)
     store.save(tmp_path)

@@ -187,7 +187,9 @@ def test_versions_swap_atomically_while_queries_run(tmp_path: Path, corpus: Path
 def test_real_embedder_finds_the_fact_and_flags_unrelated_queries(
     tmp_path: Path, corpus: Path, minilm
 ) -> None:
-    settings = rag_settings(tmp_path / "index", chunk_tokens=256, chunk_overlap=32, min_dense_score=0.25)
+    settings = rag_settings(
+        tmp_path / "index", chunking={"tokens": 256, "overlap": 32}, relevance={"min_dense_score": 0.25}
+    )
     report = ingest([corpus], settings, embedder=minilm, progress=False)
     assert report.chunks == 10
     service = RetrievalService(settings, embedder=minilm)
@@ -224,7 +226,7 @@ def test_evidence_comes_from_stored_unit_vectors_and_damaged_offsets_are_refused
     embedder.embedded_texts = 0
     outcome = service.retrieve("paid vacation days per year")
     selection = service.select_evidence("paid vacation days per year", outcome)
-    assert selection.units and selection.token_count <= settings.evidence_budget_tokens
+    assert selection.units and selection.token_count <= settings.evidence.budget_tokens
     assert embedder.embedded_texts == 0  # the stored vectors served; nothing embedded per query
     assert {c.chunk.chunk_id for c in selection.chunks} <= {c.chunk.chunk_id for c in outcome.chunks}
 

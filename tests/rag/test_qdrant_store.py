@@ -143,7 +143,7 @@ def test_cluster_collection_per_version_and_dropped_when_pruned(tmp_path: Path) 
     from qdrant_client import QdrantClient
 
     corpus = write_handbook(tmp_path / "handbook")
-    settings = rag_settings(tmp_path / "index", vector_store="qdrant", qdrant_url=url)
+    settings = rag_settings(tmp_path / "index", vector_store="qdrant", qdrant={"url": url})
     embedder = HashingEmbedder()
     collections = []
     for _ in range(4):

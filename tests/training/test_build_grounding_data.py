@@ -255,7 +255,7 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Re
         path = corpus / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    settings = rag_settings(root / "index", min_dense_score=-1.0)
+    settings = rag_settings(root / "index", relevance={"min_dense_score": -1.0})
     embedder = HashingEmbedder()
     ingest([corpus], settings, embedder=embedder, progress=False)
     service = RetrievalService(settings, embedder=embedder)

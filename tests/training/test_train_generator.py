@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from services.core.settings import GeneratorSettings
+from services.core.settings import TransformersGeneratorSettings
 from services.core.types import ChatMessage, GenerationParams
 from tests.conftest import MODEL_CACHE
 from training.build_generator_data import build_generator_data, tuned_system_prompt
@@ -139,8 +139,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, A
 def backend(trained: tuple[Path, dict[str, Any]]) -> Iterator[Any]:
     from services.llm.transformers_backend import TransformersGenerator
 
-    settings = GeneratorSettings(
-        backend="transformers",
+    settings = TransformersGeneratorSettings(
         dtype="fp32",
         threads=1,
         max_concurrency=2,

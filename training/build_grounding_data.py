@@ -411,7 +411,7 @@ def build_grounding_data(
     """
     options = options or GroundingOptions()
     if options.context != "evidence":
-        raise ValueError("grounding data is built for rag.context: evidence")
+        raise ValueError("grounding data is built for rag.context.mode: evidence")
     for name, share in (("heldout_fraction", heldout_fraction), ("shuffle_share", shuffle_share)):
         if not 0 <= share < 1:
             raise ValueError(f"{name} must be in [0, 1), got {share}")

@@ -23,7 +23,6 @@ import logging
 import shutil
 import tempfile
 import threading
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import numpy.typing as npt
 from services.core.artifact_cache import cached_build
 from services.core.encoding import pad_encodings
 from services.core.errors import ConfigError, NotReady
+from services.core.onnx_export import ONNX_INPUTS, export_encoder
 from services.core.packaged import PACKAGED_MINILM, resolve_encoder
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ EXPORT_RECIPE = "st-mean-l2norm-opset17-v1"
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "export.json"
-ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "sentence_embedding"
 _OPSET = 17
 _READ_CHUNK = 1 << 20
@@ -356,44 +355,17 @@ def _export(model_dir: Path, target: Path) -> dict[str, Any]:
     transformer_dir = _check_sentence_transformer_layout(model_dir)
     transformer = AutoModel.from_pretrained(str(transformer_dir)).eval()
 
-    class _SentenceEmbedding(torch.nn.Module):
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
+    def mean_pooled_and_normalized(output: Any, attention_mask: torch.Tensor) -> torch.Tensor:
+        # The same arithmetic as sentence_transformers.models.Pooling (mean) and Normalize.
+        hidden: torch.Tensor = output.last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        summed = (hidden * mask).sum(dim=1)
+        counts = mask.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(summed / counts, p=2, dim=1)
 
-        def forward(
-            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
-        ) -> torch.Tensor:
-            hidden: torch.Tensor = self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-            # The same arithmetic as sentence_transformers.models.Pooling (mean) and Normalize.
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            summed = (hidden * mask).sum(dim=1)
-            counts = mask.sum(dim=1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(summed / counts, p=2, dim=1)
-
-    wrapper = _SentenceEmbedding(transformer).eval()
-    dummy = torch.ones((2, 8), dtype=torch.long)
-    dynamic: dict[str, Any] = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
-    dynamic[OUTPUT_NAME] = {0: "batch"}
-    onnx_path = target / ONNX_FILE
-    with torch.no_grad(), warnings.catch_warnings():
-        # Tracer warnings about Python control flow in transformers' mask code: the shapes they
-        # depend on are dynamic axes here, and the equivalence test checks the result.
-        warnings.simplefilter("ignore")
-        # The TorchScript exporter (dynamo=False) needs no onnxscript and handles BERT at opset 17.
-        torch.onnx.export(
-            wrapper,
-            (dummy, dummy, torch.zeros_like(dummy)),
-            str(onnx_path),
-            input_names=list(ONNX_INPUTS),
-            output_names=[OUTPUT_NAME],
-            dynamic_axes=dynamic,
-            opset_version=_OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    onnx_path = export_encoder(
+        transformer, mean_pooled_and_normalized, target / ONNX_FILE, output_name=OUTPUT_NAME, opset=_OPSET
+    )
     shutil.copyfile(tokenizer_source, target / TOKENIZER_FILE)
     config = transformer.config
     logger.info("exported embedder %s to %s (opset %d)", model_dir, target, _OPSET)

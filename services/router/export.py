@@ -9,46 +9,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from services.core.onnx_export import export_encoder
 
-ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+logger = logging.getLogger(__name__)
 
 
 def export_onnx(model: Any, path: Path, *, opset: int = 17) -> Path:
     """torch.onnx.export of a (merged, eval-mode) sequence classifier with dynamic batch and sequence axes."""
-    import torch
-
-    class _LogitsOnly(torch.nn.Module):
-        # The HF model returns a ModelOutput; the exporter wants plain tensors.
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(
-            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
-        ) -> torch.Tensor:
-            logits: torch.Tensor = self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).logits
-            return logits
-
-    wrapper = _LogitsOnly(model).eval()
-    dummy = torch.ones((2, 8), dtype=torch.long)
-    dynamic = {name: {0: "batch", 1: "sequence"} for name in ONNX_INPUTS}
-    dynamic["logits"] = {0: "batch"}
-    with torch.no_grad():
-        # The TorchScript exporter (dynamo=False) needs no onnxscript and handles BERT's ops at opset 17.
-        torch.onnx.export(
-            wrapper,
-            (dummy, dummy, torch.zeros_like(dummy)),
-            str(path),
-            input_names=list(ONNX_INPUTS),
-            output_names=["logits"],
-            dynamic_axes=dynamic,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    export_encoder(model, lambda output, _mask: output.logits, path, output_name="logits", opset=opset)
     logger.info("exported router to %s (opset %d)", path, opset)
     return path
 
@@ -56,8 +24,8 @@ def export_onnx(model: Any, path: Path, *, opset: int = 17) -> Path:
 def quantize_int8(source: Path, target: Path) -> Path:
     """Dynamic int8 quantization of the MatMul weights (activations stay float, no calibration data).
 
-    Per output channel: one scale per weight column instead of one per matrix. On the service router the
-    test accuracy lost to int8 went from 2.6 points (per matrix) to 0.9 (results/router_service.md).
+    Per output channel: one scale per weight column instead of one per matrix, which loses less accuracy
+    (benchmarks/results/router_service.md compares the two).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -211,20 +211,24 @@ class PipelineRunner:
         try:
             result = await generator.complete(messages, params)
         except GenerationError as exc:
-            fallback = self._fallback
-            if fallback is None or fallback is generator:
-                raise
-            _log_fallback(generator, fallback, exc)
-            self._record_fallback(trace, generator, fallback)
+            fallback = self._switch_to_fallback(generator, exc, trace)
             result = await fallback.complete(messages, params)
         for delta in _as_deltas(result):
             yield delta
 
-    def _record_fallback(self, trace: RequestTrace, failed: Generator, fallback: Generator) -> None:
+    def _switch_to_fallback(self, failed: Generator, exc: GenerationError, trace: RequestTrace) -> Generator:
+        """The fallback to use after `failed` raised `exc` (recorded in the trace); re-raises without one."""
+        fallback = self._fallback
+        if fallback is None or fallback is failed:
+            raise exc
+        # While the circuit is open every request skips the primary: the breaker logged the opening once.
+        level = logging.DEBUG if isinstance(exc, CircuitOpen) else logging.WARNING
+        logger.log(level, "generator %s failed (%s); falling back to %s", failed.name, exc, fallback.name)
         trace.fallback = {"from": failed.name, "to": fallback.name}
         if self._on_fallback is not None:
             self._on_fallback(failed.name, fallback.name)
         trace.backend, trace.backend_trust = fallback.name, fallback.trust
+        return fallback
 
     async def _stream_with_fallback(
         self,
@@ -241,19 +245,11 @@ class PipelineRunner:
                 yield delta
             return
         except GenerationError as exc:
-            fallback = self._fallback
-            if emitted or fallback is None or fallback is generator:
+            if emitted:
                 raise
-            _log_fallback(generator, fallback, exc)
-        self._record_fallback(trace, generator, fallback)
+            fallback = self._switch_to_fallback(generator, exc, trace)
         async for delta in fallback.stream(messages, params):
             yield delta
-
-
-def _log_fallback(failed: Generator, fallback: Generator, exc: GenerationError) -> None:
-    # While the circuit is open every request skips the primary: the breaker logged the opening once.
-    level = logging.DEBUG if isinstance(exc, CircuitOpen) else logging.WARNING
-    logger.log(level, "generator %s failed (%s); falling back to %s", failed.name, exc, fallback.name)
 
 
 def _as_deltas(result: GenerationResult) -> tuple[TokenDelta, TokenDelta]:

@@ -38,7 +38,7 @@ from services.rag.index_store import (
     read_unit_vectors,
     write_version,
 )
-from services.rag.loaders import load_corpus
+from services.rag.loaders import Document, load_corpus
 from services.rag.sentences import SPLITTER_VERSION
 from services.rag.sparse import Bm25Index
 from services.rag.store import create_vector_store
@@ -165,6 +165,39 @@ def embed_units(
     return UnitVectors(vectors=vectors, offsets=offsets, splitter=SPLITTER_VERSION), len(todo)
 
 
+def _unique_chunks(
+    documents: Sequence[Document], embedder: Embedder, chunk_tokens: int, overlap: int
+) -> list[Chunk]:
+    """The documents' chunks in model tokens; the same text twice in one source (a repeated boilerplate
+    paragraph) is one chunk."""
+    chunks = chunk_documents(
+        documents,
+        embedder.token_spans,
+        chunk_tokens=chunk_tokens,
+        chunk_overlap=min(overlap, chunk_tokens // 2),
+    )
+    unique: dict[str, Chunk] = {}
+    for chunk in chunks:
+        unique.setdefault(chunk.chunk_id, chunk)
+    return list(unique.values())
+
+
+def _chunk_vectors(
+    chunks: Sequence[Chunk],
+    previous: dict[str, npt.NDArray[np.float32]],
+    to_embed: Sequence[Chunk],
+    embedder: Embedder,
+    *,
+    progress: bool,
+) -> npt.NDArray[np.float32]:
+    """One row per chunk: embedded now for `to_embed`, reused from the previous version for the rest."""
+    fresh = dict(
+        zip((c.chunk_id for c in to_embed), _embed(embedder, to_embed, progress=progress), strict=True)
+    )
+    rows = [fresh[c.chunk_id] if c.chunk_id in fresh else previous[c.chunk_id] for c in chunks]
+    return np.stack(rows).astype(np.float32)
+
+
 def ingest(
     paths: Sequence[Path],
     settings: RagSettings,
@@ -185,39 +218,19 @@ def ingest(
         embedder = embedder or SentenceTransformerEmbedder(settings.embedder)
         embedder.warm_up()
         chunk_tokens = effective_chunk_tokens(embedder, settings.chunking.tokens)
-        chunks = chunk_documents(
-            loaded.documents,
-            embedder.token_spans,
-            chunk_tokens=chunk_tokens,
-            chunk_overlap=min(settings.chunking.overlap, chunk_tokens // 2),
-        )
+        chunks = _unique_chunks(loaded.documents, embedder, chunk_tokens, settings.chunking.overlap)
         if not chunks:
             raise RetrievalError(f"the documents under {[str(p) for p in paths]} produced no text to index")
-        # The same text twice in one source (a repeated boilerplate paragraph) is one chunk.
-        unique: dict[str, Chunk] = {}
-        for chunk in chunks:
-            unique.setdefault(chunk.chunk_id, chunk)
-        chunks = list(unique.values())
-
         reusable = _reusable_vectors(index_dir, embedder)
         previous = reusable.chunks
         to_embed = [chunk for chunk in chunks if chunk.chunk_id not in previous]
-        fresh = dict(
-            zip(
-                (chunk.chunk_id for chunk in to_embed),
-                _embed(embedder, to_embed, progress=progress),
-                strict=True,
-            )
-        )
-        embeddings = np.stack(
-            [fresh[c.chunk_id] if c.chunk_id in fresh else previous[c.chunk_id] for c in chunks]
-        ).astype(np.float32)
+        embeddings = _chunk_vectors(chunks, previous, to_embed, embedder, progress=progress)
 
         vectors = create_vector_store(settings, embeddings.shape[1], expected_count=len(chunks))
         vectors.add(embeddings)
         sparse = Bm25Index.build([embedding_text(chunk) for chunk in chunks])
         units, embedded_units = embed_units(embedder, chunks, reusable.units, progress=progress)
-        current_ids = set(unique)
+        current_ids = {chunk.chunk_id for chunk in chunks}
         manifest = {
             "embedding_model": embedder.model_id,
             "files": loaded.files,

@@ -1,5 +1,7 @@
 """Scrape a live gateway's /metrics and read or diff the samples: the one helper the gateway tests share.
 
+Parsing is benchmarks.harness.prom's, the one parser of exposition text.
+
 Samples are keyed by exposition name and label set; counters are compared as deltas around the requests a
 test sends, so tests do not depend on their order.
 """
@@ -7,17 +9,16 @@ test sends, so tests do not depend on their order.
 from __future__ import annotations
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+from benchmarks.harness.prom import Scrape as Samples
+from benchmarks.harness.prom import parse_metrics as parse
+
+__all__ = ["Samples", "delta", "label_values", "parse", "sample_names", "scrape", "series", "total", "value"]
 
 
-def parse(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
+def series(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The key of one series in parsed samples."""
+    return (name, tuple(sorted(labels.items())))
 
 
 def scrape(base_url: str) -> Samples:
@@ -28,7 +29,7 @@ def scrape(base_url: str) -> Samples:
 
 def _matching(samples: Samples, name: str, labels: dict[str, str]) -> list[float]:
     want = set(labels.items())
-    return [value for (n, lbl), value in samples.items() if n == name and want <= lbl]
+    return [value for (n, lbl), value in samples.items() if n == name and want <= set(lbl)]
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:

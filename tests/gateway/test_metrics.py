@@ -32,7 +32,7 @@ from services.gateway.metrics import (
     service_metric_names,
 )
 from tests.conftest import serve_in_thread
-from tests.gateway.metrics_scrape import delta, label_values, sample_names, scrape, total
+from tests.gateway.metrics_scrape import delta, label_values, sample_names, scrape, series, total
 
 pytestmark = pytest.mark.integration
 
@@ -127,13 +127,10 @@ def test_every_service_metric_is_exported_with_bounded_labels(gateway: str) -> N
     assert label_values(samples, "hybrid_requests_total", "pipeline") == pipelines
     assert label_values(samples, "hybrid_requests_total", "route") <= pipelines | {"refuse", "tuned"}
     # Initialised at start: a pipeline no request used yet already has its zero series.
-    zero_series = {("pipeline", "prompt"), ("route", "prompt"), ("status", "server_error")}
-    assert ("hybrid_requests_total", frozenset(zero_series)) in samples
-    assert (
-        "hybrid_route_decisions_total",
-        frozenset({("intent", "out_of_scope"), ("target", "refuse")}),
-    ) in samples
-    assert ("hybrid_privacy_findings_total", frozenset({("kind", "iban"), ("action", "block")})) in samples
+    zero = series("hybrid_requests_total", pipeline="prompt", route="prompt", status="server_error")
+    assert zero in samples
+    assert series("hybrid_route_decisions_total", intent="out_of_scope", target="refuse") in samples
+    assert series("hybrid_privacy_findings_total", kind="iban", action="block") in samples
     # Buckets: stage timings resolve sub-millisecond stages and CPU generation alike.
     les = label_values(samples, "hybrid_stage_duration_seconds_bucket", "le")
     assert {"0.0001", "0.001", "0.1", "10.0", "+Inf"} <= les
@@ -219,7 +216,7 @@ def test_index_gauges_describe_the_serving_index(gateway: str) -> None:
     first = scrape(gateway)
     version = extension["index_version"]
     assert version
-    assert first[("hybrid_index_info", frozenset({("version", version)}))] == 1
+    assert first[series("hybrid_index_info", version=version)] == 1
     assert total(first, "hybrid_index_chunks") > 10
     age = total(first, "hybrid_index_age_seconds")
     assert age >= 0
@@ -250,7 +247,7 @@ def test_fallbacks_and_in_flight(fallback_gateway: str) -> None:
     assert total(before, "hybrid_requests_in_flight") == 0
     # Initialised at start, before any request: both backends' egress series exist at zero.
     assert total(before, "hybrid_egress_tokens_total", backend="fallback", trust="internal") == 0
-    assert ("hybrid_egress_tokens_total", frozenset({("backend", "local"), ("trust", "internal")})) in before
+    assert series("hybrid_egress_tokens_total", backend="local", trust="internal") in before
 
     body = {"model": "prompt", "messages": [{"role": "user", "content": "Say hello."}], "stream": True,
             "max_tokens": 60}  # fmt: skip

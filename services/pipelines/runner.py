@@ -16,7 +16,7 @@ from typing import Protocol
 from services.core.cost import CostLedger
 from services.core.errors import GenerationError
 from services.core.protocols import Generator, enforces_response_format
-from services.core.types import ChatMessage, FinishReason, GenerationParams, GenerationResult, TokenDelta
+from services.core.types import FinishReason, GenerationResult, TokenDelta
 from services.llm.circuit import CircuitOpen
 from services.llm.structured_output import complete_with_response_format
 from services.pipelines.base import Pipeline, PipelineRequest, Plan, RequestTrace
@@ -137,11 +137,11 @@ class PipelineRunner:
         raw: list[str] = []
         try:
             if plan.params.response_format is not None and not enforces_response_format(generator):
-                stream = self._structured(generator, plan.messages, plan.params, trace)
+                stream = self._structured(generator, plan, trace)
             elif incremental:
-                stream = self._stream_with_fallback(generator, plan.messages, plan.params, trace)
+                stream = self._stream_with_fallback(generator, plan, trace)
             else:
-                stream = self._complete_with_fallback(generator, plan.messages, plan.params, trace)
+                stream = self._complete_with_fallback(generator, plan, trace)
             async for delta in stream:
                 if delta.finish_reason is not None:
                     outcome.finish_reason = delta.finish_reason
@@ -185,34 +185,26 @@ class PipelineRunner:
         outcome.text = "".join(parts)
 
     async def _structured(
-        self,
-        generator: Generator,
-        messages: tuple[ChatMessage, ...],
-        params: GenerationParams,
-        trace: RequestTrace,
+        self, generator: Generator, plan: Plan, trace: RequestTrace
     ) -> AsyncIterator[TokenDelta]:
         """Backends that cannot constrain decoding: validate the JSON and repair once.
 
         The answer is only known to be valid once complete, so it is sent as one piece.
         """
         trace.backend, trace.backend_trust = generator.name, generator.trust
-        result = await complete_with_response_format(generator.complete, messages, params)
+        result = await complete_with_response_format(generator.complete, plan.messages, plan.params)
         for delta in _as_deltas(result):
             yield delta
 
     async def _complete_with_fallback(
-        self,
-        generator: Generator,
-        messages: tuple[ChatMessage, ...],
-        params: GenerationParams,
-        trace: RequestTrace,
+        self, generator: Generator, plan: Plan, trace: RequestTrace
     ) -> AsyncIterator[TokenDelta]:
         trace.backend, trace.backend_trust = generator.name, generator.trust
         try:
-            result = await generator.complete(messages, params)
+            result = await generator.complete(plan.messages, plan.params)
         except GenerationError as exc:
             fallback = self._switch_to_fallback(generator, exc, trace)
-            result = await fallback.complete(messages, params)
+            result = await fallback.complete(plan.messages, plan.params)
         for delta in _as_deltas(result):
             yield delta
 
@@ -231,16 +223,12 @@ class PipelineRunner:
         return fallback
 
     async def _stream_with_fallback(
-        self,
-        generator: Generator,
-        messages: tuple[ChatMessage, ...],
-        params: GenerationParams,
-        trace: RequestTrace,
+        self, generator: Generator, plan: Plan, trace: RequestTrace
     ) -> AsyncIterator[TokenDelta]:
         trace.backend, trace.backend_trust = generator.name, generator.trust
         emitted = False
         try:
-            async for delta in generator.stream(messages, params):
+            async for delta in generator.stream(plan.messages, plan.params):
                 emitted = True
                 yield delta
             return
@@ -248,7 +236,7 @@ class PipelineRunner:
             if emitted:
                 raise
             fallback = self._switch_to_fallback(generator, exc, trace)
-        async for delta in fallback.stream(messages, params):
+        async for delta in fallback.stream(plan.messages, plan.params):
             yield delta
 
 

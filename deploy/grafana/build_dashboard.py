@@ -91,8 +91,13 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 unit="s",
             ),
             Panel(
-                "Time to first token (p50 / p95 / p99)",
+                "Time to first token the client sees (p50 / p95 / p99)",
                 quantile_queries("hybrid_time_to_first_token_seconds", "pipeline"),
+                unit="s",
+            ),
+            Panel(
+                "Model time to first token (p50 / p95 / p99)",
+                quantile_queries("hybrid_model_time_to_first_token_seconds", "pipeline"),
                 unit="s",
             ),
             Panel(

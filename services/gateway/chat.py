@@ -38,6 +38,7 @@ from services.gateway.responses import (
     RouteInfo,
     SourceRef,
     TemplateInfo,
+    TimeToFirstToken,
     TokenCounts,
     Usage,
 )
@@ -129,6 +130,10 @@ def build_extension(trace: RequestTrace, outcome: Outcome | None) -> HybridExten
         extension.degraded = trace.degraded
     if trace.groundedness is not None:
         extension.groundedness = GroundednessReport.model_validate(trace.groundedness)
+    if outcome is not None and outcome.ttft_s is not None:
+        model = outcome.model_ttft_s
+        model_ms = round(model * 1000.0, 3) if model is not None else None
+        extension.ttft_ms = TimeToFirstToken(visible=round(outcome.ttft_s * 1000.0, 3), model=model_ms)
     return extension
 
 

@@ -99,7 +99,13 @@ class ServiceMetrics:
             ["stage", "pipeline"], buckets=STAGE_BUCKETS, registry=r,
         )  # fmt: skip
         self.ttft = Histogram(
-            "hybrid_time_to_first_token_seconds", "Time from request to the first answer text.",
+            "hybrid_time_to_first_token_seconds",
+            "Time from request to the first answer text the client sees.",
+            ["pipeline"], buckets=TTFT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.model_ttft = Histogram(
+            "hybrid_model_time_to_first_token_seconds",
+            "Time from the start of generation to the model's first token (queue wait and filters excluded).",
             ["pipeline"], buckets=TTFT_BUCKETS, registry=r,
         )  # fmt: skip
         self.tpot = Histogram(
@@ -204,6 +210,7 @@ class ServiceMetrics:
             for status in STATUSES:
                 self.requests.labels(pipeline=pipeline, route=pipeline, status=status)
             self.ttft.labels(pipeline=pipeline)
+            self.model_ttft.labels(pipeline=pipeline)
             self.tpot.labels(pipeline=pipeline)
             self.groundedness.labels(pipeline=pipeline)
             for check_action in GROUNDEDNESS_ACTIONS:
@@ -247,6 +254,8 @@ class ServiceMetrics:
             self.egress_tokens.labels(backend=trace.backend, trust=trace.backend_trust or "internal").inc(
                 outcome.prompt_tokens
             )
+        if outcome.model_ttft_s is not None:
+            self.model_ttft.labels(pipeline=pipeline).observe(outcome.model_ttft_s)
         if outcome.ttft_s is not None:
             self.ttft.labels(pipeline=pipeline).observe(outcome.ttft_s)
             decode_s = seconds - outcome.ttft_s

@@ -108,6 +108,14 @@ class GroundednessReport(_Body):
     action: str
 
 
+class TimeToFirstToken(_Body):
+    """`visible`: from the request to the first text the client received; `model`: from the start of
+    generation to the model's first token (null when no model ran)."""
+
+    visible: float
+    model: float | None
+
+
 class HybridExtension(_Body):
     """The `hybrid` object: how this service produced the answer (pipeline, route, sources, cost...)."""
 
@@ -125,6 +133,7 @@ class HybridExtension(_Body):
     fallback: FallbackInfo | None = None
     degraded: str | None = None
     groundedness: GroundednessReport | None = None
+    ttft_ms: TimeToFirstToken | None = None
 
 
 class Usage(_Body):

@@ -49,7 +49,10 @@ class Outcome:
     finish_reason: FinishReason = "stop"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # First answer text the client sees, from the request's start; the model's own first token, from the
+    # start of its generation (the engine's TTFT: after any queue wait, before any output filter).
     ttft_s: float | None = None
+    model_ttft_s: float | None = None
     busy_s: float = 0.0
     generated: bool = False
     cost_usd: dict[str, float] = field(default_factory=dict)
@@ -148,6 +151,7 @@ class PipelineRunner:
                     outcome.prompt_tokens = delta.prompt_tokens or 0
                     outcome.completion_tokens = delta.completion_tokens or 0
                     outcome.busy_s = delta.busy_s or 0.0
+                    outcome.model_ttft_s = delta.ttft_s
                     outcome.generated = True
                     if not incremental and delta.ttft_s is not None:
                         # One-piece answers arrive at the end; the backend measured when its first token came.

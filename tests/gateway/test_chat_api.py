@@ -59,6 +59,9 @@ def test_non_streaming_completion_has_usage_and_extension(client: openai.OpenAI)
     assert hybrid["tokens"]["prompt"] == resp.usage.prompt_tokens
     assert hybrid["timings_ms"]["generate"] > 0
     assert hybrid["timings_ms"]["total"] >= hybrid["timings_ms"]["generate"]
+    # The model's first token comes before the first text the client sees, which comes before the end.
+    ttft = hybrid["ttft_ms"]
+    assert 0 < ttft["model"] <= ttft["visible"] <= hybrid["timings_ms"]["total"]
     assert hybrid["template"] == {"name": "direct", "version": "1"}
     costs = dict(hybrid["cost_usd"])
     total = costs.pop("total")

@@ -94,6 +94,15 @@ def test_the_privacy_report_carries_what_the_gate_did_to_retrieved_context() -> 
     assert body["privacy"]["context_injection"] == [[2, ["ignore_previous"]]]
 
 
+def test_time_to_first_token_is_reported_as_the_client_saw_it_and_as_the_model_produced_it() -> None:
+    generated = Outcome(text="Hi.", ttft_s=0.1234, model_ttft_s=0.0805, generated=True)
+    body = build_extension(RequestTrace(pipeline="prompt"), generated).json_body()
+    assert body["ttft_ms"] == {"visible": 123.4, "model": 80.5}
+    # A fixed answer (a refusal) reaches the client without a model.
+    refused = build_extension(RequestTrace(pipeline="hybrid"), Outcome(text="No.", ttft_s=0.002)).json_body()
+    assert refused["ttft_ms"] == {"visible": 2.0, "model": None}
+
+
 def test_chunks_leave_out_what_a_chunk_does_not_carry() -> None:
     def chunk(delta: ChunkDelta, finish_reason: str | None = None) -> ChatCompletionChunk:
         choice = ChunkChoice(index=0, delta=delta, finish_reason=finish_reason, logprobs=None)

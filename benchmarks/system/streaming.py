@@ -1,0 +1,253 @@
+"""The streaming path: the ONNX engine driven directly against the same prompts streamed through the gateway.
+
+Same model, precision and intra-op threads on both sides, greedy, `--tokens` new tokens at most. The engine
+side is onnxruntime-genai itself (og.Generator, one token per step), in this process; the gateway side is
+`hybridllm serve` (the `prompt` pipeline, privacy output filter on, as `make run` serves it) read with SSE.
+Each prompt runs on both sides back to back, alternating which goes first, while the other side is idle.
+
+    python -m benchmarks.system.streaming [--rounds 3] [--tokens 128] [--threads 2]
+
+Reports decode tokens/s (after the first token) and time to first token: the engine's first token against
+the first text the client sees. Writes benchmarks/results/streaming.{json,md}; the last stdout line is the
+JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
+from benchmarks.harness.report import markdown_table, write_json
+from services.core.settings import OnnxGeneratorSettings, PromptSettings
+from services.core.types import ChatMessage
+from services.evaluation.local_server import running_service
+from services.llm.onnx_backend import OnnxGenerator
+from services.llm.prompts import PromptLibrary
+from services.pipelines.prompt import with_system_prompt
+
+PROMPTS = (
+    "Explain in a few sentences how a refrigerator keeps food cold.",
+    "Write a short paragraph about why the sky looks blue.",
+    "Describe the water cycle for a ten-year-old.",
+    "Give three tips for writing a clear email, with one sentence each.",
+)
+GOALS = {"decode_ratio": 0.9, "ttft_gap_ms": 15.0}
+
+
+@dataclass(frozen=True)
+class Sample:
+    side: str  # "engine" | "gateway"
+    prompt: int
+    ttft_ms: float
+    decode_tok_s: float
+    tokens: int
+
+
+def engine_messages(question: str) -> tuple[ChatMessage, ...]:
+    """What the `prompt` pipeline sends the generator for `question` (its template and system prompt)."""
+    system = PromptLibrary(None).render_block(
+        "direct", "system", system_prompt=PromptSettings().system_prompt
+    )
+    return with_system_prompt(system, (ChatMessage(role="user", content=question),))
+
+
+class DirectEngine:
+    """onnxruntime-genai with no service around it: the baseline the gateway is compared with."""
+
+    def __init__(self, settings: OnnxGeneratorSettings, data_dir: Path) -> None:
+        import onnxruntime_genai as og
+
+        self._service_view = OnnxGenerator(settings, data_dir)
+        self._service_view.warm_up()  # converts if needed; its prompt rendering is the service's
+        assert self._service_view.model_dir is not None
+        config = og.Config(str(self._service_view.model_dir))
+        options = {"intra_op_num_threads": settings.threads, "inter_op_num_threads": 1}
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        self._og = og
+        self._model = og.Model(config)
+        self._eos = {int(i) for i in og.Tokenizer(self._model).eos_token_ids}
+
+    def run(self, messages: Sequence[ChatMessage], max_tokens: int) -> tuple[float, float, int]:
+        """(TTFT ms, decode tokens/s after the first token, tokens generated)."""
+        prompt_ids = self._service_view.prompt_ids(messages)
+        params = self._og.GeneratorParams(self._model)
+        params.set_search_options(max_length=len(prompt_ids) + max_tokens, do_sample=False, batch_size=1)
+        generator = self._og.Generator(self._model, params)
+        started = time.perf_counter()
+        generator.append_tokens(prompt_ids)
+        first = last = started
+        tokens = 0
+        while not generator.is_done() and tokens < max_tokens:
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            last = time.perf_counter()
+            tokens += 1
+            if tokens == 1:
+                first = last
+            if token in self._eos:
+                break
+        return (first - started) * 1000.0, _rate(tokens, last - first), tokens
+
+
+def gateway_run(client: httpx.Client, question: str, max_tokens: int) -> tuple[float, float, int]:
+    """(first visible text ms, decode tokens/s after it, completion tokens) for one streamed request."""
+    body = {
+        "model": "prompt",
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    first: float | None = None
+    last = started
+    tokens = 0
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = int(chunk["usage"]["completion_tokens"])
+            choices = chunk.get("choices") or []
+            if choices and choices[0].get("delta", {}).get("content"):
+                last = time.perf_counter()
+                first = first if first is not None else last
+    if first is None:
+        raise RuntimeError(f"the gateway streamed no text for {question!r}")
+    return (first - started) * 1000.0, _rate(tokens, last - first), tokens
+
+
+def _rate(tokens: int, seconds: float) -> float:
+    return (tokens - 1) / seconds if tokens > 1 and seconds > 0 else 0.0
+
+
+def summarize(samples: Sequence[Sample]) -> dict[str, Any]:
+    """Medians per side, and the gateway against the engine as a ratio (decode) and a gap (TTFT)."""
+    by_side = {
+        side: {
+            "ttft_ms": statistics.median(s.ttft_ms for s in samples if s.side == side),
+            "decode_tok_s": statistics.median(s.decode_tok_s for s in samples if s.side == side),
+        }
+        for side in ("engine", "gateway")
+    }
+    ratio = by_side["gateway"]["decode_tok_s"] / by_side["engine"]["decode_tok_s"]
+    gap = by_side["gateway"]["ttft_ms"] - by_side["engine"]["ttft_ms"]
+    return {
+        **by_side,
+        "decode_ratio": round(ratio, 3),
+        "ttft_gap_ms": round(gap, 1),
+        "goals": {
+            "decode_ratio": {"goal": GOALS["decode_ratio"], "met": ratio >= GOALS["decode_ratio"]},
+            "ttft_gap_ms": {"goal": GOALS["ttft_gap_ms"], "met": gap <= GOALS["ttft_gap_ms"]},
+        },
+    }
+
+
+def write_report(result: dict[str, Any]) -> None:
+    write_json(RESULTS_ROOT / "streaming.json", result)
+    summary, config = result["summary"], result["config"]
+    rows = [[side, summary[side]["ttft_ms"], summary[side]["decode_tok_s"]] for side in ("engine", "gateway")]
+    goals = summary["goals"]
+    lines = [
+        "# The streaming path: engine alone against the gateway",
+        "",
+        f"SmolLM2 ONNX {config['precision']}, {config['threads']} intra-op threads on both sides, greedy, "
+        f"at most {config['tokens']} new tokens; {len(PROMPTS)} prompts x {config['rounds']} rounds, each "
+        "prompt on both sides back to back (alternating which goes first). Engine: onnxruntime-genai driven "
+        "directly. Gateway: `hybridllm serve`, the `prompt` pipeline with the privacy output filter on, read "
+        f"as SSE. Medians. Load average (1 min) {result['load_average']['start']:.2f} at start, "
+        f"{result['load_average']['end']:.2f} at end. Commit {result['commit']}.",
+        "",
+        markdown_table(["side", "TTFT ms (gateway: first visible text)", "decode tok/s"], rows),
+        "",
+        f"- Gateway decode / engine decode: **{summary['decode_ratio']}x** "
+        f"(goal >= {goals['decode_ratio']['goal']}: {_verdict(goals['decode_ratio'])}).",
+        f"- First visible token - engine TTFT: **{summary['ttft_gap_ms']} ms** "
+        f"(goal <= {goals['ttft_gap_ms']['goal']:.0f} ms: {_verdict(goals['ttft_gap_ms'])}).",
+        "",
+        "Reproduce: `python -m benchmarks.system.streaming`.",
+        "",
+    ]
+    (RESULTS_ROOT / "streaming.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def _verdict(goal: dict[str, Any]) -> str:
+    return "met" if goal["met"] else "missed"
+
+
+def _commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() or "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="int8", choices=("int4", "int8", "fp32"))
+    parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / "var")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.tokens < 2 or args.threads < 1:
+        parser.error(f"--rounds, --tokens and --threads must be positive (got {args.rounds}, {args.tokens}, "
+                     f"{args.threads}); --tokens at least 2")  # fmt: skip
+    load_start = os.getloadavg()[0]
+    settings = OnnxGeneratorSettings(threads=args.threads, onnx_precision=args.precision)
+    engine = DirectEngine(settings, args.data_dir)
+    env = {
+        "HYBRID_DATA_DIR": str(args.data_dir),
+        "HYBRID_GENERATOR__THREADS": str(args.threads),
+        "HYBRID_GENERATOR__ONNX_PRECISION": args.precision,
+        "HYBRID_DEFAULT_PIPELINE": "prompt",
+    }
+    samples: list[Sample] = []
+    with (
+        running_service(None, extra_env=env) as base_url,
+        httpx.Client(base_url=base_url, timeout=120) as client,
+    ):
+        gateway_run(client, PROMPTS[0], 8)  # warm the server's first request path
+        engine.run(engine_messages(PROMPTS[0]), 8)
+        for round_ in range(args.rounds):
+            for index, question in enumerate(PROMPTS):
+                sides = ("engine", "gateway") if (round_ + index) % 2 == 0 else ("gateway", "engine")
+                for side in sides:
+                    if side == "engine":
+                        measured = engine.run(engine_messages(question), args.tokens)
+                    else:
+                        measured = gateway_run(client, question, args.tokens)
+                    samples.append(Sample(side, index, *measured))
+    result = {
+        "config": {
+            "rounds": args.rounds,
+            "tokens": args.tokens,
+            "threads": args.threads,
+            "precision": args.precision,
+        },
+        "load_average": {"start": load_start, "end": os.getloadavg()[0]},
+        "commit": _commit(),
+        "summary": summarize(samples),
+        "samples": [asdict(s) for s in samples],
+    }
+    write_report(result)
+    print(json.dumps(result["summary"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""The streaming bench's summary: medians per side, the decode ratio and the TTFT gap against the goals."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.system.streaming import Sample, engine_messages, summarize
+
+pytestmark = pytest.mark.unit
+
+
+def test_summary_compares_the_gateway_with_the_engine_by_medians() -> None:
+    samples = [
+        Sample("engine", 0, ttft_ms=60.0, decode_tok_s=150.0, tokens=128),
+        Sample("engine", 1, ttft_ms=70.0, decode_tok_s=140.0, tokens=128),
+        Sample("engine", 2, ttft_ms=500.0, decode_tok_s=10.0, tokens=128),  # an outlier the median ignores
+        Sample("gateway", 0, ttft_ms=75.0, decode_tok_s=140.0, tokens=128),
+        Sample("gateway", 1, ttft_ms=80.0, decode_tok_s=120.0, tokens=128),
+        Sample("gateway", 2, ttft_ms=90.0, decode_tok_s=130.0, tokens=128),
+    ]
+    summary = summarize(samples)
+    assert summary["engine"] == {"ttft_ms": 70.0, "decode_tok_s": 140.0}
+    assert summary["gateway"] == {"ttft_ms": 80.0, "decode_tok_s": 130.0}
+    assert summary["decode_ratio"] == round(130 / 140, 3)
+    assert summary["ttft_gap_ms"] == 10.0
+    assert summary["goals"]["decode_ratio"]["met"] and summary["goals"]["ttft_gap_ms"]["met"]
+
+
+def test_a_slow_gateway_misses_both_goals() -> None:
+    samples = [
+        Sample("engine", 0, ttft_ms=60.0, decode_tok_s=150.0, tokens=128),
+        Sample("gateway", 0, ttft_ms=200.0, decode_tok_s=75.0, tokens=128),
+    ]
+    goals = summarize(samples)["goals"]
+    assert not goals["decode_ratio"]["met"] and not goals["ttft_gap_ms"]["met"]
+
+
+def test_the_engine_gets_the_prompt_pipelines_messages() -> None:
+    messages = engine_messages("Why is the sky blue?")
+    assert [m.role for m in messages] == ["system", "user"]
+    assert messages[-1].content == "Why is the sky blue?"

@@ -239,14 +239,16 @@ def write_overhead_report(results: Mapping[str, Any], out_dir: Path) -> Path:
             f"{config['tokens']} tokens, {'streaming' if config['stream'] else 'non-streaming'}. "
             f"Open-loop Poisson arrivals, {config['duration_s']:g} s per run, direct and through the gateway "
             "(`prompt` pipeline, `openai` "
-            f"backend) at each rate in turn. {results['machine']}",
+            f"backend) at each rate in turn, {config.get('workers', 1)} gateway worker process(es). "
+            f"{results['machine']}",
             "",
             markdown_table(headers, rows, digits=2),
             "",
-            "Latencies in ms, end to end at the client. Gateway CPU ms/req: the gateway process's "
-            "user+system CPU time over the run divided by the requests it served (one process's ceiling is "
-            "about 1000 / that many req/s). Load average: the machine's 1-minute load before and after the "
-            "pair of runs (other work on the machine competes for the same cores). Saturated: the gateway's "
+            "Latencies in ms, end to end at the client. Gateway CPU ms/req: the gateway processes' "
+            "user+system CPU time over the run (its workers included) divided by the requests it served "
+            "(one process's ceiling is about 1000 / that many req/s). Load average: the machine's 1-minute "
+            "load before and after the pair of runs (other work on the machine competes for the same "
+            "cores). Saturated: the gateway's "
             "achieved rate fell below "
             f"{SATURATED_THROUGHPUT:.0%} of the direct path's, or more than {SATURATED_ERRORS:.0%} of its "
             "requests failed.",
@@ -264,11 +266,13 @@ def write_overhead_report(results: Mapping[str, Any], out_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _gateway(gateway_url: str | None, upstream_url: str, max_inflight: int) -> Iterator[ServiceHandle | str]:
+def _gateway(
+    gateway_url: str | None, upstream_url: str, max_inflight: int, workers: int
+) -> Iterator[ServiceHandle | str]:
     if gateway_url is not None:
         yield gateway_url
         return
-    env = gateway_env(upstream_url, max_inflight)
+    env = {**gateway_env(upstream_url, max_inflight), "HYBRID_SERVER__WORKERS": str(workers)}
     with started_service(None, extra_env=env, ready_timeout_s=180) as handle:
         yield handle
 
@@ -293,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-inflight", type=int, default=512, help="gateway generator slots for this bench"
     )
+    parser.add_argument("--workers", type=int, default=1, help="the gateway's uvicorn worker processes")
     parser.add_argument("--gateway-url", default=None, help="a gateway already pointed at --upstream-url")
     parser.add_argument(
         "--upstream-url", default=None, help="an upstream already running (default: start one)"
@@ -324,7 +329,7 @@ def bench_overhead_main(argv: list[str]) -> int:
     try:
         with (
             _upstream(args.upstream_url, behaviour) as upstream_url,
-            _gateway(args.gateway_url, upstream_url, args.max_inflight) as gateway,
+            _gateway(args.gateway_url, upstream_url, args.max_inflight, args.workers) as gateway,
             tempfile.TemporaryDirectory(prefix="overhead-") as tmp,
         ):
             gateway_url = gateway if isinstance(gateway, str) else gateway.base_url
@@ -376,6 +381,7 @@ def bench_overhead_main(argv: list[str]) -> int:
             "duration_s": args.duration,
             "rates": args.rates,
             "max_inflight": args.max_inflight,
+            "workers": args.workers,
         },
         "rows": rows,
         "verdict": verdict(rows),

@@ -34,13 +34,31 @@ class ServiceHandle:
     pid: int
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU seconds of the server process so far (Linux /proc; None elsewhere)."""
+        """User + system CPU seconds so far of the server process and its live children (its uvicorn
+        workers), from Linux /proc; None elsewhere."""
+        total = 0.0
+        for pid in (self.pid, *_descendants(self.pid)):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                if pid == self.pid:
+                    return None
+                continue  # a worker that exited meanwhile
+            # Fields 14 and 15 of /proc/PID/stat (utime, stime), counted after the ")" that ends the name.
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
         try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        # Fields 14 and 15 of /proc/PID/stat (utime, stime), counted after the ")" that ends the name.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            kids = [int(child) for child in children.read_text().split()]
+        except (OSError, ValueError):
+            continue
+        for kid in kids:
+            found += [kid, *_descendants(kid)]
+    return found
 
 
 def hybridllm_command() -> list[str]:

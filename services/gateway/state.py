@@ -35,7 +35,8 @@ class GatewayState:
         return self.components
 
 
-def get_state(request: Request) -> GatewayState:
+async def get_state(request: Request) -> GatewayState:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop on every request.
     state: GatewayState = request.app.state.gateway
     return state
 

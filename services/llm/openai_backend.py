@@ -1,5 +1,8 @@
 """Any OpenAI-compatible server as a generator: vLLM (GPU or CPU build), llama.cpp's server, a cloud API.
 
+Spoken with httpx directly: the wire format is a small JSON object each way, and the openai SDK's request
+transforms and response models were most of the gateway's CPU per request.
+
 Retries only on connection errors (the request never reached the server, so repeating it is safe);
 a timeout or an upstream error status is reported, not retried, to keep the tail latency honest.
 """
@@ -7,13 +10,14 @@ a timeout or an upstream error status is reported, not retried, to keep the tail
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
-import openai
-from openai import AsyncOpenAI
+import httpx
 
 from services.core.errors import ConfigError, GenerationError, GenerationTimeout
 from services.core.settings import OpenAIGeneratorSettings
@@ -25,6 +29,7 @@ logger = logging.getLogger(__name__)
 # Without a tokenizer for the upstream model, budgets use the common ~4 characters per token estimate;
 # reported usage always comes from the upstream's own counts.
 CHARS_PER_TOKEN_ESTIMATE = 4
+COMPLETIONS_PATH = "/chat/completions"
 
 
 class OpenAICompatibleGenerator(ConfiguredBackend):
@@ -39,19 +44,20 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
         if not settings.base_url:
             raise ConfigError(f"generator {settings.name!r}: backend 'openai' needs base_url")
         super().__init__(settings)
-        self._client: AsyncOpenAI | None = None
+        self._client: httpx.AsyncClient | None = None
 
     def warm_up(self) -> None:
         # The client is cheap; reachability is probed by readiness checks, not at start, so the gateway
         # can come up before its upstream does.
-        self._client = AsyncOpenAI(
-            base_url=self._settings.base_url,
-            api_key=self._settings.api_key or "not-needed",
+        headers = {"Authorization": f"Bearer {self._settings.api_key}"} if self._settings.api_key else {}
+        self._client = httpx.AsyncClient(
+            base_url=str(self._settings.base_url).rstrip("/"),
+            headers=headers,
             timeout=self._settings.timeout_s,
-            max_retries=0,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
 
-    def _require_client(self) -> AsyncOpenAI:
+    def _require_client(self) -> httpx.AsyncClient:
         if self._client is None:
             self.warm_up()
         assert self._client is not None
@@ -86,45 +92,62 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
             args["response_format"] = params.response_format
         return args
 
-    async def _with_retries(self, call: Any) -> Any:
+    @asynccontextmanager
+    async def _post(self, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+        """The upstream's response to `body` (its status checked, its body not read yet), with retries."""
+        client = self._require_client()
         attempt = 0
         while True:
             try:
-                return await call()
-            except openai.APITimeoutError as exc:
+                request = client.build_request("POST", COMPLETIONS_PATH, json=body)
+                response = await client.send(request, stream=True)
+                break
+            except httpx.TimeoutException as exc:
                 raise GenerationTimeout(
                     f"{self.name}: upstream did not answer within {self._settings.timeout_s}s"
                 ) from exc
-            except openai.APIConnectionError as exc:
+            except httpx.TransportError as exc:
                 if attempt >= self._settings.max_retries:
                     raise GenerationError(
                         f"{self.name}: cannot reach upstream at {self._settings.base_url}: {exc}"
                     ) from exc
                 attempt += 1
                 await asyncio.sleep(0.1 * 2**attempt)
-            except openai.APIStatusError as exc:
+        try:
+            if response.status_code >= 400:
+                await response.aread()
                 raise GenerationError(
-                    f"{self.name}: upstream answered {exc.status_code}: {exc.message}"
-                ) from exc
+                    f"{self.name}: upstream answered {response.status_code}: {_error_message(response)}"
+                )
+            yield response
+        except httpx.TimeoutException as exc:
+            raise GenerationTimeout(
+                f"{self.name}: upstream did not answer within {self._settings.timeout_s}s"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise GenerationError(f"{self.name}: upstream response failed: {exc}") from exc
+        finally:
+            await response.aclose()
 
     async def complete(self, messages: Sequence[ChatMessage], params: GenerationParams) -> GenerationResult:
-        client = self._require_client()
-        args = self._request_args(messages, params)
+        body = self._request_args(messages, params)
         async with self._slots.acquire():
             started = time.perf_counter()
-            response = await self._with_retries(lambda: client.chat.completions.create(**args))
+            async with self._post(body) as response:
+                payload = _json_object(await response.aread(), self.name)
             busy = time.perf_counter() - started
-        if not response.choices:
+        choices = payload.get("choices") or []
+        if not choices:
             raise GenerationError(f"{self.name}: upstream returned no choices")
-        choice = response.choices[0]
-        text = choice.message.content or ""
-        usage = response.usage
+        choice = choices[0]
+        text = (choice.get("message") or {}).get("content") or ""
+        usage = payload.get("usage") or {}
         return GenerationResult(
             text=text,
-            prompt_tokens=usage.prompt_tokens if usage else self.render_prompt_tokens(messages),
-            completion_tokens=usage.completion_tokens if usage else self.count_tokens(text),
+            prompt_tokens=int(usage.get("prompt_tokens", self.render_prompt_tokens(messages))),
+            completion_tokens=int(usage.get("completion_tokens", self.count_tokens(text))),
             finish_reason=finish_reason(
-                ended_by_model=choice.finish_reason != "length", stopped_by_string=False
+                ended_by_model=choice.get("finish_reason") != "length", stopped_by_string=False
             ),
             backend=self.name,
             ttft_s=busy,  # non-streaming: the first token arrives with the last
@@ -132,37 +155,68 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
         )
 
     def _token_loop(self, messages: Sequence[ChatMessage], params: GenerationParams) -> TokenLoop:
-        args = self._request_args(messages, params)
-        args.update(stream=True, stream_options={"include_usage": True})
+        body = self._request_args(messages, params)
+        body.update(stream=True, stream_options={"include_usage": True})
         counts = RawCounts()
-        return TokenLoop(self._upstream_pieces(args, counts), lambda: counts)
+        return TokenLoop(self._upstream_pieces(body, counts), lambda: counts)
 
-    async def _upstream_pieces(self, args: dict[str, Any], counts: RawCounts) -> AsyncGenerator[str, None]:
+    async def _upstream_pieces(self, body: dict[str, Any], counts: RawCounts) -> AsyncGenerator[str, None]:
         """The upstream's streamed text; it honours `stop` itself, the template's matcher guards the rest."""
-        client = self._require_client()
-        upstream = await self._with_retries(lambda: client.chat.completions.create(**args))
         finish: str | None = None
-        try:
-            async for chunk in upstream:
-                if chunk.usage is not None:
-                    counts.prompt_tokens = chunk.usage.prompt_tokens
-                    counts.completion_tokens = chunk.usage.completion_tokens
-                if not chunk.choices:
+        async with self._post(body) as response:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, `event:` lines
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = _json_object(data.encode(), self.name)
+                if "error" in chunk:
+                    raise GenerationError(f"{self.name}: upstream stream failed: {_message_of(chunk)}")
+                usage = chunk.get("usage")
+                if usage:
+                    counts.prompt_tokens = int(usage["prompt_tokens"])
+                    counts.completion_tokens = int(usage["completion_tokens"])
+                choices = chunk.get("choices") or []
+                if not choices:
                     continue
-                choice = chunk.choices[0]
-                if choice.delta.content:
-                    yield choice.delta.content
-                if choice.finish_reason is not None:
-                    finish = choice.finish_reason
-        except openai.APIError as exc:
-            raise GenerationError(f"{self.name}: upstream stream failed: {exc}") from exc
-        finally:
-            await upstream.close()
+                choice = choices[0]
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    yield content
+                if choice.get("finish_reason") is not None:
+                    finish = choice["finish_reason"]
         if finish is None:
             raise GenerationError(f"{self.name}: upstream stream ended without a finish reason")
         counts.ended_by_model = finish != "length"
 
     async def aclose(self) -> None:
         if self._client is not None:
-            await self._client.close()
+            await self._client.aclose()
             self._client = None
+
+
+def _json_object(raw: bytes, backend: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(raw)
+    except ValueError as exc:
+        raise GenerationError(f"{backend}: upstream sent invalid JSON: {raw[:200]!r}") from exc
+    if not isinstance(payload, dict):
+        raise GenerationError(f"{backend}: upstream sent {type(payload).__name__}, not a JSON object")
+    return payload
+
+
+def _message_of(payload: dict[str, Any]) -> str:
+    error = payload.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return str(error or payload)
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The OpenAI error object's message when the body is one, else the body's start."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text[:200]
+    return _message_of(payload) if isinstance(payload, dict) else response.text[:200]

@@ -156,11 +156,18 @@ class StreamingTextFilter:
 
     def _safe_cut(self, buffer: str) -> int:
         tail = buffer[-self._holdback :]
-        if not _may_hold_a_finding(tail) and not _inside_pem_block(buffer):
-            # Plain prose: every multi-word value we detect has digits, a placeholder bracket, a PEM
-            # dash run or a `key=`-style marker in it; one-word values are never split at whitespace.
-            # So only the word still being written is held back, and streaming stays token by token.
-            return max(buffer.rfind(" "), buffer.rfind("\n"), buffer.rfind("\t")) + 1
+        word_start = max(buffer.rfind(" "), buffer.rfind("\n"), buffer.rfind("\t")) + 1
+        if not _inside_pem_block(buffer):
+            if not _may_hold_a_finding(tail):
+                # Plain prose: every multi-word value we detect has digits, a placeholder bracket, a PEM
+                # dash run or a `key=`-style marker in it; one-word values are never split at whitespace.
+                # So only the word still being written is held back, and streaming stays token by token.
+                return word_start
+            if not _has_a_marker(tail) and len(buffer) < self._max_buffer:
+                # Digits are the only risk: hold back the trailing run of number-like words (a card, a
+                # phone number, an IBAN's groups may still be growing), not a fixed window. A list's
+                # "1." followed by words leaves at once.
+                return self._not_through_a_finding(buffer, _number_run_start(buffer, word_start))
         if len(buffer) <= self._holdback:
             return 0
         forced = len(buffer) >= self._max_buffer
@@ -174,7 +181,11 @@ class StreamingTextFilter:
             pem_start = buffer.rfind("-----BEGIN", 0, cut)
             if pem_start >= 0 and buffer.find("-----END", pem_start) < 0:
                 cut = pem_start
-        if self._detect is not None and not forced:
+        return self._not_through_a_finding(buffer, cut, findings=not forced)
+
+    def _not_through_a_finding(self, buffer: str, cut: int, *, findings: bool = True) -> int:
+        """`cut`, moved back to the start of a finding or an open placeholder bracket it would split."""
+        if self._detect is not None and findings:
             for finding in self._detect(buffer):
                 if finding.start < cut < finding.end:
                     cut = finding.start
@@ -187,8 +198,31 @@ class StreamingTextFilter:
 _RISKY_TAIL = re.compile(r"[0-9\[=:@]|-----|pass|secret|token|key|bearer", re.IGNORECASE)
 
 
+_MARKER = re.compile(r"[\[=:@]|-----|pass|secret|token|key|bearer", re.IGNORECASE)
+_NUMBER_SEPARATORS = frozenset("()+-./")
+_SHORT_GROUP = re.compile(r"^[A-Z0-9]{1,4}$")  # an IBAN group such as "WEST" in "GB82 WEST 1234 ..."
+
+
 def _may_hold_a_finding(text: str) -> bool:
     return _RISKY_TAIL.search(text) is not None
+
+
+def _has_a_marker(text: str) -> bool:
+    """A risk other than digits: a placeholder, an assignment, an address, a key block, a secret's name."""
+    return _MARKER.search(text) is not None
+
+
+def _number_run_start(buffer: str, word_start: int) -> int:
+    """Where the whitespace-separated words before `word_start` stop looking like parts of one number:
+    words with a digit, separators alone ("-", "(", "+") and short capital groups next to them."""
+    start = word_start
+    for match in reversed(list(re.finditer(r"\S+", buffer[:word_start]))):
+        word = match.group()
+        numeric = any(ch.isdigit() for ch in word)
+        if not (numeric or set(word) <= _NUMBER_SEPARATORS or _SHORT_GROUP.match(word)):
+            break
+        start = match.start()
+    return start
 
 
 def _inside_pem_block(buffer: str) -> bool:

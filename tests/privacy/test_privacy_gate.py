@@ -340,6 +340,35 @@ def test_output_filter_redacts_split_private_key_block(gate: PrivacyGate) -> Non
     assert answer == "Here:\n[SECRET_REDACTED]\nDone."
 
 
+def _numbers_gate() -> PrivacyGate:
+    return PrivacyGate(PrivacySettings(output_redact_kinds=["card", "iban", "phone", "secret"]))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 13, 1000])
+def test_output_filter_redacts_split_numbers_after_a_numbered_list(size: int) -> None:
+    gate = _numbers_gate()
+    decision = gate.inspect_messages([U("list things")], backend_trust="internal", internal_available=True)
+    text = (
+        f"1. Pay with card {CARD} today.\n2. Or wire it to GB82 WEST 1234 5698 7654 32 instead.\n"
+        f"3. Call {PHONE} if stuck.\n4. Done."
+    )
+    answer = _stream(gate, decision, text, size)
+    assert answer == _stream(gate, decision, text, len(text))
+    assert "4111" not in answer and "5698" not in answer and "555-0132" not in answer
+    assert answer.count("_REDACTED]") == 3
+    assert answer.startswith("1. Pay with card ") and answer.endswith("4. Done.")
+
+
+def test_a_numbered_list_streams_word_by_word_instead_of_waiting_for_a_window() -> None:
+    gate = _numbers_gate()
+    decision = gate.inspect_messages([U("tips")], backend_trust="internal", internal_available=True)
+    output = gate.output_filter(decision, backend_trust="internal")
+    released = [output.feed(token) for token in ["1", ".", " Use", " a", " clear", " subject", "."]]
+    # Each word leaves once the next one starts: "1." is a list marker, not the start of a number.
+    assert "".join(released) == "1. Use a clear "
+    assert output.flush() == "subject."
+
+
 # --- logs ---------------------------------------------------------------------------------------------
 
 

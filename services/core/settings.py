@@ -73,6 +73,9 @@ class OnnxGeneratorSettings(BaseGeneratorSettings):
     # eval it kept transformers bf16's answer quality where int4 lost much of it
     # (benchmarks/results/generator.md).
     onnx_precision: Literal["int4", "int8", "fp32"] = "int8"
+    # With max_concurrency > 1, requests are decoded together in batches of up to max_concurrency
+    # (services/llm/onnx_batching.py). An idle engine waits this long for companions before a batch starts.
+    batch_window_ms: float = Field(5.0, ge=0, le=1000)
 
 
 class TransformersGeneratorSettings(BaseGeneratorSettings):

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness import prom
 from benchmarks.harness.client import PromptItem, send_chat
 from benchmarks.harness.load import configure_logging, make_http_client
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
@@ -70,11 +71,23 @@ def workload_prompts(workload: str) -> list[PromptItem]:
     raise ValueError(f"unknown workload {workload!r}; known: {sorted(WORKLOAD_PIPELINES)}")
 
 
+def stage_ms_per_request(server: Mapping[str, Any], pipeline: str, completed: int) -> dict[str, float]:
+    """Server seconds per pipeline stage (from the /metrics delta of one run), as ms per completed request."""
+    stages = server.get("stages", {}).get(pipeline, {})
+    return {stage: v["seconds"] * 1000.0 / max(completed, 1) for stage, v in stages.items()}
+
+
 def run_row(
-    workload: str, mode: str, concurrency: int, summary: Mapping[str, Any], load_1m: Sequence[float]
+    workload: str,
+    mode: str,
+    concurrency: int,
+    summary: Mapping[str, Any],
+    load_1m: Sequence[float],
+    stage_ms: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The few numbers of one run that the report and the ratios need."""
     e2e = summary["e2e_ms"]
+    completed = max(summary["completed"], 1)
     return {
         "workload": workload,
         "mode": mode,
@@ -87,6 +100,9 @@ def run_row(
         "e2e_p50_ms": e2e.get("p50"),
         "e2e_p95_ms": e2e.get("p95"),
         "e2e_p99_ms": e2e.get("p99"),
+        "mean_prompt_tokens": summary["total_prompt_tokens"] / completed,
+        "mean_output_tokens": summary["total_output_tokens"] / completed,
+        "stage_ms_per_request": dict(stage_ms or {}),
         "load_1m": [round(value, 2) for value in load_1m],
         "errors": summary.get("errors", {}),
     }
@@ -192,6 +208,26 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines += [
         markdown_table(["workload", "goal", "target", "measured", "met", "measured / target"], goal_rows, 2)
     ]
+    stage_names = sorted({stage for r in results["runs"] for stage in r.get("stage_ms_per_request", {})})
+    if stage_names:
+        lines += [
+            "",
+            "## Server time per request by stage (ms, from /metrics; under load a stage includes its waits)",
+            "",
+        ]
+        stage_rows = [
+            [
+                r["workload"],
+                r["mode"],
+                r["concurrency"],
+                r.get("mean_prompt_tokens"),
+                r.get("mean_output_tokens"),
+            ]
+            + [r.get("stage_ms_per_request", {}).get(stage) for stage in stage_names]
+            for r in results["runs"]
+        ]
+        headers = ["workload", "mode", "c", "prompt tokens", "output tokens", *stage_names]
+        lines += [markdown_table(headers, stage_rows, 1)]
     notes = results.get("notes")
     if notes:
         lines += ["", notes.strip()]
@@ -264,11 +300,17 @@ async def measure(
                         )
 
                     load_start = os.getloadavg()[0]
+                    before = await prom.scrape(client, base_urls[mode])
                     records, duration = await run_closed_loop(
                         send, prompts, concurrency, Bounds(requests=requests, duration_s=None)
                     )
+                    load_end = os.getloadavg()[0]
+                    server = prom.summarize_delta(
+                        prom.delta(before, await prom.scrape(client, base_urls[mode]))
+                    )
                     summary = summarize_records(records, duration)
-                    row = run_row(workload, mode, concurrency, summary, [load_start, os.getloadavg()[0]])
+                    stages = stage_ms_per_request(server, pipeline, summary["completed"])
+                    row = run_row(workload, mode, concurrency, summary, [load_start, load_end], stages)
                     rows.append(row)
                     print(json.dumps(row, default=str), file=sys.stderr, flush=True)
     return rows

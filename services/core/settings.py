@@ -75,7 +75,7 @@ class OnnxGeneratorSettings(BaseGeneratorSettings):
     onnx_precision: Literal["int4", "int8", "fp32"] = "int8"
     # With max_concurrency > 1, requests are decoded together in batches of up to max_concurrency
     # (services/llm/onnx_batching.py). An idle engine waits this long for companions before a batch starts.
-    batch_window_ms: float = Field(5.0, ge=0, le=1000)
+    batch_window_ms: float = Field(10.0, ge=0, le=1000)
 
 
 class TransformersGeneratorSettings(BaseGeneratorSettings):

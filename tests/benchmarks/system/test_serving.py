@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from benchmarks.system.serving import check_goals, mode_env, render_markdown, with_ratios, write_plot
+from benchmarks.system.serving import (
+    check_goals,
+    mode_env,
+    render_markdown,
+    stage_ms_per_request,
+    with_ratios,
+    write_plot,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -25,6 +32,9 @@ def row(workload: str, mode: str, concurrency: int, req_per_s: float, p95: float
         "e2e_p50_ms": p95 / 2,
         "e2e_p95_ms": p95,
         "e2e_p99_ms": p95 * 1.1,
+        "mean_prompt_tokens": 40.0,
+        "mean_output_tokens": 60.0,
+        "stage_ms_per_request": {"generate": 900.0, "privacy": 0.2},
         "load_1m": [1.0, 1.2],
         "errors": {},
     }
@@ -85,5 +95,12 @@ def test_report_and_plot_are_written(tmp_path: Path) -> None:
     assert "| prompt | on | 4 |" in text
     assert "1.00, 1.20" in text  # the load average of each run
     assert "## Why" in text
+    assert "| prompt | on | 4 | 40.0 | 60.0 | 900.0 | 0.2 |" in text  # stage ms per request
     write_plot(runs, tmp_path / "serving.png")
     assert (tmp_path / "serving.png").stat().st_size > 0
+
+
+def test_stage_time_is_per_completed_request_of_the_pipeline() -> None:
+    server = {"stages": {"rag": {"generate": {"seconds": 4.0}, "search": {"seconds": 0.2}}, "prompt": {}}}
+    assert stage_ms_per_request(server, "rag", 4) == {"generate": 1000.0, "search": 50.0}
+    assert stage_ms_per_request(server, "prompt", 0) == {}

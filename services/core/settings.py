@@ -74,8 +74,9 @@ class OnnxGeneratorSettings(BaseGeneratorSettings):
     # (benchmarks/results/generator.md).
     onnx_precision: Literal["int4", "int8", "fp32"] = "int8"
     # With max_concurrency > 1, requests are decoded together in batches of up to max_concurrency
-    # (services/llm/onnx_batching.py). An idle engine waits this long for companions before a batch starts.
-    batch_window_ms: float = Field(10.0, ge=0, le=1000)
+    # (services/llm/onnx_batching.py). An idle engine waits at most this long for the companions it expects
+    # (other requests holding a place) before a batch starts; a lone request starts at once.
+    batch_window_ms: float = Field(25.0, ge=0, le=1000)
 
 
 class TransformersGeneratorSettings(BaseGeneratorSettings):

@@ -125,7 +125,10 @@ class OnnxGenerator(InProcessBackend):
         self._model, self._tokenizer, self._og_adapters = model, tokenizer, og_adapters
         if batch_size > 1:
             self._scheduler = EngineScheduler(
-                model, max_batch_size=batch_size, admission_window_s=self._settings.batch_window_ms / 1000
+                model,
+                max_batch_size=batch_size,
+                admission_window_s=self._settings.batch_window_ms / 1000,
+                demand=lambda: self._slots.running + self._slots.waiting,
             )
         self.model_dir = model_dir
         logger.info(

@@ -4,7 +4,8 @@ onnxruntime-genai's Engine runs several requests per decode step. Its continuous
 built with PagedAttention, which the builder offers only for CUDA and WebGPU; on CPU it runs its static
 batch scheduler: the requests waiting when a batch starts are decoded together, one token each per step,
 and requests that arrive later start with the next batch, once every member of the running one is done.
-So an idle engine waits a short admission window for companions before it starts a batch.
+So the scheduler holds arrivals until the engine is idle and then waits a short admission window for the
+companions it expects, so that clients whose answers ended together are batched together again.
 
 Each request reserves only the tokens it can reach (`max_session_tokens` = prompt + max_tokens): left at
 its default the engine reserves the model's whole context per request, which makes a batch's prefill
@@ -79,7 +80,14 @@ class EngineTicket:
 class EngineScheduler:
     """Owns one `og.Engine` in a daemon thread; requests are submitted from any thread."""
 
-    def __init__(self, model: Any, *, max_batch_size: int, admission_window_s: float) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        max_batch_size: int,
+        admission_window_s: float,
+        demand: Callable[[], int] | None = None,
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if admission_window_s < 0:
@@ -91,6 +99,9 @@ class EngineScheduler:
         self._incoming: list[EngineTicket] = []
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._demand = demand  # requests on their way to the engine (e.g. holding a generation place)
+        self._recent_demand = 0
+        self._running_count = 0
         self.peak_batch_size = 0  # the most requests that ever shared one engine step
 
     def submit(
@@ -141,6 +152,7 @@ class EngineScheduler:
                     _deliver_end(ticket, TurnEnd(error="the engine dropped the request"))
                 running.clear()
                 continue
+            self._running_count = len(running)
             self.peak_batch_size = max(self.peak_batch_size, len(running))
             try:
                 engine.run(events)
@@ -156,24 +168,46 @@ class EngineScheduler:
             _deliver_end(ticket, TurnEnd(cancelled=True))
 
     def _take_incoming(self, *, idle: bool) -> list[EngineTicket] | None:
-        """New tickets to admit; an idle engine blocks for the first and then waits the admission window."""
+        """The next batch, once the engine is idle; None when stopping.
+
+        While a batch runs, new tickets wait here (the engine would not start them before the batch ends
+        anyway) and only cancellations are served. An idle engine blocks for the first ticket, then waits
+        up to the admission window for as many companions as are known to be coming: the requests holding
+        a generation place (`demand`) or, failing that, the requests seen during the last batch, so clients
+        whose answers ended together start their next requests together.
+        """
         with self._wake:
-            if idle:
-                while not self._incoming and not self._stopping:
-                    self._wake.wait()
-                deadline = time.monotonic() + self._admission_window_s
-                while len(self._incoming) < self.max_batch_size and not self._stopping:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._wake.wait(left)
             if self._stopping:
-                for ticket in self._incoming:
-                    _deliver_end(ticket, TurnEnd(cancelled=True))
-                self._incoming.clear()
+                self._end_incoming(TurnEnd(cancelled=True), lambda ticket: True)
                 return None
-            admitted, self._incoming = self._incoming, []
+            if not idle:
+                self._end_incoming(TurnEnd(cancelled=True), lambda ticket: ticket.cancel_requested.is_set())
+                self._recent_demand = max(self._recent_demand, self._running_count + len(self._incoming))
+                return []
+            while not self._incoming and not self._stopping:
+                self._wake.wait()
+            expected = max(self._recent_demand, self._demand() if self._demand is not None else 0)
+            target = min(self.max_batch_size, max(expected, 1))
+            deadline = time.monotonic() + self._admission_window_s
+            while len(self._incoming) < target and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._wake.wait(left)
+            if self._stopping:
+                self._end_incoming(TurnEnd(cancelled=True), lambda ticket: True)
+                return None
+            admitted = self._incoming[: self.max_batch_size]
+            self._incoming = self._incoming[self.max_batch_size :]
+            self._recent_demand = len(admitted) + len(self._incoming)
             return admitted
+
+    def _end_incoming(self, end: TurnEnd, which: Callable[[EngineTicket], bool]) -> None:
+        """End the waiting tickets `which` selects (called with the lock held)."""
+        ending = [ticket for ticket in self._incoming if which(ticket)]
+        self._incoming = [ticket for ticket in self._incoming if not which(ticket)]
+        for ticket in ending:
+            _deliver_end(ticket, end)
 
     def _begin(self, engine: Any, ticket: EngineTicket, running: dict[int, EngineTicket]) -> None:
         import numpy as np

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import time
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -140,8 +141,8 @@ def submit(scheduler: EngineScheduler, max_tokens: int) -> tuple[Any, Collector]
     return scheduler.submit(spec, collector.tokens.append, collector.on_end), collector
 
 
-def test_requests_within_the_admission_window_share_one_batch() -> None:
-    scheduler = EngineScheduler(object(), max_batch_size=4, admission_window_s=0.5)
+def test_the_expected_companions_share_one_batch() -> None:
+    scheduler = EngineScheduler(object(), max_batch_size=4, admission_window_s=5.0, demand=lambda: 3)
     collectors = [submit(scheduler, 5)[1] for _ in range(3)]
     for collector in collectors:
         assert collector.ended.wait(5)
@@ -152,10 +153,27 @@ def test_requests_within_the_admission_window_share_one_batch() -> None:
     scheduler.close()
 
 
-def test_a_full_batch_starts_without_waiting_out_the_window() -> None:
-    scheduler = EngineScheduler(object(), max_batch_size=2, admission_window_s=30.0)
-    collectors = [submit(scheduler, 2)[1] for _ in range(2)]
-    assert all(c.ended.wait(5) for c in collectors)
+def test_a_lone_request_starts_at_once_and_expected_ones_wait_no_longer_than_the_window() -> None:
+    lone = EngineScheduler(object(), max_batch_size=4, admission_window_s=30.0, demand=lambda: 1)
+    assert submit(lone, 2)[1].ended.wait(5)
+    lone.close()
+    started = time.monotonic()
+    waiting = EngineScheduler(object(), max_batch_size=4, admission_window_s=0.3, demand=lambda: 3)
+    assert submit(waiting, 2)[1].ended.wait(5)
+    assert time.monotonic() - started >= 0.3
+    waiting.close()
+
+
+def test_requests_arriving_during_a_batch_start_together_with_the_next() -> None:
+    # The last batch's member counts as a companion to come (a closed-loop client), so they wait the window.
+    scheduler = EngineScheduler(object(), max_batch_size=4, admission_window_s=0.5, demand=lambda: 1)
+    first, first_collector = submit(scheduler, 10_000)
+    while not first_collector.tokens:
+        time.sleep(0.001)
+    late = [submit(scheduler, 3)[1] for _ in range(2)]
+    scheduler.cancel(first)
+    assert all(c.ended.wait(5) for c in late)
+    assert FakeEngine.instances[0].batch_sizes == [1, 2]
     scheduler.close()
 
 
@@ -164,7 +182,7 @@ def test_cancelling_one_request_ends_it_and_leaves_the_others_whole() -> None:
     doomed, doomed_collector = submit(scheduler, 10_000)
     _, other = submit(scheduler, 50)
     while not doomed_collector.tokens:
-        threading.Event().wait(0.001)
+        time.sleep(0.001)
     scheduler.cancel(doomed)
     assert doomed_collector.ended.wait(5)
     assert doomed_collector.end == TurnEnd(cancelled=True)

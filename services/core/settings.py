@@ -73,6 +73,10 @@ class OnnxGeneratorSettings(BaseGeneratorSettings):
     # eval it kept transformers bf16's answer quality where int4 lost much of it
     # (benchmarks/results/generator.md).
     onnx_precision: Literal["int4", "int8", "fp32"] = "int8"
+    # With max_concurrency > 1, requests are decoded together in batches of up to max_concurrency
+    # (services/llm/onnx_batching.py). An idle engine waits at most this long for the companions it expects
+    # (other requests holding a place) before a batch starts; a lone request starts at once.
+    batch_window_ms: float = Field(25.0, ge=0, le=1000)
 
 
 class TransformersGeneratorSettings(BaseGeneratorSettings):

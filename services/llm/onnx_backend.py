@@ -1,27 +1,43 @@
 """In-process generation with ONNX Runtime GenAI: the fast CPU serving backend.
 
 The model is converted once (services/llm/model_prep.py); at run time only onnxruntime-genai is needed,
-no torch or transformers. Each request gets its own `og.Generator`, created and driven token by token
-(`generate_next_token`) inside one worker thread, so no two threads ever touch one generator; requests
-share the read-only `og.Model`. `GenerationSlots` bounds how many run at once. The consumer closing the
-stream sets a cancel flag the worker checks between tokens, so a client that disconnects frees the CPU
-within one token. A requested JSON format is enforced by the library's guided decoding where it
-initialises for the model; otherwise the runner validates and repairs (services/llm/structured_output.py).
+no torch or transformers. Requests share the read-only `og.Model`; `GenerationSlots` bounds how many run
+at once (`max_concurrency`) and how many wait.
+
+With `max_concurrency` > 1 requests are decoded together, up to `max_concurrency` per step, by one
+`og.Engine` (services/llm/onnx_batching.py). Requests the engine cannot take run alone on the unbatched
+path: an adapter (the Engine API has no adapter selection), guided decoding (response_format) and a fixed
+sampling seed (the static engine refuses per-request seeds). Those run beside the batch, not in it.
+
+The unbatched path (and every request with `max_concurrency` 1) gets its own `og.Generator`, driven token
+by token (`generate_next_token`) inside one worker thread, so no two threads ever touch one generator.
+On both paths the consumer closing the stream cancels the request between tokens, so a client that
+disconnects frees its place within one token. A requested JSON format is enforced by the library's guided
+decoding where it initialises for the model; otherwise the runner validates and repairs
+(services/llm/structured_output.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
 from services.core.errors import ConfigError, GenerationError, InvalidRequest, NotReady, StructuredOutputError
 from services.core.settings import OnnxGeneratorSettings
 from services.core.types import ChatMessage, GenerationParams
-from services.llm.backend_base import InProcessBackend, ThreadedRun
+from services.llm.backend_base import InProcessBackend, RawCounts, ThreadedRun, TokenLoop
 from services.llm.model_prep import GENAI_CONFIG_NAME, prepare_onnx_model, verify_onnx_model
+from services.llm.onnx_batching import (
+    EngineScheduler,
+    EngineTurnResult,
+    TurnSpec,
+    engine_config_overlay,
+    stream_engine_tokens,
+)
 from services.llm.streaming import Emit
 from services.llm.structured_output import (
     ResponseFormatSpec,
@@ -60,6 +76,7 @@ class OnnxGenerator(InProcessBackend):
         self._eos_ids: frozenset[int] = frozenset()
         self._context_length = 0
         self._guidance_ready = False
+        self._scheduler: EngineScheduler | None = None
         self.model_dir: Path | None = None
 
     # ------------------------------------------------------------------ loading
@@ -82,6 +99,9 @@ class OnnxGenerator(InProcessBackend):
         if self._settings.threads > 0:
             options = {"intra_op_num_threads": self._settings.threads, "inter_op_num_threads": 1}
             config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        batch_size = self._settings.max_concurrency
+        if batch_size > 1:
+            config.overlay(engine_config_overlay(batch_size))
         try:
             model = og.Model(config)
             tokenizer = og.Tokenizer(model)
@@ -103,11 +123,19 @@ class OnnxGenerator(InProcessBackend):
         self._chat_template = read_chat_template(model_dir)
         self._guidance_ready = guided_decoding_works(model, model_dir)
         self._model, self._tokenizer, self._og_adapters = model, tokenizer, og_adapters
+        if batch_size > 1:
+            self._scheduler = EngineScheduler(
+                model,
+                max_batch_size=batch_size,
+                admission_window_s=self._settings.batch_window_ms / 1000,
+                demand=lambda: self._slots.running + self._slots.waiting,
+            )
         self.model_dir = model_dir
         logger.info(
-            "loaded ONNX model %s (threads=%s, adapters=%s)",
+            "loaded ONNX model %s (threads=%s, batch size=%s, adapters=%s)",
             model_dir,
             self._settings.threads or "default",
+            batch_size,
             sorted(adapter_files or {}),
         )
 
@@ -115,6 +143,11 @@ class OnnxGenerator(InProcessBackend):
     def supports_response_format(self) -> bool:
         """With guided decoding a requested JSON format is produced in one pass, valid by construction."""
         return self._guidance_ready
+
+    @property
+    def batch_scheduler(self) -> EngineScheduler | None:
+        """The batched engine's scheduler; None with max_concurrency 1 (every request unbatched)."""
+        return self._scheduler
 
     def _require_model(self) -> Any:
         if self._model is None:
@@ -180,6 +213,49 @@ class OnnxGenerator(InProcessBackend):
             options.update(do_sample=False)
         return options
 
+    def _runs_batched(self, params: GenerationParams) -> bool:
+        """Whether this request can share the batched engine (see the module docstring for the others)."""
+        return (
+            self._scheduler is not None
+            and params.adapter is None
+            and params.seed is None
+            and self._guided_format(params) is None
+        )
+
+    def _token_loop(self, messages: Sequence[ChatMessage], params: GenerationParams) -> TokenLoop:
+        if not self._runs_batched(params):
+            return super()._token_loop(messages, params)
+        assert self._scheduler is not None
+        prompt_ids = self._checked_prompt_ids(messages, params)
+        spec = TurnSpec(
+            prompt_ids=prompt_ids,
+            max_tokens=params.max_tokens,
+            max_session_tokens=min(len(prompt_ids) + params.max_tokens, self._context_length),
+            temperature=params.temperature,
+            top_p=params.top_p,
+        )
+        result = EngineTurnResult()
+
+        def counts() -> RawCounts:
+            ended_by_model = result.end is not None and result.end.ended_by_model
+            return RawCounts(len(prompt_ids), len(result.token_ids), ended_by_model=ended_by_model)
+
+        return TokenLoop(self._batched_pieces(self._scheduler, spec, result), counts)
+
+    async def _batched_pieces(
+        self, scheduler: EngineScheduler, spec: TurnSpec, result: EngineTurnResult
+    ) -> AsyncGenerator[str, None]:
+        tokens = stream_engine_tokens(scheduler, spec, result)
+        decoder = self._tokenizer.create_stream()
+        try:
+            async for token in tokens:
+                # The stream decoder returns "" until a multi-byte character is complete.
+                text = decoder.decode(token)
+                if text:
+                    yield text
+        finally:
+            await tokens.aclose()
+
     def _generate_blocking(
         self, prompt_ids: list[int], params: GenerationParams, run: ThreadedRun, emit: Emit
     ) -> None:
@@ -222,6 +298,9 @@ class OnnxGenerator(InProcessBackend):
             raise GenerationError(f"ONNX generation failed: {exc}") from exc
 
     async def aclose(self) -> None:
+        if self._scheduler is not None:
+            scheduler, self._scheduler = self._scheduler, None
+            await asyncio.to_thread(scheduler.close)
         self._model = None
         self._tokenizer = None
         self._og_adapters = None

@@ -199,8 +199,9 @@ _RISKY_TAIL = re.compile(r"[0-9\[=:@]|-----|pass|secret|token|key|bearer", re.IG
 
 
 _MARKER = re.compile(r"[\[=:@]|-----|pass|secret|token|key|bearer", re.IGNORECASE)
-_NUMBER_SEPARATORS = frozenset("()+-./")
-_SHORT_GROUP = re.compile(r"^[A-Z0-9]{1,4}$")  # an IBAN group such as "WEST" in "GB82 WEST 1234 ..."
+# Words that may be part of a card, phone, SSN or IBAN still being written: digits and separators only, or a
+# short capital group such as "GB82" and "WEST" in "GB82 WEST 1234 ...". "part0" or "4th" are not.
+_NUMBER_WORD = re.compile(r"[\d()+\-./]+|[A-Z0-9]{1,4}")
 
 
 def _may_hold_a_finding(text: str) -> bool:
@@ -213,13 +214,10 @@ def _has_a_marker(text: str) -> bool:
 
 
 def _number_run_start(buffer: str, word_start: int) -> int:
-    """Where the whitespace-separated words before `word_start` stop looking like parts of one number:
-    words with a digit, separators alone ("-", "(", "+") and short capital groups next to them."""
+    """Where the whitespace-separated words before `word_start` stop looking like parts of one number."""
     start = word_start
     for match in reversed(list(re.finditer(r"\S+", buffer[:word_start]))):
-        word = match.group()
-        numeric = any(ch.isdigit() for ch in word)
-        if not (numeric or set(word) <= _NUMBER_SEPARATORS or _SHORT_GROUP.match(word)):
+        if not _NUMBER_WORD.fullmatch(match.group()):
             break
         start = match.start()
     return start

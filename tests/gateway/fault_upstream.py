@@ -53,7 +53,7 @@ class FaultyUpstream(FixtureUpstream):
             writer.write(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
             )
-            # Past the privacy filter's hold-back (48 characters), so text has reached the client.
+            # Enough words that text has passed the privacy filter's hold-back and reached the client.
             for i in range(12):
                 delta = {"content": f"part{i} "}
                 event = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "fixture",

@@ -369,7 +369,8 @@ def test_a_numbered_list_streams_word_by_word_instead_of_waiting_for_a_window() 
     assert output.flush() == "subject."
     # Words that mix letters and digits are not parts of a number either.
     output = gate.output_filter(decision, backend_trust="internal")
-    assert "".join(output.feed(token) for token in ["part0", " part1", " v2", " 4th", " ok"]) == "part0 part1 v2 4th "
+    mixed = ["part0", " part1", " v2", " 4th", " ok"]
+    assert "".join(output.feed(token) for token in mixed) == "part0 part1 v2 4th "
 
 
 # --- logs ---------------------------------------------------------------------------------------------

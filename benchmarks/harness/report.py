@@ -201,11 +201,15 @@ def write_load_report(results: Mapping[str, Any], out_dir: Path) -> dict[str, st
         "",
         stage_table(runs),
         "",
-        "## Plots",
-        "",
-        *[f"![{name}]({name})" for name in plots],
-        "",
     ]
+    return write_markdown_report(out_dir, parts, plots, json_path)
+
+
+def write_markdown_report(
+    out_dir: Path, parts: Sequence[str], plots: Sequence[str], json_path: Path
+) -> dict[str, str]:
+    """report.md from `parts` and a Plots section; the paths of everything the report consists of."""
+    lines = [*parts, "## Plots", "", *[f"![{name}]({name})" for name in plots], ""]
     md_path = out_dir / "report.md"
-    md_path.write_text("\n".join(parts), encoding="utf-8")
+    md_path.write_text("\n".join(lines), encoding="utf-8")
     return {"json": str(json_path), "markdown": str(md_path), **{p: str(out_dir / p) for p in plots}}

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness.report import fmt, markdown_table, write_json, write_plots
+from benchmarks.harness.report import fmt, markdown_table, write_json, write_markdown_report, write_plots
 
 GOAL_COST_RATIO = 0.6
 GOAL_P95_RATIO = 0.7
@@ -376,11 +376,5 @@ def write_compare_report(results: Mapping[str, Any], out_dir: Path) -> dict[str,
         "",
         sweep_section(results["sweep"]),
         "",
-        "## Plots",
-        "",
-        *[f"![{name}]({name})" for name in plots],
-        "",
     ]
-    md_path = out_dir / "report.md"
-    md_path.write_text("\n".join(parts), encoding="utf-8")
-    return {"json": str(json_path), "markdown": str(md_path), **{p: str(out_dir / p) for p in plots}}
+    return write_markdown_report(out_dir, parts, plots, json_path)

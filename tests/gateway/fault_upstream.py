@@ -12,10 +12,14 @@ import contextlib
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 from benchmarks.harness.fixture_upstream import FixtureBehaviour, FixtureUpstream
 from services.core.ports import free_port
+from services.core.settings import load_settings
+from services.gateway.app import create_app
+from tests.conftest import MODEL_CACHE, serve_in_thread
 
 QUICK = FixtureBehaviour(delay_s=0.0, tokens=8)
 Mode = Literal["ok", "error_500", "slow", "die_mid_stream", "refuse"]
@@ -132,3 +136,17 @@ def fault_upstream(
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def gateway_in_front_of(upstream: FaultUpstreamServer, index_dir: Path, **overrides: Any) -> Iterator[str]:
+    """A real gateway (the `prompt` pipeline by default) whose generator is `upstream`; yields its URL."""
+    settings = load_settings(
+        data_dir=str(MODEL_CACHE),
+        default_pipeline="prompt",
+        generator={"backend": "openai", "model": "fixture", "base_url": upstream.base_url, "max_retries": 0},
+        rag={"index_dir": str(index_dir), "watch_interval_s": 0},
+        **overrides,
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        yield url

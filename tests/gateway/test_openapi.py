@@ -22,8 +22,7 @@ import pytest
 
 from services.core.settings import load_settings
 from services.gateway.app import create_app
-from tests.conftest import MODEL_CACHE, serve_in_thread
-from tests.gateway.fault_upstream import FaultUpstreamServer, fault_upstream
+from tests.gateway.fault_upstream import FaultUpstreamServer, fault_upstream, gateway_in_front_of
 
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
 QUESTION = [{"role": "user", "content": "How many vacation days do I get?"}]
@@ -99,13 +98,7 @@ def upstream() -> Iterator[FaultUpstreamServer]:
 
 @pytest.fixture(scope="module")
 def base_url(handbook_index: Path, upstream: FaultUpstreamServer) -> Iterator[str]:
-    settings = load_settings(
-        data_dir=str(MODEL_CACHE),
-        default_pipeline="prompt",
-        generator={"backend": "openai", "model": "fixture", "base_url": upstream.base_url, "max_retries": 0},
-        rag={"index_dir": str(handbook_index), "watch_interval_s": 0},
-    )
-    with serve_in_thread(create_app(settings)) as url:
+    with gateway_in_front_of(upstream, handbook_index) as url:
         yield url
 
 

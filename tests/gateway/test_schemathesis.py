@@ -27,10 +27,7 @@ from schemathesis.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from services.core.settings import load_settings  # noqa: E402
-from services.gateway.app import create_app  # noqa: E402
-from tests.conftest import MODEL_CACHE, serve_in_thread  # noqa: E402
-from tests.gateway.fault_upstream import FaultUpstreamServer, fault_upstream  # noqa: E402
+from tests.gateway.fault_upstream import FaultUpstreamServer, fault_upstream, gateway_in_front_of  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,14 +47,7 @@ def upstream() -> Iterator[FaultUpstreamServer]:
 
 @pytest.fixture(scope="module")
 def base_url(handbook_index: Path, upstream: FaultUpstreamServer) -> Iterator[str]:
-    settings = load_settings(
-        data_dir=str(MODEL_CACHE),
-        default_pipeline="prompt",
-        generator={"backend": "openai", "model": "fixture", "base_url": upstream.base_url, "max_retries": 0},
-        rag={"index_dir": str(handbook_index), "watch_interval_s": 0},
-        server={"max_completion_tokens": 64},
-    )
-    with serve_in_thread(create_app(settings)) as url:
+    with gateway_in_front_of(upstream, handbook_index, server={"max_completion_tokens": 64}) as url:
         yield url
 
 

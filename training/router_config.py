@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from services.core.errors import ConfigError
 from services.router import artifacts as layout
 from services.router.modeling import POOLINGS, Pooling
+from training.recipe import read_recipe
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "router_lora.yaml"
 
@@ -92,21 +91,13 @@ class RouterTrainConfig:
 
 def load_config(path: Path | None = None, **overrides: Any) -> RouterTrainConfig:
     """The YAML config (default: training/configs/router_lora.yaml) with keyword overrides on top."""
-    source = path or DEFAULT_CONFIG
-    try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read router config {source}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"router config {source} must hold a mapping")
-    values = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
-    known = {f.name for f in dataclasses.fields(RouterTrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"router config {source}: unknown key(s) {unknown}")
-    for key in ("target_modules", "modules_to_save", "oos_labels"):
-        if key in values:
-            values[key] = tuple(values[key])
+    values = read_recipe(
+        path or DEFAULT_CONFIG,
+        RouterTrainConfig,
+        what="router config",
+        overrides=overrides,
+        tuples=("target_modules", "modules_to_save", "oos_labels"),
+    )
     try:
         return RouterTrainConfig(**values)
     except (TypeError, ValueError) as exc:

@@ -30,6 +30,7 @@ import yaml
 from services.core.atomic import staged_dir
 from services.core.errors import ConfigError
 from services.core.settings import TransformersGeneratorSettings
+from training.recipe import read_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -92,19 +93,14 @@ class GeneratorTrainConfig:
 
 def load_config(path: Path | None = None, **overrides: Any) -> GeneratorTrainConfig:
     """The YAML config (default: training/configs/generator_lora.yaml) with non-None overrides applied."""
-    source = path or DEFAULT_CONFIG
-    try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"generator training config {source}: {exc}") from exc
-    known = {f.name for f in dataclasses.fields(GeneratorTrainConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"generator training config {source}: unknown keys {unknown}")
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    if "target_modules" in raw:
-        raw["target_modules"] = tuple(raw["target_modules"])
-    return GeneratorTrainConfig(**raw)
+    values = read_recipe(
+        path or DEFAULT_CONFIG,
+        GeneratorTrainConfig,
+        what="generator training config",
+        overrides=overrides,
+        tuples=("target_modules",),
+    )
+    return GeneratorTrainConfig(**values)
 
 
 # --------------------------------------------------------------------------- data

@@ -26,6 +26,7 @@ import httpx
 
 from benchmarks.harness.paths import REPO_ROOT
 from services.core.ports import free_port
+from services.evaluation.local_server import stop
 
 logger = logging.getLogger(__name__)
 
@@ -216,12 +217,7 @@ def running_fixture_upstream(behaviour: FixtureBehaviour = FixtureBehaviour()) -
         wait_until_healthy(f"{base_url}/health", process, timeout_s=30.0)
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, grace_s=10.0)
 
 
 def main(argv: list[str] | None = None) -> int:

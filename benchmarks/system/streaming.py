@@ -32,7 +32,7 @@ from benchmarks.harness.report import markdown_table, write_json
 from services.core.settings import OnnxGeneratorSettings, PromptSettings
 from services.core.types import ChatMessage
 from services.evaluation.local_server import running_service
-from services.llm.onnx_backend import OnnxGenerator
+from services.llm.onnx_backend import OnnxGenerator, session_config
 from services.llm.prompts import PromptLibrary
 from services.pipelines.prompt import with_system_prompt
 
@@ -71,11 +71,8 @@ class DirectEngine:
         self._service_view = OnnxGenerator(settings, data_dir)
         self._service_view.warm_up()  # converts if needed; its prompt rendering is the service's
         assert self._service_view.model_dir is not None
-        config = og.Config(str(self._service_view.model_dir))
-        options = {"intra_op_num_threads": settings.threads, "inter_op_num_threads": 1}
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
         self._og = og
-        self._model = og.Model(config)
+        self._model = og.Model(session_config(self._service_view.model_dir, settings.threads))
         self._eos = {int(i) for i in og.Tokenizer(self._model).eos_token_ids}
 
     def run(self, messages: Sequence[ChatMessage], max_tokens: int) -> tuple[float, float, int]:

@@ -29,7 +29,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,8 +37,8 @@ from typing import Any
 
 import httpx
 
+from benchmarks.harness.in_thread import serve_in_thread
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
-from services.core.ports import free_port
 from services.core.settings import Settings, load_settings
 from training.train_generator import contains_any, cpu_seconds
 
@@ -142,34 +141,11 @@ def write_fact_template(templates: Path, changes: Sequence[FactChange], *, new: 
 # --------------------------------------------------------------------------- the service
 
 
-@contextlib.contextmanager
-def running_app(settings: Settings, timeout_s: float = 600.0) -> Iterator[str]:
+def running_app(settings: Settings, timeout_s: float = 600.0) -> contextlib.AbstractContextManager[str]:
     """The gateway under uvicorn in a thread of this process (so getrusage counts its CPU); its base URL."""
-    import uvicorn
-
     from services.gateway.app import create_app
 
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            if not thread.is_alive():
-                raise RuntimeError("service exited during start-up")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"service not ready after {timeout_s} s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
+    return serve_in_thread(create_app(settings), timeout_s=timeout_s)
 
 
 def ask_all(url: str, pipeline: str, changes: Sequence[FactChange], max_tokens: int) -> list[str]:

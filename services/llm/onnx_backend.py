@@ -95,10 +95,7 @@ class OnnxGenerator(InProcessBackend):
         import onnxruntime_genai as og
 
         verify_onnx_model(model_dir)
-        config = og.Config(str(model_dir))
-        if self._settings.threads > 0:
-            options = {"intra_op_num_threads": self._settings.threads, "inter_op_num_threads": 1}
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        config = session_config(model_dir, self._settings.threads)
         batch_size = self._settings.max_concurrency
         if batch_size > 1:
             config.overlay(engine_config_overlay(batch_size))
@@ -202,9 +199,12 @@ class OnnxGenerator(InProcessBackend):
         """The checked response_format this request's decoding is constrained to, if guidance is on."""
         return parse_response_format(params.response_format) if self._guidance_ready else None
 
+    def _session_tokens(self, prompt_len: int, params: GenerationParams) -> int:
+        """The tokens one request can reach: its prompt and answer, within the model's context."""
+        return min(prompt_len + params.max_tokens, self._context_length)
+
     def _search_options(self, prompt_len: int, params: GenerationParams) -> dict[str, Any]:
-        max_length = min(prompt_len + params.max_tokens, self._context_length)
-        options: dict[str, Any] = {"max_length": max_length, "batch_size": 1}
+        options: dict[str, Any] = {"max_length": self._session_tokens(prompt_len, params), "batch_size": 1}
         if params.temperature > 0:
             options.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
             if params.seed is not None:
@@ -230,7 +230,7 @@ class OnnxGenerator(InProcessBackend):
         spec = TurnSpec(
             prompt_ids=prompt_ids,
             max_tokens=params.max_tokens,
-            max_session_tokens=min(len(prompt_ids) + params.max_tokens, self._context_length),
+            max_session_tokens=self._session_tokens(len(prompt_ids), params),
             temperature=params.temperature,
             top_p=params.top_p,
         )
@@ -304,6 +304,17 @@ class OnnxGenerator(InProcessBackend):
         self._model = None
         self._tokenizer = None
         self._og_adapters = None
+
+
+def session_config(model_dir: Path, threads: int) -> Any:
+    """The og.Config of `model_dir` with `threads` intra-op threads (0: the library's default)."""
+    import onnxruntime_genai as og
+
+    config = og.Config(str(model_dir))
+    if threads > 0:
+        options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+    return config
 
 
 def guided_decoding_works(model: Any, model_dir: Path) -> bool:

@@ -25,11 +25,13 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from services.core.errors import GenerationError
 
 logger = logging.getLogger(__name__)
+
+_Item = TypeVar("_Item")
 
 _TOKEN_FLAG = 1
 _FINISHED_FLAG = 2
@@ -270,18 +272,15 @@ class EngineScheduler:
                 _deliver_end(ticket, end)
 
 
-def _deliver(callback: Callable[[int], None], token: int) -> None:
+def _deliver(callback: Callable[[_Item], None], item: _Item) -> None:
     try:
-        callback(token)
+        callback(item)
     except RuntimeError:  # the consumer's event loop is gone; the request is ending anyway
         pass
 
 
 def _deliver_end(ticket: EngineTicket, end: TurnEnd) -> None:
-    try:
-        ticket.on_end(end)
-    except RuntimeError:
-        pass
+    _deliver(ticket.on_end, end)
 
 
 @dataclass

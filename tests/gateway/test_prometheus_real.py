@@ -21,6 +21,7 @@ import pytest
 
 from benchmarks.harness.fixture_upstream import FixtureBehaviour, running_fixture_upstream
 from services.core.ports import free_port
+from services.evaluation.local_server import stop
 from services.gateway.app import create_app
 from services.gateway.metrics import STAGE_BUCKETS
 from tests.conftest import serve_in_thread
@@ -82,12 +83,7 @@ def prometheus(gateway: str, tmp_path: Path) -> Iterator[str]:
         wait_for(lambda: _get(url + "/-/ready") == 200, "Prometheus to be ready", process, tmp_path)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, grace_s=15.0)
         log.close()
 
 

@@ -1,7 +1,7 @@
 """Any OpenAI-compatible server as a generator: vLLM (GPU or CPU build), llama.cpp's server, a cloud API.
 
-Spoken with httpx directly: the wire format is a small JSON object each way, and the openai SDK's request
-transforms and response models were most of the gateway's CPU per request.
+Spoken with httpx directly: the wire format is a small JSON object each way, with no SDK models to build
+per request.
 
 Retries only on connection errors (the request never reached the server, so repeating it is safe);
 a timeout or an upstream error status is reported, not retried, to keep the tail latency honest.

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from benchmarks.harness.in_thread import serve_in_thread
+from tests.redis_server import RedisServer, running_redis
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -53,3 +55,17 @@ def service_router(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = REPO_ROOT / "corpus" / "router"
     train_router(data / "train.jsonl", out, eval_file=data / "val.jsonl", max_steps=240, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session; tests that need a clean store use `redis_url`."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, emptied for this test."""
+    redis_server.flush()
+    return redis_server.url

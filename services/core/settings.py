@@ -263,6 +263,26 @@ class LimitsSettings(Section):
     max_tracked_keys: int = Field(10_000, ge=1, description="keys idle longest are forgotten beyond this")
 
 
+class RedisSettings(Section):
+    """The Redis shared by every worker and replica, for rate limits and the response cache.
+
+    One URL for both (`HYBRID_REDIS__URL=redis://host:6379/0`); unset means no Redis. Timeouts are short
+    because a request waits on them: a slow store is treated as a failed one.
+    """
+
+    url: str | None = None
+    connect_timeout_s: float = Field(0.5, gt=0)
+    op_timeout_s: float = Field(0.25, gt=0)
+    key_prefix: str = Field("hybrid:", min_length=1, description="namespaces this service's keys")
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_redis(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"must start with redis://, rediss:// or unix://, got {value!r}")
+        return value
+
+
 class CircuitSettings(Section):
     """Circuit breaker on the primary generator when a fallback generator is configured."""
 
@@ -300,6 +320,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     auth: AuthSettings = AuthSettings()
     limits: LimitsSettings = LimitsSettings()
+    redis: RedisSettings = RedisSettings()
     circuit: CircuitSettings = CircuitSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
 

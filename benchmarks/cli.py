@@ -1,7 +1,6 @@
 """`hybridllm bench` (an entry point in the `hybridllm.commands` group, extra `bench`): the load generator,
 the gateway overhead, serving (batching) and streaming benches, the crash matrix, and the architecture
-comparison. The bench
-modules load when the command runs."""
+comparison. The bench modules load when the command runs."""
 
 from __future__ import annotations
 

@@ -96,12 +96,15 @@ class StoreFailureLog:
         if self._last_logged is not None and now - self._last_logged < self._interval_s:
             self._unlogged += 1
             return
-        logger.warning(
-            "rate-limit store failed (%s); action=%s; %d more failures since the last message",
-            exc,
-            action,
-            self._unlogged,
-        )
+        if self._last_logged is None:
+            logger.warning("rate-limit store failed (%s); action=%s", exc, action)
+        else:
+            logger.warning(
+                "rate-limit store still failing (%s); action=%s; %d calls failed since the last message",
+                exc,
+                action,
+                self._unlogged + 1,
+            )
         self._last_logged = now
         self._unlogged = 0
 
@@ -157,7 +160,9 @@ class KeyLimiter:
 
     async def record(self, key_id: str, tokens: int, usd: float) -> None:
         """Debit what a finished request used (prompt + completion tokens, cost from the ledger)."""
-        if not self.enabled or (tokens <= 0 and usd <= 0):
+        s = self._settings
+        debited = s.tokens_per_minute or s.tokens_per_day or s.usd_per_day
+        if not debited or (tokens <= 0 and usd <= 0):
             return
         try:
             await self._store.record(key_id, tokens, usd)

@@ -54,17 +54,14 @@ class LimitStoreUnavailable(Overloaded):
 
 def _refusal_error(refusal: Refusal, settings: LimitsSettings) -> RateLimited:
     wait = refusal.retry_after_s
-    if refusal.limit == "tokens_per_day":
-        return RateLimited(
-            f"daily token budget of {settings.tokens_per_day} tokens used up for this API key "
-            f"({refusal.used:.0f} used); it resets at 00:00 UTC",
-            retry_after_s=wait,
-            code="budget_exceeded",
+    if refusal.limit in ("tokens_per_day", "usd_per_day"):
+        budget, used = (
+            (f"daily token budget of {settings.tokens_per_day} tokens", f"{refusal.used:.0f}")
+            if refusal.limit == "tokens_per_day"
+            else (f"daily budget of {settings.usd_per_day} USD", f"{refusal.used:.6f} USD")
         )
-    if refusal.limit == "usd_per_day":
         return RateLimited(
-            f"daily budget of {settings.usd_per_day} USD used up for this API key "
-            f"({refusal.used:.6f} USD used); it resets at 00:00 UTC",
+            f"{budget} used up for this API key ({used} used); it resets at 00:00 UTC",
             retry_after_s=wait,
             code="budget_exceeded",
         )

@@ -122,6 +122,23 @@ async def test_an_unreachable_redis_is_a_store_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
+async def test_a_redis_slower_than_op_timeout_is_a_store_error(redis_url: str, client: Any) -> None:
+    impatient = connect(RedisSettings(url=redis_url, op_timeout_s=0.25))
+    store = RedisLimitStore(impatient, LimitsSettings(requests_per_minute=2), key_prefix="hybrid:")
+    assert await store.admit("k") is None  # connected and the script loaded
+    await client.execute_command("CLIENT", "PAUSE", "2000", "ALL")  # every other client's command waits
+    try:
+        started = time.monotonic()
+        with pytest.raises(LimitStoreError, match="Timeout"):
+            await store.admit("k")
+        assert time.monotonic() - started < 1.5
+    finally:
+        await client.execute_command("CLIENT", "UNPAUSE")
+    assert await store.admit("other") is None  # the store answers again, on a new connection
+    await store.aclose()
+
+
+@pytest.mark.unit
 def test_failure_log_says_it_once_then_at_most_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock(0.0)
     log = StoreFailureLog(interval_s=60.0, clock=clock)

@@ -8,7 +8,9 @@ TTL (a bucket until it is full again, the daily totals until 00:00 UTC), so idle
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, cast, get_args
+
+from redis.exceptions import RedisError
 
 from services.core.settings import LimitsSettings
 from services.gateway.limit_store import LimitName, LimitStoreError, Refusal
@@ -18,9 +20,7 @@ if TYPE_CHECKING:
     import redis.asyncio as redis_asyncio
     from redis.commands.core import AsyncScript
 
-_LIMIT_NAMES: frozenset[str] = frozenset(
-    {"tokens_per_day", "usd_per_day", "tokens_per_minute", "requests_per_minute"}
-)
+_LIMIT_NAMES: frozenset[str] = frozenset(get_args(LimitName))
 
 
 def _no_offset() -> float:
@@ -71,11 +71,9 @@ class RedisLimitStore:
         await self._call(self._record, key_id, [*self._args(), str(tokens), repr(usd)])
 
     async def _call(self, script: AsyncScript, key_id: str, args: Sequence[str]) -> list[bytes | str]:
-        import redis.exceptions
-
         try:
             reply = await script(keys=self.keys(key_id), args=args)
-        except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             raise LimitStoreError(f"{type(exc).__name__}: {exc}") from exc
         return cast(list[bytes | str], reply)
 

@@ -176,6 +176,12 @@ class ServiceMetrics:
             "hybrid_circuit_state", "Circuit of a generator backend: 0 closed, 1 open, 2 half-open.",
             ["backend"], registry=r, multiprocess_mode="max",
         )  # fmt: skip
+        self.limit_store_failures = Counter(
+            "hybrid_limit_store_failures",
+            "Rate-limit store calls that failed, by what the gateway did: allow or deny the request, "
+            "or lose a finished request's debit (unrecorded).",
+            ["action"], registry=r,
+        )  # fmt: skip
         self._index_version: str | None = None
         self._index_built_at: float | None = None
         # Spans of finished requests (services.gateway.tracing); None while tracing is off.

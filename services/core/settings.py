@@ -294,6 +294,9 @@ class RedisSettings(Section):
     connect_timeout_s: float = Field(0.5, gt=0)
     op_timeout_s: float = Field(0.25, gt=0)
     key_prefix: str = Field("hybrid:", min_length=1, description="namespaces this service's keys")
+    failure_backoff_s: float = Field(
+        1.0, ge=0, description="after a failed call, Redis is not asked again for this long (0: every call)"
+    )
 
     @field_validator("url")
     @classmethod

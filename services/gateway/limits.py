@@ -46,6 +46,10 @@ STORE_RETRY_AFTER_S = 5.0
 STORE_FAILURE_LOG_INTERVAL_S = 60.0
 
 
+class StoreBackingOff(LimitStoreError):
+    """The store failed moments ago (redis.failure_backoff_s), so it was not asked: a failure all the same."""
+
+
 class LimitStoreUnavailable(Overloaded):
     """The limit store did not answer and `limits.on_store_failure` is deny: 503 with Retry-After."""
 
@@ -125,11 +129,18 @@ class KeyLimiter:
         *,
         on_store_failure: Callable[[str], None] = _ignore,
         failure_log: StoreFailureLog | None = None,
+        failure_backoff_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._store = store
         self._count_failure = on_store_failure
         self._failure_log = failure_log or StoreFailureLog(STORE_FAILURE_LOG_INTERVAL_S)
+        # After a failure the store is not asked again for this long: a store that times out would
+        # otherwise add its timeout to every request while it is down.
+        self._failure_backoff_s = failure_backoff_s
+        self._clock = clock
+        self._retry_at = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -142,6 +153,7 @@ class KeyLimiter:
         if not self.enabled:
             return
         try:
+            self._check_backoff()
             refusal = await self._store.admit(key_id)
         except LimitStoreError as exc:
             action = self._settings.on_store_failure
@@ -162,13 +174,20 @@ class KeyLimiter:
         if not debited or (tokens <= 0 and usd <= 0):
             return
         try:
+            self._check_backoff()
             await self._store.record(key_id, tokens, usd)
         except LimitStoreError as exc:
             self._failed("unrecorded", exc)
             return
         self._failure_log.succeeded()
 
+    def _check_backoff(self) -> None:
+        if self._clock() < self._retry_at:
+            raise StoreBackingOff(f"not asked: it failed less than {self._failure_backoff_s:g} s ago")
+
     def _failed(self, action: str, exc: LimitStoreError) -> None:
+        if not isinstance(exc, StoreBackingOff):
+            self._retry_at = self._clock() + self._failure_backoff_s
         self._count_failure(action)
         self._failure_log.failed(action, exc)
 
@@ -194,7 +213,8 @@ def build_limiter(settings: Settings, metrics: ServiceMetrics) -> KeyLimiter:
     def count_failure(action: str) -> None:
         failures.labels(action=action).inc()
 
-    return KeyLimiter(limits, store, on_store_failure=count_failure)
+    backoff = settings.redis.failure_backoff_s if limits.backend == "redis" else 0.0
+    return KeyLimiter(limits, store, on_store_failure=count_failure, failure_backoff_s=backoff)
 
 
 @dataclass

@@ -17,10 +17,10 @@ from services.core.redis_client import connect
 from services.core.settings import LimitsSettings, RedisSettings, load_settings
 from services.gateway.app import create_app
 from services.gateway.auth import sha256_hex
-from services.gateway.limit_store import LimitStore
+from services.gateway.limit_store import LimitStore, LimitStoreError
 from services.gateway.limit_store_memory import MemoryLimitStore, TokenBucket
 from services.gateway.limit_store_redis import RedisLimitStore
-from services.gateway.limits import KeyLimiter
+from services.gateway.limits import KeyLimiter, LimitStoreUnavailable
 from tests.conftest import MODEL_CACHE, serve_in_thread
 from tests.gateway.fault_upstream import FaultUpstreamServer, fault_upstream
 
@@ -305,3 +305,43 @@ def test_token_budget_per_key(tmp_path: Path, upstream: FaultUpstreamServer, bac
         assert _error(resp, 429)["code"] == "budget_exceeded"
         assert int(resp.headers["Retry-After"]) > 0
         assert _post(url, KEY_B).status_code == 200
+
+
+class _FailingStore:
+    """A store that is down: every call fails, and the test counts how often it was asked."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def admit(self, key_id: str) -> None:
+        self.calls += 1
+        raise LimitStoreError("connection refused")
+
+    async def record(self, key_id: str, tokens: int, usd: float) -> None:
+        self.calls += 1
+        raise LimitStoreError("connection refused")
+
+    async def aclose(self) -> None:
+        return None
+
+
+@pytest.mark.unit
+async def test_a_failed_store_is_not_asked_again_within_the_backoff() -> None:
+    clock = FakeClock()
+    store = _FailingStore()
+    actions: list[str] = []
+    limiter = KeyLimiter(
+        LimitsSettings(requests_per_minute=5, on_store_failure="deny"),
+        store,
+        on_store_failure=actions.append,
+        failure_backoff_s=1.0,
+        clock=clock,
+    )
+    for _ in range(3):
+        with pytest.raises(LimitStoreUnavailable):
+            await limiter.admit("k")
+    assert store.calls == 1 and actions == ["deny"] * 3  # refused at once, each counted
+    clock.now += 1.0
+    with pytest.raises(LimitStoreUnavailable):
+        await limiter.admit("k")
+    assert store.calls == 2  # after the backoff one call probes the store again

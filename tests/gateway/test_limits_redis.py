@@ -196,6 +196,9 @@ def _wait_for_the_debit(url: str) -> None:
     raise AssertionError("the first request's tokens were never debited")
 
 
+BACKOFF_S = 0.3
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("policy", ["allow", "deny"])
 def test_store_failure_policy_then_recovery_without_a_restart(
@@ -213,7 +216,9 @@ def test_store_failure_policy_then_recovery_without_a_restart(
     try:
         with (
             caplog.at_level(logging.INFO, logger="services.gateway.limits"),
-            serve_gateway(tmp_path, upstream, limits=limits, redis={"url": redis.url}) as url,
+            serve_gateway(
+                tmp_path, upstream, limits=limits, redis={"url": redis.url, "failure_backoff_s": BACKOFF_S}
+            ) as url,
         ):
             assert _chat(url).status_code == 200
             _wait_for_the_debit(redis.url)
@@ -221,6 +226,7 @@ def test_store_failure_policy_then_recovery_without_a_restart(
             down = [_chat(url) for _ in range(5)]
             failures = scrape(url)
             redis.start()
+            time.sleep(BACKOFF_S)  # past the back-off that followed the last failure
             back = [_chat(url).status_code for _ in range(3)]
     finally:
         redis.stop()

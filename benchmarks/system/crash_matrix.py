@@ -37,8 +37,10 @@ import httpx
 
 from benchmarks.harness.fixture_upstream import MODEL_NAME, FixtureProcess, gateway_env
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
+from benchmarks.harness.redis_server import RedisServer
 from benchmarks.harness.report import markdown_table, write_json
 from benchmarks.harness.service_process import ServiceProcess
+from benchmarks.harness.stats import percentile
 from benchmarks.harness.steady_load import CONNECTION_FAILED, SteadyLoad
 from services.core.artifact_cache import DAMAGED_MARK
 from services.core.atomic import STAGING_PREFIX
@@ -483,6 +485,89 @@ def _poll(base_url: str, interval_s: float = 0.25) -> Iterator[dict[str, int]]:
         result.update(sorted(seen.items()))
 
 
+def row_redis_dies(bench: Workbench, *, policy: str = "allow", down_s: float = 3.0) -> Row:
+    """kill -9 of the Redis that holds the shared limits, under load; it comes back after `down_s`.
+
+    Redis runs with an append-only file fsynced every second (the persistence deploy/ describes); the
+    daily token count read a second and a half before the kill must survive the restart.
+    """
+    redis = RedisServer(bench.work / f"redis-{policy}", persist=True)
+    redis.start()
+    env = {
+        "HYBRID_REDIS__URL": redis.url,
+        "HYBRID_LIMITS__BACKEND": "redis",
+        "HYBRID_LIMITS__ON_STORE_FAILURE": policy,
+        "HYBRID_LIMITS__REQUESTS_PER_MINUTE": "100000",
+        "HYBRID_LIMITS__TOKENS_PER_DAY": "100000000",
+    }
+    server = bench.server(bench.index_copy(f"redis-{policy}"), f"redis-{policy}", **env)
+    server.start()
+    try:
+        with steady_load(server) as load:
+            time.sleep(2.0)
+            counted = _daily_tokens(redis.url)
+            time.sleep(1.5)
+            killed_at = load.elapsed_s()
+            redis.stop(kill=True)
+            time.sleep(down_s)
+            back_at = load.elapsed_s()
+            redis.start()
+            recovered = _first_recorded_after(redis.url, back_at, load)
+            time.sleep(2.0)
+            kept = _daily_tokens(redis.url)
+    finally:
+        server.stop()
+        redis.stop()
+    lost = [] if kept >= counted > 0 else [f"daily token count {counted} before the kill, {kept} after"]
+    during = [o.latency_ms for o in load.outcomes if killed_at <= o.at_s < back_at]
+    before = [o.latency_ms for o in load.outcomes if o.at_s < killed_at]
+    saw_deny = policy == "deny"
+    return Row(
+        name=f"redis_dies_under_load_{policy}",
+        fault=f"kill -9 of Redis (shared limits, `on_store_failure: {policy}`) under load, back after "
+        f"{down_s:g} s",
+        user_saw=load.statuses(),
+        data_lost=lost,
+        recovery_s=recovered,
+        recovery="automatic, no gateway restart: from Redis answering again to the first debit it records",
+        detail={
+            "p50_ms_before": round(percentile(before, 50), 1),
+            "p50_ms_while_down": round(percentile(during, 50), 1) if during else None,
+            "p99_ms_while_down": round(percentile(during, 99), 1) if during else None,
+            "daily_tokens_before_kill": counted,
+            "daily_tokens_after_restart": kept,
+            "503_without_retry_after": no_retry_after(load) if saw_deny else 0,
+        },
+    )
+
+
+def _daily_tokens(url: str) -> int:
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(url, socket_timeout=2.0)
+    try:
+        total = 0
+        for key in client.scan_iter(match="*limits:*daily*"):
+            value = client.hget(key, "tokens") if client.type(key) == b"hash" else client.get(key)
+            total += int(float(value or 0))
+        return total
+    finally:
+        client.close()
+
+
+def _first_recorded_after(
+    url: str, since_s: float, load: SteadyLoad, timeout_s: float = 10.0
+) -> float | None:
+    """Seconds from `since_s` (Redis restarted) until the daily count grows again: debits reach it."""
+    start = _daily_tokens(url)
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        if _daily_tokens(url) > start:
+            return round(load.elapsed_s() - since_s, 2)
+        time.sleep(0.05)
+    return None
+
+
 def _tree_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -496,6 +581,8 @@ ROWS: dict[str, Callable[[Workbench], Row]] = {
     "server_kill_during_index_swap": row_server_kill_during_swap,
     "disk_full_during_ingest": row_disk_full,
     "damaged_caches_at_start": row_damaged_caches,
+    "redis_dies_under_load_allow": row_redis_dies,
+    "redis_dies_under_load_deny": lambda bench: row_redis_dies(bench, policy="deny"),
 }
 
 

@@ -1,6 +1,7 @@
 """The crash matrix's cheap rows against real processes: a killed ingest, a killed server during an index
-swap and a full disk lose nothing, and clients see no 5xx. (The damaged-cache row converts the generator
-twice, so it runs in the bench, not here; tests/core/test_artifact_cache.py covers its policy.)"""
+swap, a full disk and a dying Redis lose nothing, and clients see no 5xx. (The damaged-cache row
+converts the generator twice, so it runs in the bench; tests/core/test_artifact_cache.py covers its
+policy.)"""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from benchmarks.harness.steady_load import CONNECTION_FAILED
 from benchmarks.system import crash_matrix
 from benchmarks.system.crash_matrix import Workbench
 from tests.conftest import REPO_ROOT
+from tests.redis_server import require_redis_server
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +47,14 @@ def test_full_disk_fails_the_ingest_with_one_line_and_keeps_serving(bench: Workb
     assert row.detail["ingest_exit"] != 0
     assert row.detail["ingest_error"].startswith("hybridllm: error: cannot write index version")
     assert set(row.user_saw) == {"200"}
+
+
+def test_redis_dying_under_load_fails_open_and_keeps_the_budgets(bench: Workbench) -> None:
+    require_redis_server()
+    row = crash_matrix.row_redis_dies(bench, down_s=2.0)
+    assert row.data_lost == [] and row.target_met, row
+    assert set(row.user_saw) == {"200"}  # on_store_failure: allow, the default
+    assert row.recovery_s is not None, "debits reach Redis again without a gateway restart"
 
 
 def test_report_lists_every_row(tmp_path: Path) -> None:

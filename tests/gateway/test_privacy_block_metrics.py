@@ -1,10 +1,9 @@
 """Requests the privacy gate blocks are counted in hybrid_privacy_findings_total{kind,action="block"},
-read from a live gateway's /metrics (real privacy gate; `openai` backend on the benchmark fixture upstream)."""
+read from a live gateway's /metrics (real privacy gate; `openai` backend on the benchmark fixture)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest

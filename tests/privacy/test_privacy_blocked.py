@@ -24,6 +24,10 @@ def user(text: str) -> ChatMessage:
     return ChatMessage("user", text)
 
 
+def action_on(trace: RequestTrace) -> str | None:
+    return trace.privacy["action"] if trace.privacy is not None else None
+
+
 def test_a_policy_block_carries_the_counts_and_a_block_report() -> None:
     gate = PrivacyGate(PrivacySettings())
     with pytest.raises(PrivacyBlocked) as caught:
@@ -72,7 +76,7 @@ def test_the_guard_leaves_a_blocked_requests_findings_on_the_trace() -> None:
     trace = RequestTrace(pipeline="prompt")
     with pytest.raises(PrivacyBlocked):
         guard.before_plan(request, trace, ScriptedGenerator(trust="external"))
-    assert trace.privacy is not None and trace.privacy["action"] == "block"
+    assert action_on(trace) == "block"
     assert trace.privacy_counts == {"card": 1, "email": 1}
 
 
@@ -81,8 +85,8 @@ def test_the_guard_adds_a_context_blocks_findings_to_the_messages() -> None:
     request = PipelineRequest((user(f"mail {EMAIL}"),), GenerationParams(), "req-2")
     trace = RequestTrace(pipeline="rag")
     guard.before_plan(request, trace, ScriptedGenerator(trust="external"))
-    assert trace.privacy is not None and trace.privacy["action"] == "redact"
+    assert action_on(trace) == "redact"
     with pytest.raises(PrivacyBlocked):
         guard.filter_context([f"card on file: {CARD}"], trace)
-    assert trace.privacy is not None and trace.privacy["action"] == "block"
+    assert action_on(trace) == "block"
     assert trace.privacy_counts == {"card": 1, "email": 1}

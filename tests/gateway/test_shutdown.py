@@ -20,12 +20,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.mmap_dict import MmapedDict
 
 from benchmarks.harness.fixture_upstream import FixtureBehaviour, gateway_env, running_fixture_upstream
 from services.core.ports import free_port
 from services.evaluation.local_server import hybridllm_command, service_env, stop, wait_ready
 from services.gateway.draining import CLOSE_AFTER_DRAIN_S, RETRY_AFTER_S
+from tests.gateway.metrics_scrape import by_process
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,8 @@ STREAM_TOKENS = 60
 # 60 tokens 0.1 s apart: a stream lasts about 6 s, long enough to open streams on both workers and send
 # SIGTERM while all of them are in the middle.
 SLOW = FixtureBehaviour(delay_s=0.0, tokens=STREAM_TOKENS, inter_token_s=0.1)
-MAX_STREAMS = 8
+BURST = 3
+MAX_STREAMS = 12
 # From SIGTERM to /readyz 503: the supervisor looks at its signals every 0.5 s, then signals the workers.
 READY_FLIP_BOUND_S = 3.0
 EXIT_BOUND_S = GRACE_S + CLOSE_AFTER_DRAIN_S + 5
@@ -106,12 +107,14 @@ class Stream:
     error: str | None = None
     thread: threading.Thread | None = None
 
-    def start(self) -> Stream:
+    def begin(self) -> Stream:
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
+        return self
+
+    def wait_started(self) -> None:
         assert self.started.wait(timeout=30), "the stream never started"
         assert self.error is None, self.error
-        return self
 
     def _read(self) -> None:
         body = {"model": "prompt", "messages": [{"role": "user", "content": "Tell me."}], "stream": True}
@@ -145,27 +148,22 @@ class Stream:
 
 def in_flight_by_worker(metrics_dir: Path) -> dict[str, float]:
     """hybrid_requests_in_flight per live worker, from its own file (gauge_livesum_<pid>.db)."""
-    found: dict[str, float] = {}
-    for path in metrics_dir.glob("gauge_livesum_*.db"):
-        store = MmapedDict(str(path), read_mode=True)  # type: ignore[no-untyped-call]
-        try:
-            values = list(store.read_all_values())  # type: ignore[no-untyped-call]
-        finally:
-            store.close()  # type: ignore[no-untyped-call]
-        pid = path.stem.rsplit("_", 1)[1]
-        found[pid] = sum(v for key, v, _ in values if json.loads(key)[1] == "hybrid_requests_in_flight")
-    return found
+    return by_process(metrics_dir, "gauge_livesum_*.db", "hybrid_requests_in_flight")
 
 
 def open_streams(served: Served, workers: int) -> list[Stream]:
-    """Streams on fresh connections until every worker serves one (the kernel picks the worker)."""
-    streams = [Stream(served.base_url).start()]
+    """Streams on fresh connections, a burst at a time, until every worker serves one. The kernel picks
+    the worker: one at a time, an idle worker tends to take every connection; a burst finds it busy."""
+    streams: list[Stream] = []
+    busy: list[str] = []
     while len(streams) < MAX_STREAMS:
+        burst = [Stream(served.base_url).begin() for _ in range(BURST)]
+        for stream in burst:
+            stream.wait_started()
+        streams += burst
         busy = [pid for pid, count in in_flight_by_worker(served.metrics_dir).items() if count > 0]
-        if len(busy) >= workers and len(streams) >= 2:
+        if len(busy) >= workers:
             break
-        streams.append(Stream(served.base_url).start())
-    busy = [pid for pid, count in in_flight_by_worker(served.metrics_dir).items() if count > 0]
     assert len(busy) == workers, f"{len(streams)} streams landed on workers {busy} only"
     assert all(stream.running for stream in streams), "a stream ended before SIGTERM: make them longer"
     return streams

@@ -22,10 +22,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from services.core.errors import NotReady
-from services.gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +39,14 @@ _POLL_S = 0.05
 SignalHandler = Callable[[int, FrameType | None], Any]
 
 
+class Drainable(Protocol):
+    """What the drain reads and sets (the gateway's state); kept narrow so that the CLI's supervisor
+    process can read this module's constants without importing the app."""
+
+    draining: bool
+    requests_in_flight: int
+
+
 class ShuttingDown(NotReady):
     """A new request to a draining server: 503 with Retry-After, to be retried elsewhere."""
 
@@ -51,7 +58,7 @@ class ShuttingDown(NotReady):
 
 
 @asynccontextmanager
-async def drain_on_stop_signals(state: GatewayState, grace_s: float) -> AsyncIterator[None]:
+async def drain_on_stop_signals(state: Drainable, grace_s: float) -> AsyncIterator[None]:
     """For the app's lifetime: the first stop signal drains, then goes on to the server's handler.
 
     Does nothing outside the main thread (an in-thread test server: signals go to the main thread only)

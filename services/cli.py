@@ -115,6 +115,7 @@ def _index_override(index: Path | None) -> dict[str, Any]:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from services.gateway.draining import CLOSE_AFTER_DRAIN_S
     from services.gateway.logging_setup import configure_logging
 
     server: dict[str, Any] = {}
@@ -129,8 +130,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         f"(auth {'ON' if settings.auth.enabled else 'OFF: set auth.enabled to require API keys'})",
         file=sys.stderr,
     )
+    # Each serving process drains by itself on a stop signal for up to server.shutdown_grace_s
+    # (services.gateway.draining); uvicorn's own wait afterwards only closes what is left.
     if settings.server.workers > 1:
-        # Several workers re-import the app from the environment; each builds its own models.
+        # Several workers re-import the app from the environment; each builds its own models. The
+        # supervisor passes SIGTERM on to every worker.
         os.environ["HYBRIDLLM_CONFIG"] = str(args.config or "")
         if args.index is not None:
             os.environ["HYBRID_RAG__INDEX_DIR"] = str(args.index)
@@ -140,40 +144,33 @@ def cmd_serve(args: argparse.Namespace) -> None:
             port=settings.server.port,
             workers=settings.server.workers,
             log_config=None,
-            timeout_graceful_shutdown=int(settings.server.shutdown_grace_s),
+            timeout_graceful_shutdown=CLOSE_AFTER_DRAIN_S,
         )
         return
     from services.gateway.app import create_app
 
-    app = create_app(settings)
     config = uvicorn.Config(
-        app,
+        create_app(settings),
         host=settings.server.host,
         port=settings.server.port,
         log_config=None,
-        timeout_graceful_shutdown=int(settings.server.shutdown_grace_s),
+        timeout_graceful_shutdown=CLOSE_AFTER_DRAIN_S,
     )
-    _serve_draining(config, app.state.gateway)
+    _serve_one_process(config)
 
 
-def _serve_draining(config: Any, state: Any) -> None:
-    """Run uvicorn; a stop signal marks the gateway draining at once, so /readyz answers 503 while
-    in-flight requests finish (the app's lifespan shutdown runs only after they have)."""
+def _serve_one_process(config: Any) -> None:
+    """Run one uvicorn server in this process; exit 0 after a clean drain on SIGTERM."""
     import signal
 
     import uvicorn
 
-    class DrainingServer(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            state.draining = True
-            super().handle_exit(sig, frame)
-
-    # uvicorn re-raises the stop signal after draining; a clean drain on SIGTERM exits 0, not 143.
+    # uvicorn re-raises the stop signal after shutting down; a clean drain on SIGTERM exits 0, not 143.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
-    server = DrainingServer(config)
+    server = uvicorn.Server(config)
     try:
         server.run()
-    except KeyboardInterrupt:  # Ctrl-C during the drain: stop, as uvicorn.run does
+    except KeyboardInterrupt:  # Ctrl-C: stop, as uvicorn.run does
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)

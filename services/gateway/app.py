@@ -19,6 +19,7 @@ from services.core.protocols import generation_queue
 from services.core.settings import Settings
 from services.gateway.auth import KeyChecker
 from services.gateway.body_limit import BodyLimitMiddleware
+from services.gateway.draining import drain_on_stop_signals
 from services.gateway.errors import install_error_handlers
 from services.gateway.limits import RateLimitMiddleware, build_limiter
 from services.gateway.metrics import ServiceMetrics, claim_multiprocess_dir, multiprocess_enabled
@@ -110,7 +111,8 @@ def create_app(
         if components.retriever is not None and settings.rag.watch_interval_s > 0:
             watcher = asyncio.create_task(_watch_index(state, settings.rag.watch_interval_s))
         try:
-            yield
+            async with drain_on_stop_signals(state, settings.server.shutdown_grace_s):
+                yield
         finally:
             state.draining = True
             if watcher is not None:
@@ -134,7 +136,7 @@ def create_app(
     # Innermost first: the body cap and rate limits run after the gateway middleware identified the key.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
     app.add_middleware(RateLimitMiddleware, limiter=build_limiter(settings, metrics))
-    app.add_middleware(GatewayMiddleware, auth=state.auth, max_body_bytes=settings.server.max_body_bytes)
+    app.add_middleware(GatewayMiddleware, state=state)
 
     for module in (chat, models, health, retrieve, admin):
         app.include_router(module.router)

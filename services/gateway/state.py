@@ -26,7 +26,10 @@ class GatewayState:
     startup_error: str | None = None
     started_at: float = field(default_factory=time.time)
     adapter_versions: dict[str, str] = field(default_factory=dict)
+    # Set by the first stop signal (services.gateway.draining): /readyz 503, new API requests refused.
     draining: bool = False
+    # HTTP requests being served by this process; the drain waits for it to reach zero.
+    requests_in_flight: int = 0
 
     def require_components(self) -> ServiceComponents:
         if self.components is None:

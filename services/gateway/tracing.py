@@ -9,6 +9,10 @@ time they were recorded, which is where they ran since the stages of one request
 Attributes are bounded (pipeline, route, status, intent, backend, token counts): no request id, no text.
 The trace id goes into the request's log line instead, which is how a log line and a trace are joined.
 
+A caller's W3C `traceparent` (and `tracestate`) makes the request span its child, in the caller's trace;
+one that does not parse is ignored and the request starts a trace of its own. The middleware hands the
+headers over in `incoming_trace_context`, a context variable, since spans are written when the request ends.
+
 The OpenTelemetry packages are optional: they are imported only when `observability.otel_enabled` is set
 (or a test passes its own exporter), so the service runs without them.
 """
@@ -16,7 +20,9 @@ The OpenTelemetry packages are optional: they are imported only when `observabil
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -25,6 +31,7 @@ from services.core.settings import ObservabilitySettings
 from services.pipelines.base import ClockedStageTimings, RequestTrace
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Tracer
@@ -37,6 +44,12 @@ SERVICE_NAME = "hybridllm"
 REQUEST_SPAN = "chat.completions"
 # Stage spans are named by their stage; anything else recorded in the timings (e.g. "total") is not a span.
 STAGE_SPANS = ("privacy", "route", "embed", "search", "rerank", "select", "generate", "verify")
+# The W3C trace context headers a caller may send (lower case, as ASGI gives them).
+TRACE_HEADERS = ("traceparent", "tracestate")
+# This request's trace context headers, set by the gateway middleware for the request's tasks.
+incoming_trace_context: ContextVar[Mapping[str, str]] = ContextVar(
+    "incoming_trace_context", default=MappingProxyType({})
+)
 
 
 def otlp_exporter(endpoint: str) -> SpanExporter:
@@ -111,7 +124,8 @@ class RequestTracer:
         """Write the request span and its stage spans; returns the trace id (32 hex digits)."""
         from opentelemetry.trace import Status, StatusCode, set_span_in_context
 
-        request_span = self._tracer.start_span(REQUEST_SPAN, start_time=started_ns)
+        caller = _caller_context(incoming_trace_context.get())
+        request_span = self._tracer.start_span(REQUEST_SPAN, context=caller, start_time=started_ns)
         request_span.set_attributes(_request_attributes(trace, outcome, status=status, stream=stream))
         if status == "server_error":
             request_span.set_status(Status(StatusCode.ERROR))
@@ -127,6 +141,16 @@ class RequestTracer:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
+
+
+def _caller_context(headers: Mapping[str, str]) -> Context | None:
+    """The caller's span as the parent, from its W3C headers; an empty context (a new trace) if they do
+    not parse; None (the current context) when there are none."""
+    if not headers:
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator().extract(headers)
 
 
 def _backend_attributes(trace: RequestTrace) -> dict[str, str]:

@@ -1,16 +1,17 @@
 """Adapts the privacy gate to the runner: inspect the request, pick an allowed backend, filter context
 and output. The gate's per-request decision rides on the trace so every later step uses the same
-placeholder map."""
+placeholder map. A block leaves its findings on the trace before it propagates, so blocked requests are
+counted in the metrics like the others."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from services.core.errors import PolicyViolation
 from services.core.protocols import Generator
 from services.pipelines.base import PipelineRequest, RequestTrace
-from services.privacy import GateDecision, OutputFilter, PrivacyGate
+from services.privacy import GateDecision, OutputFilter, PrivacyBlocked, PrivacyGate
 
 FindingsHook = Callable[[dict[str, int], str], None]
 
@@ -31,12 +32,16 @@ class PrivacyGuard:
     def before_plan(
         self, request: PipelineRequest, trace: RequestTrace, generator: Generator
     ) -> PipelineRequest:
-        decision = self._gate.inspect_messages(
-            request.messages,
-            backend_trust=generator.trust,
-            internal_available=self._internal is not None,
-            pipeline=trace.pipeline,
-        )
+        try:
+            decision = self._gate.inspect_messages(
+                request.messages,
+                backend_trust=generator.trust,
+                internal_available=self._internal is not None,
+                pipeline=trace.pipeline,
+            )
+        except PrivacyBlocked as blocked:
+            _record_block(trace, blocked)
+            raise
         trace.guard_state = decision
         trace.privacy = decision.as_hybrid_dict()
         trace.privacy_counts = dict(decision.counts)
@@ -52,12 +57,15 @@ class PrivacyGuard:
 
     def filter_context(self, texts: list[str], trace: RequestTrace) -> list[str]:
         decision = self._decision(trace)
-        inspection = self._gate.inspect_context_detailed(
-            texts, decision, backend_trust=decision.backend_trust
-        )
+        try:
+            inspection = self._gate.inspect_context_detailed(
+                texts, decision, backend_trust=decision.backend_trust
+            )
+        except PrivacyBlocked as blocked:
+            _record_block(trace, blocked)
+            raise
         if inspection.counts:
-            for kind, count in inspection.counts.items():
-                trace.privacy_counts[kind] = trace.privacy_counts.get(kind, 0) + count
+            _add_counts(trace, inspection.counts)
             if trace.privacy is not None:
                 kinds = set(trace.privacy.get("findings", [])) | set(inspection.counts)
                 trace.privacy["findings"] = sorted(kinds)
@@ -70,3 +78,13 @@ class PrivacyGuard:
         decision = self._decision(trace)
         trust = generator.trust if generator is not None else decision.backend_trust
         return self._gate.output_filter(decision, backend_trust=trust)
+
+
+def _add_counts(trace: RequestTrace, counts: Mapping[str, int]) -> None:
+    for kind, count in counts.items():
+        trace.privacy_counts[kind] = trace.privacy_counts.get(kind, 0) + count
+
+
+def _record_block(trace: RequestTrace, blocked: PrivacyBlocked) -> None:
+    trace.privacy = blocked.report
+    _add_counts(trace, blocked.counts)

@@ -2,7 +2,14 @@
 
 from services.core.privacy_settings import PrivacySettings, TrustActions
 from services.privacy.detectors import Finding, PiiDetector
-from services.privacy.gate import ContextInspection, GateDecision, OutputFilter, PrivacyGate, PrivacyReport
+from services.privacy.gate import (
+    ContextInspection,
+    GateDecision,
+    OutputFilter,
+    PrivacyBlocked,
+    PrivacyGate,
+    PrivacyReport,
+)
 from services.privacy.injection import InjectionDetector, quote_context_block
 from services.privacy.redaction import Redactor, StreamingTextFilter
 
@@ -13,6 +20,7 @@ __all__ = [
     "InjectionDetector",
     "OutputFilter",
     "PiiDetector",
+    "PrivacyBlocked",
     "PrivacyGate",
     "PrivacyReport",
     "PrivacySettings",

@@ -8,8 +8,9 @@
     for delta in stream: send(answer_filter.feed(delta.text))
     send(answer_filter.flush())
 
-Blocks raise `PolicyViolation` naming the category, never the value. With `fail_closed` (the default) any
-other exception inside the gate also becomes a PolicyViolation, so a bug never lets unchecked text out.
+Blocks raise `PrivacyBlocked` (a `PolicyViolation`) naming the category, never the value, and carrying
+the kinds found so that blocked requests are counted too. With `fail_closed` (the default) any other
+exception inside the gate also becomes a PolicyViolation, so a bug never lets unchecked text out.
 """
 
 from __future__ import annotations
@@ -51,6 +52,18 @@ class PrivacyReport(TypedDict):
     # instructions (chunk position, rule names).
     context_action: NotRequired[Action]
     context_injection: NotRequired[list[tuple[int, tuple[str, ...]]]]
+
+
+class PrivacyBlocked(PolicyViolation):
+    """The gate refused the request. `counts`: findings per kind in the text it inspected (the messages,
+    or the retrieved context); `report`: the `privacy` report of the request, action `block`."""
+
+    def __init__(
+        self, message: str, *, counts: Mapping[str, int], report: PrivacyReport, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.counts = counts
+        self.report = report
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +147,26 @@ def _counts(findings: Sequence[Finding]) -> Mapping[str, int]:
     return MappingProxyType(dict(sorted(Counter(f.kind for f in findings).items())))
 
 
+def _messages_blocked(
+    counts: Mapping[str, int], classification: Classification, trust: Trust, flags: tuple[str, ...]
+) -> PrivacyReport:
+    return {
+        "findings": list(counts),
+        "action": "block",
+        "backend_trust": trust,
+        "classification": classification,
+        "injection": list(flags),
+    }
+
+
+def _context_blocked(decision: GateDecision, counts: Mapping[str, int]) -> PrivacyReport:
+    report = decision.as_hybrid_dict()
+    report["findings"] = sorted(set(decision.findings) | set(counts))
+    report["action"] = "block"
+    report["context_action"] = "block"
+    return report
+
+
 class PrivacyGate:
     def __init__(self, settings: PrivacySettings) -> None:
         self.settings = settings
@@ -186,16 +219,18 @@ class PrivacyGate:
         per_message = [self._detector.detect(message.content) for message in messages]
         all_findings = [finding for findings in per_message for finding in findings]
         flags = self._injection_flags(messages)
-        if flags and self.settings.injection_action == "block":
-            logger.info("privacy gate blocked a request: injection rules %s", ",".join(flags))
-            raise PolicyViolation(
-                f"request blocked: the message looks like a prompt injection ({', '.join(flags)})",
-                code="prompt_injection",
-            )
         outcome = self._policy.decide(
             all_findings, floor=floor, backend_trust=backend_trust, internal_available=internal_available
         )
         counts = _counts(all_findings)
+        if flags and self.settings.injection_action == "block":
+            logger.info("privacy gate blocked a request: injection rules %s", ",".join(flags))
+            raise PrivacyBlocked(
+                f"request blocked: the message looks like a prompt injection ({', '.join(flags)})",
+                counts=counts,
+                report=_messages_blocked(counts, outcome.classification, backend_trust, flags),
+                code="prompt_injection",
+            )
         logger.debug(
             "privacy gate: kinds=%s action=%s classification=%s trust=%s",
             dict(counts),
@@ -204,10 +239,12 @@ class PrivacyGate:
             outcome.backend_trust,
         )
         if outcome.action == "block":
-            raise PolicyViolation(
+            raise PrivacyBlocked(
                 f"request blocked by privacy policy: {outcome.classification} data "
                 f"({', '.join(outcome.blocking_kinds)}) may not be sent to an {backend_trust} backend"
                 + ("" if internal_available else " and no internal backend is available"),
+                counts=counts,
+                report=_messages_blocked(counts, outcome.classification, backend_trust, flags),
             )
         prepared_trust = outcome.backend_trust
         redactor = Redactor(
@@ -274,10 +311,13 @@ class PrivacyGate:
         outcome = self._policy.decide(
             all_findings, floor=floor, backend_trust=backend_trust, internal_available=False
         )
+        counts = _counts(all_findings)
         if outcome.action == "block":
-            raise PolicyViolation(
+            raise PrivacyBlocked(
                 f"request blocked by privacy policy: retrieved context holds {outcome.classification} data "
-                f"({', '.join(outcome.blocking_kinds)}) that may not be sent to an {backend_trust} backend"
+                f"({', '.join(outcome.blocking_kinds)}) that may not be sent to an {backend_trust} backend",
+                counts=counts,
+                report=_context_blocked(decision, counts),
             )
         marked = {id(finding) for finding in outcome.to_redact}
         texts: list[str] = []
@@ -287,9 +327,11 @@ class PrivacyGate:
             if flags:
                 injection.append((index, flags))
                 if self.settings.context_injection_action == "block":
-                    raise PolicyViolation(
+                    raise PrivacyBlocked(
                         "request blocked: retrieved context looks like a prompt injection "
                         f"({', '.join(flags)})",
+                        counts=counts,
+                        report=_context_blocked(decision, counts),
                         code="prompt_injection",
                     )
                 if self.settings.context_injection_action == "drop":
@@ -299,11 +341,11 @@ class PrivacyGate:
         logger.debug(
             "privacy gate (context): chunks=%d kinds=%s action=%s injection_chunks=%d",
             len(chunks_texts),
-            dict(_counts(all_findings)),
+            dict(counts),
             outcome.action,
             len(injection),
         )
-        return ContextInspection(texts, _counts(all_findings), outcome.action, tuple(injection))
+        return ContextInspection(texts, counts, outcome.action, tuple(injection))
 
     # --- answers -----------------------------------------------------------------------------------
 
@@ -356,5 +398,6 @@ __all__ = [
     "ContextInspection",
     "GateDecision",
     "OutputFilter",
+    "PrivacyBlocked",
     "PrivacyGate",
 ]

@@ -8,12 +8,19 @@ test sends, so tests do not depend on their order.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import httpx
+from prometheus_client.mmap_dict import MmapedDict
 
 from benchmarks.harness.prom import Scrape as Samples
 from benchmarks.harness.prom import parse_metrics as parse
 
-__all__ = ["Samples", "delta", "label_values", "parse", "sample_names", "scrape", "series", "total", "value"]
+__all__ = [
+    "Samples", "by_process", "delta", "label_values", "parse", "sample_names", "scrape", "series", "total",
+    "value",
+]  # fmt: skip
 
 
 def series(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -54,3 +61,18 @@ def label_values(samples: Samples, name: str, label: str) -> set[str]:
 
 def sample_names(samples: Samples) -> set[str]:
     return {name for name, _ in samples}
+
+
+def by_process(directory: Path, files: str, name: str) -> dict[str, float]:
+    """Metric `name` summed per worker process, read from the workers' own files in a
+    PROMETHEUS_MULTIPROC_DIR; `files` picks the kind (`counter_*.db`, `gauge_livesum_*.db`: one per pid)."""
+    found: dict[str, float] = {}
+    for path in sorted(directory.glob(files)):
+        store = MmapedDict(str(path), read_mode=True)  # type: ignore[no-untyped-call]
+        try:
+            values = list(store.read_all_values())  # type: ignore[no-untyped-call]
+        finally:
+            store.close()  # type: ignore[no-untyped-call]
+        pid = path.stem.rsplit("_", 1)[1]
+        found[pid] = sum(value for key, value, _ in values if json.loads(key)[1] == name)
+    return found

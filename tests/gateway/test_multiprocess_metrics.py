@@ -8,19 +8,17 @@ generator is the `openai` backend on the benchmark fixture upstream, so the work
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.mmap_dict import MmapedDict
 
 from benchmarks.harness.fixture_upstream import FixtureBehaviour, gateway_env, running_fixture_upstream
 from services.evaluation.local_server import started_service
 from services.gateway.metrics import claim_multiprocess_dir
-from tests.gateway.metrics_scrape import scrape, total
+from tests.gateway.metrics_scrape import by_process, scrape, total
 
 MAX_REQUESTS = 200
 BATCH = 10
@@ -28,16 +26,7 @@ BATCH = 10
 
 def requests_by_process(directory: Path) -> dict[str, float]:
     """hybrid_requests_total per worker, read from the workers' own files (file name: counter_<pid>.db)."""
-    served: dict[str, float] = {}
-    for path in sorted(directory.glob("counter_*.db")):
-        store = MmapedDict(str(path), read_mode=True)  # type: ignore[no-untyped-call]
-        try:
-            values = list(store.read_all_values())  # type: ignore[no-untyped-call]
-        finally:
-            store.close()  # type: ignore[no-untyped-call]
-        pid = path.stem.split("_", 1)[1]
-        served[pid] = sum(value for key, value, _ in values if json.loads(key)[1] == "hybrid_requests_total")
-    return served
+    return by_process(directory, "counter_*.db", "hybrid_requests_total")
 
 
 def send(client: httpx.Client, base_url: str, count: int) -> None:

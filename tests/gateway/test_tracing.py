@@ -129,6 +129,71 @@ def test_failed_request_gets_a_span_too(gateway: str, exporter: InMemorySpanExpo
     assert (span.attributes or {})["hybrid.status"] == "client_error"
 
 
+CALLER_TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+CALLER_SPAN_ID = 0x00F067AA0BA902B7
+CALLER_TRACEPARENT = f"00-{CALLER_TRACE_ID:032x}-{CALLER_SPAN_ID:016x}-01"
+
+
+def chat_with_headers(base_url: str, headers: dict[str, str], *, stream: bool) -> None:
+    body = {"model": "prompt", "messages": [{"role": "user", "content": "Say hi."}], "stream": stream}
+    url = base_url + "/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as resp:
+        assert resp.status_code == 200, resp.read()
+        events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert not stream or events[-1] == "[DONE]"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_callers_traceparent_is_the_parent_of_the_request(
+    gateway: str, exporter: InMemorySpanExporter, stream: bool
+) -> None:
+    exporter.clear()
+    headers = {"traceparent": CALLER_TRACEPARENT, "tracestate": "vendor=opaque"}
+    chat_with_headers(gateway, headers, stream=stream)
+    spans = exporter.get_finished_spans()
+    (request_span,) = [s for s in spans if s.name == REQUEST_SPAN]
+    assert request_span.parent is not None and request_span.parent.is_remote
+    assert request_span.parent.span_id == CALLER_SPAN_ID
+    assert request_span.context is not None and request_span.context.span_id != CALLER_SPAN_ID
+    assert dict(request_span.context.trace_state) == {"vendor": "opaque"}
+    assert len(spans) > 1  # the stages
+    assert {s.context.trace_id for s in spans if s.context is not None} == {CALLER_TRACE_ID}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "garbage",
+        f"00-{0:032x}-{CALLER_SPAN_ID:016x}-01",  # all-zero trace id: invalid by the W3C spec
+        f"00-{CALLER_TRACE_ID:032x}-{CALLER_SPAN_ID:016x}",  # flags missing
+    ],
+)
+def test_an_invalid_traceparent_starts_a_new_trace(
+    gateway: str, exporter: InMemorySpanExporter, traceparent: str
+) -> None:
+    exporter.clear()
+    chat_with_headers(gateway, {"traceparent": traceparent}, stream=False)
+    spans = exporter.get_finished_spans()
+    (request_span,) = [s for s in spans if s.name == REQUEST_SPAN]
+    assert request_span.parent is None and request_span.context is not None
+    assert request_span.context.trace_id not in (0, CALLER_TRACE_ID)
+    assert {s.context.trace_id for s in spans if s.context is not None} == {request_span.context.trace_id}
+
+
+@pytest.mark.integration
+def test_requests_without_a_traceparent_do_not_share_a_trace(
+    gateway: str, exporter: InMemorySpanExporter
+) -> None:
+    exporter.clear()
+    chat_with_headers(gateway, {"traceparent": CALLER_TRACEPARENT}, stream=False)
+    chat_with_headers(gateway, {}, stream=False)
+    requests = [s for s in exporter.get_finished_spans() if s.name == REQUEST_SPAN]
+    assert [s.parent is not None for s in requests] == [True, False]
+    assert requests[1].context is not None and requests[1].context.trace_id != CALLER_TRACE_ID
+
+
 class _OtlpReceiver(BaseHTTPRequestHandler):
     received: list[ExportTraceServiceRequest] = []
 

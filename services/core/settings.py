@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
@@ -283,6 +292,26 @@ class RedisSettings(Section):
         return value
 
 
+class SemanticCacheSettings(Section):
+    threshold: float = Field(
+        0.9, ge=0, le=1, description="cosine similarity a cached query needs to answer a new one"
+    )
+
+
+class CacheSettings(Section):
+    """The response cache (services/cache): `exact` replays an answer to the same normalised conversation;
+    `semantic` also to a paraphrase of its last user message whose numbers, negations, named entities
+    and quantities are the same. The key holds pipeline, route, template, index and adapter versions and
+    the generation parameters, so a new version of any of them never serves an old answer."""
+
+    mode: Literal["off", "exact", "semantic"] = "off"
+    store: Literal["memory", "redis"] = Field("memory", description="redis: shared by workers and replicas")
+    ttl_s: float = Field(3600.0, gt=0, description="seconds an answer stays replayable")
+    max_entries: int = Field(10_000, ge=1, description="memory store: least recently used beyond this go")
+    cache_sampled: bool = Field(False, description="also cache answers sampled with temperature > 0")
+    semantic: SemanticCacheSettings = SemanticCacheSettings()
+
+
 class CircuitSettings(Section):
     """Circuit breaker on the primary generator when a fallback generator is configured."""
 
@@ -321,8 +350,15 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     limits: LimitsSettings = LimitsSettings()
     redis: RedisSettings = RedisSettings()
+    cache: CacheSettings = CacheSettings()
     circuit: CircuitSettings = CircuitSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+
+    @model_validator(mode="after")
+    def _cache_store_has_a_redis(self) -> Settings:
+        if self.cache.mode != "off" and self.cache.store == "redis" and self.redis.url is None:
+            raise ValueError("cache.store 'redis' needs redis.url (HYBRID_REDIS__URL=redis://host:6379/0)")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -397,6 +433,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 __all__ = [
     "GENERATOR_BACKENDS",
     "AuthSettings",
+    "CacheSettings",
     "BaseGeneratorSettings",
     "ChunkingSettings",
     "CircuitSettings",
@@ -418,6 +455,7 @@ __all__ = [
     "RelevanceSettings",
     "RerankSettings",
     "RouterSettings",
+    "SemanticCacheSettings",
     "ServerSettings",
     "Settings",
     "TransformersGeneratorSettings",

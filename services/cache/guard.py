@@ -82,6 +82,19 @@ _UNIT_ALIASES = {
     "kilometer": "km", "mi": "mile", "m": "metre", "meter": "metre", "cm": "cm", "mm": "mm", "kg": "kg",
     "kilogram": "kg", "g": "gram", "lb": "pound_mass", "lbs": "pound_mass", "x": "times",
 }  # fmt: skip
+# Units under their own name; with the aliases, what a quantity's unit is looked for first.
+_UNIT_NAMES = frozenset(
+    """second minute hour day night week weekend month quarter year decade business_day shift
+    percent usd eur gbp dollar cent euro pound kb mb gb tb byte bit km mile metre cm mm kg gram ton litre
+    degree celsius fahrenheit person people employee user seat time""".split()
+) | frozenset(_UNIT_ALIASES.values())
+# Comparators that give the number after them a direction ("over $500" is not "under $500").
+_COMPARATORS = {
+    "over": 1, "above": 1, "exceeding": 1, "beyond": 1, "past": 1, "under": -1, "below": -1, "within": -1,
+    "upto": -1,
+}  # fmt: skip
+# Words starting with "un" that are not "un-" + a word (a negation).
+_NOT_UN_NEGATIONS = ("uni", "under", "until", "unto", "unless", "uncle")
 # Words that may stand between a number and its unit without being the unit ("5 more days").
 _UNIT_SKIP = frozenset({"more", "extra", "additional", "other", "whole", "full", "of", "the", "a", "per"})
 
@@ -125,7 +138,8 @@ class QueryMarkers:
     numbers: tuple[float, ...]
     negations: int
     polarity: frozenset[tuple[str, int]]
-    entities: frozenset[str]
+    # In order of first appearance: "from Lisbon to Berlin" is not "from Berlin to Lisbon".
+    entities: tuple[str, ...]
     quantities: frozenset[tuple[float, str]]
     words: frozenset[str]
 
@@ -203,7 +217,25 @@ def _singular(word: str) -> str:
     return word
 
 
+def _known_unit(word: str) -> str | None:
+    lower = word.lower()
+    for form in (lower, _singular(lower)):
+        if form in _UNIT_ALIASES:
+            return _UNIT_ALIASES[form]
+        if form in _UNIT_NAMES:
+            return form
+    return None
+
+
 def _unit_after(words: list[str], index: int) -> str | None:
+    """The unit of the number ending at `index`: a known unit among the next three words ("5 unused
+    vacation days"), else the first word after it that is not a filler."""
+    for word in words[index + 1 : index + 4]:
+        if word in _SENTENCE_END:
+            break
+        unit = _known_unit(word)
+        if unit is not None:
+            return unit
     for word in words[index + 1 : index + 4]:
         lower = word.lower()
         if lower in _SENTENCE_END:
@@ -219,9 +251,15 @@ def _unit_after(words: list[str], index: int) -> str | None:
     return None
 
 
-def _polarity(lowered: list[str]) -> frozenset[tuple[str, int]]:
+def _polarity(lowered: list[str], number_starts: set[int]) -> frozenset[tuple[str, int]]:
     found: set[tuple[str, int]] = set()
     for i, word in enumerate(lowered):
+        if word in _COMPARATORS:
+            # "over $500", "under 5 days": the sign of a bound, only when a number follows.
+            after = i + 2 if i + 1 < len(lowered) and lowered[i + 1] in _CURRENCY_SIGNS else i + 1
+            if after in number_starts:
+                found.add(("bound", _COMPARATORS[word]))
+            continue
         if word in _PARTICLES:
             # "on"/"off" are a direction only after a switch verb ("turn the VPN off"), or at the very end.
             before = lowered[max(0, i - _PARTICLE_WINDOW) : i]
@@ -233,10 +271,11 @@ def _polarity(lowered: list[str]) -> frozenset[tuple[str, int]]:
     return frozenset(found)
 
 
-def _entities(text: str, words: list[str]) -> frozenset[str]:
+def _entities(text: str, words: list[str]) -> tuple[str, ...]:
     """Names: capitalised words (a sentence's first too, unless a function or request word), acronyms,
-    e-mail addresses, URLs, codes mixing letters and digits, and quoted strings; compared case-folded."""
-    found: set[str] = {match.casefold().strip() for match in _QUOTED.findall(text)}
+    e-mail addresses, URLs and quoted strings; compared case-folded,
+    each once, in order."""
+    found: dict[str, None] = {match.casefold().strip(): None for match in _QUOTED.findall(text)}
     sentence_start = True
     for word in words:
         if word in _SENTENCE_END:
@@ -244,20 +283,14 @@ def _entities(text: str, words: list[str]) -> frozenset[str]:
             continue
         first, sentence_start = sentence_start, False
         if "@" in word or word.lower().startswith(("http://", "https://")):
-            found.add(word.casefold().rstrip(".,"))
+            found[word.casefold().rstrip(".,")] = None
         elif word.lower() in _CAPITALISED_WORDS:
             continue
         elif word.lower() in _UNIT_ALIASES or _singular(word.lower()) in _UNIT_ALIASES:
             continue  # a unit ("GB", "USD") is compared as part of its quantity
         elif word[0].isupper() and not (first and word.lower() in _NOT_NAMES):
-            found.add(word.casefold())
-        elif any(c.isdigit() for c in word) and any(c.isalpha() for c in word) and not _is_ordinal(word):
-            found.add(word.casefold())
-    return frozenset(found)
-
-
-def _is_ordinal(word: str) -> bool:
-    return bool(re.fullmatch(r"\d+(st|nd|rd|th)", word.lower()))
+            found[word.casefold()] = None
+    return tuple(found)
 
 
 def markers(text: str) -> QueryMarkers:
@@ -265,6 +298,10 @@ def markers(text: str) -> QueryMarkers:
     lowered = [w.lower() for w in words]
     numbers = _read_numbers(words)
     quantities: set[tuple[float, str]] = set()
+    for i, word in enumerate(lowered[:-1]):
+        unit = _known_unit(lowered[i + 1]) if word == "per" else None
+        if unit is not None:
+            quantities.add((1.0, unit))  # a rate: "per mile" is not "per kilometre"
     for start, end, value in numbers:
         unit = _unit_after(words, end)
         if start > 0 and words[start - 1] in _CURRENCY_SIGNS:
@@ -273,8 +310,8 @@ def markers(text: str) -> QueryMarkers:
             quantities.add((value, unit))
     return QueryMarkers(
         numbers=tuple(sorted(value for _, _, value in numbers)),
-        negations=sum(1 for w in lowered if w in _NEGATIONS),
-        polarity=_polarity(lowered),
+        negations=sum(1 for w in lowered if w in _NEGATIONS or _negated_word(w)),
+        polarity=_polarity(lowered, {start for start, _, _ in numbers}),
         entities=_entities(text, words),
         quantities=frozenset(quantities),
         words=frozenset(w for w in lowered if w.isalpha() or "-" in w),
@@ -296,6 +333,13 @@ def mismatch(query: QueryMarkers, cached: QueryMarkers) -> str | None:
     if _negated_by_prefix(query.words, cached.words) or _negated_by_prefix(cached.words, query.words):
         return "negation"
     return None
+
+
+def _negated_word(word: str) -> bool:
+    """ "unpaid", "non-exempt", "nonrefundable": a word negated by its un-/non- prefix."""
+    if word.startswith("non") and len(word) >= 6 and word not in ("nonetheless", "noncommittal"):
+        return word[3:4] == "-" or word[3:4].isalpha()
+    return word.startswith("un") and len(word) >= 6 and not word.startswith(_NOT_UN_NEGATIONS)
 
 
 def _negated_by_prefix(words: frozenset[str], other: frozenset[str]) -> bool:

@@ -89,7 +89,7 @@ class ResponseCache:
         store: CacheStore,
         *,
         mode: CacheMode,
-        threshold: float = 0.9,
+        threshold: float = 0.91,
         embedder: Embedder | None = None,
         cache_sampled: bool = False,
         deployment: str = "",

@@ -294,7 +294,7 @@ class RedisSettings(Section):
 
 class SemanticCacheSettings(Section):
     threshold: float = Field(
-        0.9, ge=0, le=1, description="cosine similarity a cached query needs to answer a new one"
+        0.91, ge=0, le=1, description="cosine similarity a cached query needs to answer a new one"
     )
 
 

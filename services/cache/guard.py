@@ -123,11 +123,12 @@ _TOKEN = re.compile(
     r"|[.!?;:]"  # sentence / clause ends
 )
 _CURRENCY_SIGNS = frozenset("$€£")
+_RATE_WORDS = frozenset({"per", "each", "every"})
 # Prefixes that negate the word they are put on ("unpaid" / "paid", "non-exempt" / "exempt").
 _NEGATING_PREFIXES = ("non-", "non", "un", "dis", "in", "im", "ir", "il", "de", "anti-", "anti")
 # Always capitalised, never a name.
 _CAPITALISED_WORDS = frozenset({"i", "i'm", "i've", "i'd", "i'll"})
-_QUOTED = re.compile(r"[\"“”]([^\"“”]{1,80})[\"“”]")
+_QUOTED = re.compile(r"[\"“”]([^\"“”]{1,80})[\"“”]|(?<!\w)['‘]([^'‘’]{1,80})['’](?!\w)")
 _SENTENCE_END = frozenset({".", "!", "?", ";", ":"})
 
 
@@ -275,7 +276,8 @@ def _entities(text: str, words: list[str]) -> tuple[str, ...]:
     """Names: capitalised words (a sentence's first too, unless a function or request word), acronyms,
     e-mail addresses, URLs and quoted strings; compared case-folded,
     each once, in order."""
-    found: dict[str, None] = {match.casefold().strip(): None for match in _QUOTED.findall(text)}
+    quoted = (double or single for double, single in _QUOTED.findall(text))
+    found: dict[str, None] = {match.casefold().strip(): None for match in quoted}
     sentence_start = True
     for word in words:
         if word in _SENTENCE_END:
@@ -299,7 +301,7 @@ def markers(text: str) -> QueryMarkers:
     numbers = _read_numbers(words)
     quantities: set[tuple[float, str]] = set()
     for i, word in enumerate(lowered[:-1]):
-        unit = _known_unit(lowered[i + 1]) if word == "per" else None
+        unit = _known_unit(lowered[i + 1]) if word in _RATE_WORDS else None
         if unit is not None:
             quantities.add((1.0, unit))  # a rate: "per mile" is not "per kilometre"
     for start, end, value in numbers:

@@ -40,6 +40,7 @@ from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from benchmarks.harness.report import markdown_table, write_json
 from benchmarks.harness.stats import percentile
 from services.cache.entry import CachedAnswer
+from services.cache.key import CacheKey, cache_key
 from services.cache.service import ResponseCache
 from services.cache.store import MemoryStore
 from services.core.protocols import Embedder
@@ -119,8 +120,9 @@ class MemoisedEmbedder:
         return self._seen[text]
 
 
-def _key(cache: ResponseCache, text: str) -> Any:
-    return cache.key(
+def _key(cache: ResponseCache, text: str) -> CacheKey:
+    return cache_key(
+        deployment=cache.deployment,
         pipeline="rag", route=None, template=("rag", "1"), index_version="v1", adapter=None,
         params=GenerationParams(), messages=[ChatMessage("user", text)],
     )  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -17,11 +17,11 @@ import numpy as np
 import numpy.typing as npt
 
 from services.cache.entry import CachedAnswer, IndexedQuery
-from services.cache.key import CacheKey, cache_key
+from services.cache.key import CacheKey
 from services.cache.semantic import matches, vector_tuple
 from services.cache.store import CacheStore, Clock
 from services.core.protocols import Embedder
-from services.core.types import ChatMessage, GenerationParams
+from services.core.types import GenerationParams
 
 logger = logging.getLogger(__name__)
 
@@ -114,28 +114,10 @@ class ResponseCache:
     def mode(self) -> CacheMode:
         return self._mode
 
-    def key(
-        self,
-        *,
-        pipeline: str,
-        route: str | None,
-        template: tuple[str, str] | None,
-        index_version: str | None,
-        adapter: tuple[str, str] | None,
-        params: GenerationParams,
-        messages: Sequence[ChatMessage],
-    ) -> CacheKey:
-        """The request's key under this deployment (services.cache.key says what it holds)."""
-        return cache_key(
-            pipeline=pipeline,
-            route=route,
-            template=template,
-            index_version=index_version,
-            adapter=adapter,
-            params=params,
-            deployment=self._deployment,
-            messages=messages,
-        )
+    @property
+    def deployment(self) -> str:
+        """The configuration fingerprint that goes into every key (services.cache.build)."""
+        return self._deployment
 
     def bypass_reason(self, params: GenerationParams) -> str | None:
         """Why a request with these parameters may neither read nor fill the cache (None: it may)."""

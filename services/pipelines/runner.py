@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.cache.entry import CachedAnswer
+from services.cache.key import cache_key
 from services.cache.service import CacheReport, Lookup, ResponseCache
 from services.core.cost import CostLedger
 from services.core.errors import GenerationError
@@ -162,7 +163,8 @@ class PipelineRunner:
         adapter = None
         if trace.adapter is not None:
             adapter = (trace.adapter, trace.adapter_versions.get(trace.adapter, "initial"))
-        key = cache.key(
+        key = cache_key(
+            deployment=cache.deployment,
             pipeline=trace.pipeline,
             route=trace.route.target if trace.route is not None else None,
             template=(trace.template.name, trace.template.version) if trace.template else None,

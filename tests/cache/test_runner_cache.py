@@ -21,9 +21,10 @@ from services.pipelines.base import (
 )
 from services.pipelines.privacy_guard import PrivacyGuard
 from services.pipelines.prompt import PromptPipeline
-from services.pipelines.runner import Outcome, PipelineRunner
+from services.pipelines.runner import PipelineRunner
 from services.privacy import PrivacyGate, PrivacySettings
 from tests.pipelines.fakes import ScriptedGenerator
+from tests.pipelines.test_runner import _run
 
 pytestmark = pytest.mark.unit
 
@@ -43,29 +44,14 @@ def runner_with(generator: ScriptedGenerator, **options: object) -> PipelineRunn
     return PipelineRunner(CostLedger(PRICES), primary=generator, guard=guard, cache=cache, **options)  # type: ignore[arg-type]
 
 
-async def run(
-    runner: PipelineRunner, pipeline: object, req: PipelineRequest, *, incremental: bool = True
-) -> tuple[list[str], Outcome, RequestTrace]:
-    trace = RequestTrace(pipeline="prompt")
-    pieces: list[str] = []
-    outcome = None
-    async for item in runner.stream(pipeline, req, trace, incremental=incremental):  # type: ignore[arg-type]
-        if isinstance(item, Outcome):
-            outcome = item
-        else:
-            pieces.append(item)
-    assert outcome is not None
-    return pieces, outcome, trace
-
-
 async def test_a_clean_answer_is_stored_then_replayed_in_pieces_with_its_counts_and_saving() -> None:
     generator = ScriptedGenerator(ANSWER)
     runner = runner_with(generator)
     pipeline = PromptPipeline(generator, PROMPTS, "sys")
-    _, first, first_trace = await run(runner, pipeline, request())
+    _, first, first_trace = await _run(runner, pipeline, request())
     assert first_trace.cache is not None and first_trace.cache.result == "miss"
     assert first_trace.cache.reason is None  # stored
-    pieces, replay, trace = await run(runner, pipeline, request("  how many VACATION days do i get?"))
+    pieces, replay, trace = await _run(runner, pipeline, request("  how many VACATION days do i get?"))
     assert len(generator.received) == 1
     assert trace.cache is not None and trace.cache.result == "hit_exact"
     assert "".join(pieces) == ANSWER and len(pieces) > 1
@@ -74,8 +60,9 @@ async def test_a_clean_answer_is_stored_then_replayed_in_pieces_with_its_counts_
     assert "generate" not in replay.cost_usd and not replay.generated
     assert trace.cache.saved_usd == pytest.approx(first.cost_usd["generate"])
     assert "cache" in trace.timings.ms
-    whole, _, _ = await run(runner, pipeline, request(), incremental=False)
-    assert whole == [ANSWER]
+    whole_trace = RequestTrace(pipeline="prompt")
+    whole = await runner.complete(pipeline, request(), whole_trace)
+    assert whole.text == ANSWER and whole_trace.cache is not None and whole_trace.cache.result == "hit_exact"
 
 
 async def test_a_truncated_answer_is_not_stored() -> None:
@@ -88,9 +75,9 @@ async def test_a_truncated_answer_is_not_stored() -> None:
             yield replace(delta, finish_reason="length") if delta.finish_reason else delta
 
     generator.stream = truncated  # type: ignore[method-assign,assignment]
-    _, _, trace = await run(runner, pipeline, request())
+    _, _, trace = await _run(runner, pipeline, request())
     assert trace.cache is not None and trace.cache.reason == "truncated"
-    await run(runner, pipeline, request())
+    await _run(runner, pipeline, request())
     assert len(generator.received) == 2
 
 
@@ -98,12 +85,12 @@ async def test_privacy_findings_in_the_input_bypass_and_in_the_output_are_not_st
     generator = ScriptedGenerator("Use the key AKIAIOSFODNN7EXAMPLE to sign in.")
     runner = runner_with(generator)
     pipeline = PromptPipeline(generator, PROMPTS, "sys")
-    _, outcome, trace = await run(runner, pipeline, request("Which key do I use?"))
+    _, outcome, trace = await _run(runner, pipeline, request("Which key do I use?"))
     assert "AKIAIOSFODNN7EXAMPLE" not in outcome.text  # redacted on the way out
     assert trace.cache is not None and trace.cache.reason == "privacy_output"
-    _, _, trace = await run(runner, pipeline, request("Write to maria.silva@example.org about it"))
+    _, _, trace = await _run(runner, pipeline, request("Write to maria.silva@example.org about it"))
     assert trace.cache is not None and (trace.cache.result, trace.cache.reason) == ("bypass", "privacy")
-    await run(runner, pipeline, request("Which key do I use?"))
+    await _run(runner, pipeline, request("Which key do I use?"))
     assert len(generator.received) == 3
 
 
@@ -111,13 +98,13 @@ async def test_sampled_requests_bypass_and_fallback_answers_are_not_stored() -> 
     generator = ScriptedGenerator(ANSWER)
     runner = runner_with(generator)
     pipeline = PromptPipeline(generator, PROMPTS, "sys")
-    _, _, trace = await run(runner, pipeline, request(temperature=0.7))
+    _, _, trace = await _run(runner, pipeline, request(temperature=0.7))
     assert trace.cache is not None and (trace.cache.result, trace.cache.reason) == ("bypass", "sampled")
 
     failing = ScriptedGenerator(ANSWER, fail_before_first=True)
     backup = ScriptedGenerator(ANSWER, name="backup")
     runner = runner_with(failing, fallback=backup)
-    _, _, trace = await run(runner, PromptPipeline(failing, PROMPTS, "sys"), request())
+    _, _, trace = await _run(runner, PromptPipeline(failing, PROMPTS, "sys"), request())
     assert trace.fallback is not None
     assert trace.cache is not None and trace.cache.reason == "fallback"
 
@@ -158,7 +145,7 @@ class CheckedPipeline:
 async def test_only_grounded_answers_are_stored(action: CheckAction, score: float, stored: bool) -> None:
     generator = ScriptedGenerator(ANSWER)
     runner = runner_with(generator)
-    _, _, trace = await run(runner, CheckedPipeline(generator, FixedCheck(action, score)), request())
+    _, _, trace = await _run(runner, CheckedPipeline(generator, FixedCheck(action, score)), request())
     assert trace.cache is not None and (trace.cache.reason is None) == stored
     if not stored:
         assert trace.cache.reason == "ungrounded"
@@ -172,5 +159,5 @@ async def test_fixed_answers_bypass_the_cache() -> None:
         async def plan(self, req: PipelineRequest, trace: RequestTrace) -> Plan:
             return Plan(fixed_answer="I can only help with questions about Larkspur.")
 
-    _, _, trace = await run(runner_with(ScriptedGenerator()), Refusing(), request())
+    _, _, trace = await _run(runner_with(ScriptedGenerator()), Refusing(), request())
     assert trace.cache is not None and (trace.cache.result, trace.cache.reason) == ("bypass", "fixed_answer")

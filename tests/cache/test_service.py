@@ -14,6 +14,7 @@ import numpy.typing as npt
 import pytest
 
 from services.cache.entry import CachedAnswer, IndexedQuery
+from services.cache.key import cache_key
 from services.cache.redis_store import RedisStore
 from services.cache.service import Lookup, ResponseCache
 from services.cache.store import MemoryStore
@@ -76,7 +77,8 @@ def make_cache(store: object = None, **options: object) -> ResponseCache:
 
 def key_of(cache: ResponseCache, text: str, max_tokens: int = 64) -> Lookup:
     return Lookup(
-        cache.key(
+        cache_key(
+            deployment=cache.deployment,
             pipeline="rag",
             route=None,
             template=("rag", "1"),

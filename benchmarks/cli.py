@@ -1,6 +1,6 @@
 """`hybridllm bench` (an entry point in the `hybridllm.commands` group, extra `bench`): the load generator,
-the gateway overhead, serving (batching) and streaming benches, and the architecture comparison. The bench
-modules load when the command runs."""
+the gateway overhead, serving (batching) and streaming benches, the crash matrix, and the architecture
+comparison. The bench modules load when the command runs."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ def bench_command(args: argparse.Namespace) -> None:
         from benchmarks.system.serving import main as bench_serving_main
 
         raise SystemExit(bench_serving_main(rest))
+    if args.kind == "faults":
+        from benchmarks.system.crash_matrix import main as bench_faults_main
+
+        raise SystemExit(bench_faults_main(rest))
     if args.kind == "streaming":
         from benchmarks.system.streaming import main as bench_streaming_main
 
@@ -36,7 +40,7 @@ def register_bench(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench", help="load generator and architecture comparison (benchmarks/)"
     )
-    parser.add_argument("kind", choices=["load", "compare", "overhead", "serving", "streaming"])
+    parser.add_argument("kind", choices=["load", "compare", "overhead", "serving", "streaming", "faults"])
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     parser.set_defaults(handler=bench_command, config=None)
     return parser

@@ -186,6 +186,37 @@ def wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: fl
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s")
 
 
+class FixtureProcess:
+    """One fixture upstream on a fixed port, so a restart comes back at the same address."""
+
+    def __init__(self, delay_ms: float, tokens: int) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._args = ["--delay-ms", str(delay_ms), "--tokens", str(tokens)]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        module = "benchmarks.harness.fixture_upstream"
+        command = [sys.executable, "-m", module, "--port", str(self.port), *self._args]
+        self._process = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
+        wait_until_healthy(f"{self.base_url}/health", self._process, timeout_s=30.0)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: open connections die without a goodbye."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait()
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
 def gateway_env(upstream_url: str, max_inflight: int) -> dict[str, str]:
     """The gateway's settings to serve from the fixture: the openai backend pointed at it, no local model.
 

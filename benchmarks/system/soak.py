@@ -20,8 +20,6 @@ import logging
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,11 +31,10 @@ from typing import Any
 
 import httpx
 
-from benchmarks.harness.fixture_upstream import MODEL_NAME, wait_until_healthy
+from benchmarks.harness.fixture_upstream import MODEL_NAME, FixtureProcess
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from benchmarks.harness.report import markdown_table, write_json
 from benchmarks.harness.stats import percentile
-from services.core.ports import free_port
 from services.evaluation.local_server import ingest, service_env, started_service
 
 logger = logging.getLogger(__name__)
@@ -73,37 +70,6 @@ class Event:
     start: float
     end: float = 0.0
     detail: dict[str, Any] = field(default_factory=dict)
-
-
-class FixtureProcess:
-    """One fixture upstream on a fixed port, so a restart comes back at the same address."""
-
-    def __init__(self, delay_ms: float, tokens: int) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self._args = ["--delay-ms", str(delay_ms), "--tokens", str(tokens)]
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        module = "benchmarks.harness.fixture_upstream"
-        command = [sys.executable, "-m", module, "--port", str(self.port), *self._args]
-        self._process = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.DEVNULL)
-        wait_until_healthy(f"{self.base_url}/health", self._process, timeout_s=30.0)
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash: open connections die without a goodbye."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGKILL)
-            self._process.wait()
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
 
 
 @contextmanager

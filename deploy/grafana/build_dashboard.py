@@ -231,6 +231,20 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                 width=12,
                 description="Time a request queued for one of the backend's concurrent generation slots.",
             ),
+            Panel(
+                "Rate-limit store failures by action",
+                (
+                    Query(
+                        f"sum by (action) (rate(hybrid_limit_store_failures_total[{RATE}]))",
+                        "{{action}}",
+                    ),
+                ),
+                unit="reqps",
+                width=24,
+                description="Redis (limits.backend: redis) did not answer: requests let through (allow) or "
+                "refused with 503 (deny) by limits.on_store_failure, and finished requests whose usage "
+                "was not debited (unrecorded).",
+            ),
         ),
     ),
     (

@@ -259,17 +259,28 @@ class AuthSettings(Section):
 
 
 class LimitsSettings(Section):
-    """Per-API-key rate limits and daily budgets (in-process, per worker); 0 turns a limit off.
+    """Per-API-key rate limits and daily budgets; 0 turns a limit off.
 
     All off by default: the always-on caps are the request-shape limits in `server` (body size, messages,
-    prompt tokens, max_tokens). Daily budgets reset at 00:00 UTC.
+    prompt tokens, max_tokens). Daily budgets reset at 00:00 UTC. `backend: memory` counts per worker
+    process; `redis` counts once for every worker and replica, in the Redis of `redis.url`.
     """
 
+    backend: Literal["memory", "redis"] = Field(
+        "memory",
+        description="memory: per worker; redis: shared by every worker and replica (needs redis.url)",
+    )
+    on_store_failure: Literal["allow", "deny"] = Field(
+        "allow",
+        description="when Redis does not answer: let the request pass (allow) or refuse it with 503 (deny)",
+    )
     requests_per_minute: int = Field(0, ge=0)
     tokens_per_minute: int = Field(0, ge=0)
     tokens_per_day: int = Field(0, ge=0)
     usd_per_day: float = Field(0.0, ge=0)
-    max_tracked_keys: int = Field(10_000, ge=1, description="keys idle longest are forgotten beyond this")
+    max_tracked_keys: int = Field(
+        10_000, ge=1, description="memory backend: keys idle longest are forgotten beyond this"
+    )
 
 
 class RedisSettings(Section):
@@ -283,6 +294,9 @@ class RedisSettings(Section):
     connect_timeout_s: float = Field(0.5, gt=0)
     op_timeout_s: float = Field(0.25, gt=0)
     key_prefix: str = Field("hybrid:", min_length=1, description="namespaces this service's keys")
+    failure_backoff_s: float = Field(
+        1.0, ge=0, description="after a failed call, Redis is not asked again for this long (0: every call)"
+    )
 
     @field_validator("url")
     @classmethod
@@ -355,9 +369,22 @@ class Settings(BaseSettings):
     observability: ObservabilitySettings = ObservabilitySettings()
 
     @model_validator(mode="after")
-    def _cache_store_has_a_redis(self) -> Settings:
+    def _redis_limits_need_a_url(self) -> Settings:
+        # A ConfigError (not a ValueError) leaves pydantic unwrapped, so the message reads as written.
+        if self.limits.backend == "redis" and self.redis.url is None:
+            raise ConfigError(
+                "limits.backend is redis but redis.url is not set: set redis.url "
+                "(HYBRID_REDIS__URL=redis://host:6379/0) or limits.backend: memory"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _redis_cache_needs_a_url(self) -> Settings:
         if self.cache.mode != "off" and self.cache.store == "redis" and self.redis.url is None:
-            raise ValueError("cache.store 'redis' needs redis.url (HYBRID_REDIS__URL=redis://host:6379/0)")
+            raise ConfigError(
+                "cache.store is redis but redis.url is not set: set redis.url "
+                "(HYBRID_REDIS__URL=redis://host:6379/0) or cache.store: memory"
+            )
         return self
 
     @classmethod

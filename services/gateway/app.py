@@ -20,7 +20,7 @@ from services.core.settings import Settings
 from services.gateway.auth import KeyChecker
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.errors import install_error_handlers
-from services.gateway.limits import KeyLimiter, RateLimitMiddleware
+from services.gateway.limits import RateLimitMiddleware, build_limiter
 from services.gateway.metrics import ServiceMetrics, claim_multiprocess_dir, multiprocess_enabled
 from services.gateway.middleware import GatewayMiddleware
 from services.gateway.openapi import install_openapi
@@ -143,7 +143,7 @@ def create_app(
 
     # Innermost first: the body cap and rate limits run after the gateway middleware identified the key.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.server.max_body_bytes)
-    app.add_middleware(RateLimitMiddleware, limiter=KeyLimiter(settings.limits))
+    app.add_middleware(RateLimitMiddleware, limiter=build_limiter(settings, metrics))
     app.add_middleware(GatewayMiddleware, auth=state.auth, max_body_bytes=settings.server.max_body_bytes)
 
     for module in (chat, models, health, retrieve, admin):

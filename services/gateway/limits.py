@@ -1,9 +1,14 @@
 """Per-API-key rate limits (requests and tokens per minute) and daily budgets (tokens, USD) -> 429.
 
-In-process and per worker: a token bucket per key and limit. Request counts are taken before the request
+A token bucket per key and limit, kept by a store: in this worker's memory (`limits.backend: memory`) or
+in Redis, shared by every worker and replica (`redis`). Request counts are taken before the request
 runs; tokens and cost are only known afterwards, so they are debited from the key's buckets when the
 request ends and a key whose bucket is in deficit waits (Retry-After) until it refills. That admits at
 most one over-budget request per key at a time, which is the price of not guessing answer lengths.
+
+When the store cannot answer, `limits.on_store_failure` lets the request pass (allow) or refuses it with
+503 + Retry-After (deny); either way `hybrid_limit_store_failures_total{action}` counts it and the log
+says so without repeating itself per request.
 
 The chat handler reports a request's usage through `report_usage` (a context variable the middleware sets
 per request), so the limiter needs no reference from the handler and costs nothing when limits are off.
@@ -12,156 +17,204 @@ per request), so the limiter needs no reference from the handler and costs nothi
 from __future__ import annotations
 
 import contextvars
+import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.core.errors import HybridError, RateLimited
-from services.core.settings import LimitsSettings
+from services.core.errors import HybridError, Overloaded, RateLimited
+from services.core.settings import LimitsSettings, Settings
 from services.gateway.errors import response_for
+from services.gateway.limit_store import LimitStore, LimitStoreError, Refusal
+from services.gateway.limit_store_memory import MemoryLimitStore
 
-SECONDS_PER_DAY = 86_400.0
+if TYPE_CHECKING:
+    from services.gateway.metrics import ServiceMetrics
+
+logger = logging.getLogger(__name__)
+
 LIMITED_PATH_PREFIX = "/v1/"
+# What the limiter did when its store failed: let the request pass, refuse it, or lose a finished one's debit.
+STORE_FAILURE_ACTIONS = ("allow", "deny", "unrecorded")
+# A refused client retries after this long: about the time a Redis restart or failover takes.
+STORE_RETRY_AFTER_S = 5.0
+# While the store keeps failing, one log line per this many seconds (with the count since the last one).
+STORE_FAILURE_LOG_INTERVAL_S = 60.0
 
 
-class TokenBucket:
-    """`capacity` units, refilled at `per_second`; the level may go negative (debits after the fact)."""
-
-    def __init__(self, capacity: float, per_second: float, now: float) -> None:
-        if capacity <= 0:
-            raise ValueError(f"capacity must be > 0, got {capacity}")
-        if per_second <= 0:
-            raise ValueError(f"per_second must be > 0, got {per_second}")
-        self.capacity = capacity
-        self.per_second = per_second
-        self._level = capacity
-        self._updated = now
-
-    def level(self, now: float) -> float:
-        self._level = min(self.capacity, self._level + (now - self._updated) * self.per_second)
-        self._updated = now
-        return self._level
-
-    def seconds_until(self, amount: float, now: float) -> float:
-        """Seconds until the level reaches `amount` (0 when it already has)."""
-        missing = amount - self.level(now)
-        return 0.0 if missing <= 0 else missing / self.per_second
-
-    def take(self, amount: float, now: float) -> None:
-        self._level = self.level(now) - amount
+class StoreBackingOff(LimitStoreError):
+    """The store failed moments ago (redis.failure_backoff_s), so it was not asked: a failure all the same."""
 
 
-@dataclass
-class _DailyUsage:
-    day: int = -1
-    tokens: int = 0
-    usd: float = 0.0
+class LimitStoreUnavailable(Overloaded):
+    """The limit store did not answer and `limits.on_store_failure` is deny: 503 with Retry-After."""
+
+    code = "limit_store_unavailable"
 
 
-@dataclass
-class _KeyState:
-    requests: TokenBucket | None
-    tokens: TokenBucket | None
-    daily: _DailyUsage = field(default_factory=_DailyUsage)
+def _refusal_error(refusal: Refusal, settings: LimitsSettings) -> RateLimited:
+    wait = refusal.retry_after_s
+    if refusal.limit in ("tokens_per_day", "usd_per_day"):
+        budget, used = (
+            (f"daily token budget of {settings.tokens_per_day} tokens", f"{refusal.used:.0f}")
+            if refusal.limit == "tokens_per_day"
+            else (f"daily budget of {settings.usd_per_day} USD", f"{refusal.used:.6f} USD")
+        )
+        return RateLimited(
+            f"{budget} used up for this API key ({used} used); it resets at 00:00 UTC",
+            retry_after_s=wait,
+            code="budget_exceeded",
+        )
+    per_minute = (
+        f"{settings.tokens_per_minute} tokens"
+        if refusal.limit == "tokens_per_minute"
+        else f"{settings.requests_per_minute} requests"
+    )
+    return RateLimited(
+        f"rate limit of {per_minute} per minute reached for this API key; retry in {math.ceil(wait)} s",
+        retry_after_s=wait,
+    )
+
+
+class StoreFailureLog:
+    """A warning at the first failure, then at most one per `interval_s` with the count since; an info
+    line when the store answers again. A store that is down must not write one line per request."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last_logged: float | None = None
+        self._unlogged = 0
+        self._failures = 0
+
+    def failed(self, action: str, exc: LimitStoreError) -> None:
+        self._failures += 1
+        now = self._clock()
+        if self._last_logged is not None and now - self._last_logged < self._interval_s:
+            self._unlogged += 1
+            return
+        if self._last_logged is None:
+            logger.warning("rate-limit store failed (%s); action=%s", exc, action)
+        else:
+            logger.warning(
+                "rate-limit store still failing (%s); action=%s; %d calls failed since the last message",
+                exc,
+                action,
+                self._unlogged + 1,
+            )
+        self._last_logged = now
+        self._unlogged = 0
+
+    def succeeded(self) -> None:
+        if self._failures:
+            logger.info("rate-limit store answers again after %d failed calls", self._failures)
+            self._failures, self._unlogged, self._last_logged = 0, 0, None
+
+
+def _ignore(action: str) -> None:
+    """No metric to count store failures in."""
 
 
 class KeyLimiter:
-    """The limits of `LimitsSettings` for every key. Not thread-safe: call from the event loop."""
+    """The limits of `LimitsSettings` for every key, kept in `store`; the store-failure policy."""
 
     def __init__(
         self,
         settings: LimitsSettings,
+        store: LimitStore,
         *,
+        on_store_failure: Callable[[str], None] = _ignore,
+        failure_log: StoreFailureLog | None = None,
+        failure_backoff_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
+        self._store = store
+        self._count_failure = on_store_failure
+        self._failure_log = failure_log or StoreFailureLog(STORE_FAILURE_LOG_INTERVAL_S)
+        # After a failure the store is not asked again for this long: a store that times out would
+        # otherwise add its timeout to every request while it is down.
+        self._failure_backoff_s = failure_backoff_s
         self._clock = clock
-        self._wall_clock = wall_clock
-        self._keys: OrderedDict[str, _KeyState] = OrderedDict()
+        self._retry_at = 0.0
 
     @property
     def enabled(self) -> bool:
         s = self._settings
         return bool(s.requests_per_minute or s.tokens_per_minute or s.tokens_per_day or s.usd_per_day)
 
-    def _state(self, key_id: str, now: float) -> _KeyState:
-        state = self._keys.get(key_id)
-        if state is None:
-            s = self._settings
-            state = _KeyState(
-                requests=TokenBucket(s.requests_per_minute, s.requests_per_minute / 60.0, now)
-                if s.requests_per_minute
-                else None,
-                tokens=TokenBucket(s.tokens_per_minute, s.tokens_per_minute / 60.0, now)
-                if s.tokens_per_minute
-                else None,
-            )
-            self._keys[key_id] = state
-            # Bounded memory: forget the key idle longest (its buckets would be full again anyway).
-            while len(self._keys) > s.max_tracked_keys:
-                self._keys.popitem(last=False)
-        else:
-            self._keys.move_to_end(key_id)
-        day = int(self._wall_clock() // SECONDS_PER_DAY)
-        if state.daily.day != day:
-            state.daily = _DailyUsage(day=day)
-        return state
-
-    def admit(self, key_id: str) -> None:
-        """Count one request for `key_id`, or raise RateLimited with the seconds to wait."""
+    async def admit(self, key_id: str) -> None:
+        """Count one request for `key_id`, or raise RateLimited with the seconds to wait (or, when the
+        store failed and the policy is deny, LimitStoreUnavailable)."""
         if not self.enabled:
             return
-        now = self._clock()
-        state = self._state(key_id, now)
-        s = self._settings
-        until_tomorrow = SECONDS_PER_DAY - self._wall_clock() % SECONDS_PER_DAY
-        if s.tokens_per_day and state.daily.tokens >= s.tokens_per_day:
-            raise RateLimited(
-                f"daily token budget of {s.tokens_per_day} tokens used up for this API key "
-                f"({state.daily.tokens} used); it resets at 00:00 UTC",
-                retry_after_s=until_tomorrow,
-                code="budget_exceeded",
-            )
-        if s.usd_per_day and state.daily.usd >= s.usd_per_day:
-            raise RateLimited(
-                f"daily budget of {s.usd_per_day} USD used up for this API key "
-                f"({state.daily.usd:.6f} USD used); it resets at 00:00 UTC",
-                retry_after_s=until_tomorrow,
-                code="budget_exceeded",
-            )
-        if state.tokens is not None:
-            wait = state.tokens.seconds_until(1.0, now)
-            if wait > 0:
-                raise RateLimited(
-                    f"rate limit of {s.tokens_per_minute} tokens per minute reached for this API key; "
-                    f"retry in {math.ceil(wait)} s",
-                    retry_after_s=wait,
-                )
-        if state.requests is not None:
-            wait = state.requests.seconds_until(1.0, now)
-            if wait > 0:
-                raise RateLimited(
-                    f"rate limit of {s.requests_per_minute} requests per minute reached for this API key; "
-                    f"retry in {math.ceil(wait)} s",
-                    retry_after_s=wait,
-                )
-            state.requests.take(1.0, now)
-
-    def record(self, key_id: str, tokens: int, usd: float) -> None:
-        """Debit what a finished request used (prompt + completion tokens, cost from the ledger)."""
-        if not self.enabled or (tokens <= 0 and usd <= 0):
+        try:
+            self._check_backoff()
+            refusal = await self._store.admit(key_id)
+        except LimitStoreError as exc:
+            action = self._settings.on_store_failure
+            self._failed(action, exc)
+            if action == "deny":
+                raise LimitStoreUnavailable(
+                    "rate-limit store unavailable; retry later", retry_after_s=STORE_RETRY_AFTER_S
+                ) from exc
             return
-        now = self._clock()
-        state = self._state(key_id, now)
-        if state.tokens is not None:
-            state.tokens.take(float(tokens), now)
-        state.daily.tokens += tokens
-        state.daily.usd += usd
+        self._failure_log.succeeded()
+        if refusal is not None:
+            raise _refusal_error(refusal, self._settings)
+
+    async def record(self, key_id: str, tokens: int, usd: float) -> None:
+        """Debit what a finished request used (prompt + completion tokens, cost from the ledger)."""
+        s = self._settings
+        debited = s.tokens_per_minute or s.tokens_per_day or s.usd_per_day
+        if not debited or (tokens <= 0 and usd <= 0):
+            return
+        try:
+            self._check_backoff()
+            await self._store.record(key_id, tokens, usd)
+        except LimitStoreError as exc:
+            self._failed("unrecorded", exc)
+            return
+        self._failure_log.succeeded()
+
+    def _check_backoff(self) -> None:
+        if self._clock() < self._retry_at:
+            raise StoreBackingOff(f"not asked: it failed less than {self._failure_backoff_s:g} s ago")
+
+    def _failed(self, action: str, exc: LimitStoreError) -> None:
+        if not isinstance(exc, StoreBackingOff):
+            self._retry_at = self._clock() + self._failure_backoff_s
+        self._count_failure(action)
+        self._failure_log.failed(action, exc)
+
+    async def aclose(self) -> None:
+        await self._store.aclose()
+
+
+def build_limiter(settings: Settings, metrics: ServiceMetrics) -> KeyLimiter:
+    """The limiter `limits.backend` names; its store failures count in `metrics`."""
+    limits = settings.limits
+    store: LimitStore
+    if limits.backend == "redis":
+        from services.core.redis_client import connect
+        from services.gateway.limit_store_redis import RedisLimitStore
+
+        store = RedisLimitStore(connect(settings.redis), limits, key_prefix=settings.redis.key_prefix)
+    else:
+        store = MemoryLimitStore(limits)
+    failures = metrics.limit_store_failures
+    for action in STORE_FAILURE_ACTIONS:
+        failures.labels(action=action)  # at zero from the start, so alerts can use rate()
+
+    def count_failure(action: str) -> None:
+        failures.labels(action=action).inc()
+
+    backoff = settings.redis.failure_backoff_s if limits.backend == "redis" else 0.0
+    return KeyLimiter(limits, store, on_store_failure=count_failure, failure_backoff_s=backoff)
 
 
 @dataclass
@@ -184,13 +237,19 @@ def report_usage(tokens: int, usd: float) -> None:
 
 
 class RateLimitMiddleware:
-    """Admits `/v1/` requests per key (after auth set `state.key_id`) and debits their usage afterwards."""
+    """Admits `/v1/` requests per key (after auth set `state.key_id`) and debits their usage afterwards.
+
+    It also closes the limiter's store connections once the app has shut down (the ASGI lifespan).
+    """
 
     def __init__(self, app: ASGIApp, *, limiter: KeyLimiter) -> None:
         self._app = app
         self._limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._app(scope, receive, self._closing_on_shutdown(send))
+            return
         if (
             scope["type"] != "http"
             or not self._limiter.enabled
@@ -200,7 +259,7 @@ class RateLimitMiddleware:
             return
         key_id = str(scope.get("state", {}).get("key_id", "anonymous"))
         try:
-            self._limiter.admit(key_id)
+            await self._limiter.admit(key_id)
         except HybridError as exc:
             await response_for(exc)(scope, receive, send)
             return
@@ -210,4 +269,12 @@ class RateLimitMiddleware:
             await self._app(scope, receive, send)
         finally:
             _current_usage.reset(token)
-            self._limiter.record(key_id, sink.tokens, sink.usd)
+            await self._limiter.record(key_id, sink.tokens, sink.usd)
+
+    def _closing_on_shutdown(self, send: Send) -> Send:
+        async def send_then_close(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self._limiter.aclose()
+            await send(message)
+
+        return send_then_close

@@ -194,6 +194,12 @@ class ServiceMetrics:
             "hybrid_cache_store_failures", "Response cache store operations that failed (served as a miss).",
             ["operation"], registry=r,
         )  # fmt: skip
+        self.limit_store_failures = Counter(
+            "hybrid_limit_store_failures",
+            "Rate-limit store calls that failed, by what the gateway did: allow or deny the request, "
+            "or lose a finished request's debit (unrecorded).",
+            ["action"], registry=r,
+        )  # fmt: skip
         self._index_version: str | None = None
         self._index_built_at: float | None = None
         # Spans of finished requests (services.gateway.tracing); None while tracing is off.

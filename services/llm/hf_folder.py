@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from services.core.artifact_cache import cached_build, verify_manifest
+from services.core.artifact_cache import cached_build
 from services.core.errors import ConfigError
 from services.core.settings import BaseGeneratorSettings, TransformersGeneratorSettings
 from services.llm.gguf_assembly import PACKAGED_GGUFS, HashCache, locate_packaged_gguf
@@ -63,14 +63,15 @@ def prepare_hf_model(settings: BaseGeneratorSettings, data_dir: Path) -> Path:
     digest = hash_cache(data_dir).sha256(gguf)
     dtype = _hf_dtype(settings)
     target = models_dir(data_dir) / "hf" / f"{gguf.stem}-{digest[:16]}-{dtype}"
-    if target.is_dir():
-        verify_manifest(target)
-        return target
-    logger.info("converting %s to a %s Hugging Face folder (once)", gguf.name, dtype)
-    started = time.perf_counter()
-    cached_build(target, lambda tmp: convert_gguf_to_hf(gguf, tmp, dtype), gguf_sha256=digest, dtype=dtype)
-    logger.info("converted %s in %.1f s -> %s", gguf.name, time.perf_counter() - started, target)
-    return target
+
+    def build(tmp: Path) -> None:
+        logger.info("converting %s to a %s Hugging Face folder (once)", gguf.name, dtype)
+        started = time.perf_counter()
+        convert_gguf_to_hf(gguf, tmp, dtype)
+        logger.info("converted %s in %.1f s -> %s", gguf.name, time.perf_counter() - started, target)
+
+    # Sizes only: this folder is an input to conversion, not what serves (the ONNX folder's digests are).
+    return cached_build(target, build, gguf_sha256=digest, dtype=dtype)
 
 
 def _snapshot_of_hub_id(model_id: str) -> Path:

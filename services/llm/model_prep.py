@@ -94,29 +94,29 @@ def prepare_onnx_model(settings: OnnxGeneratorSettings, data_dir: Path) -> Path:
         if lora_template is not None:
             name += f"-lora-{lora_layout_key(lora_template)}"
     target = models_dir(data_dir) / "onnx" / name
-    if target.is_dir():
-        verify_onnx_model(target)
-        return target
     return build_onnx_model(hf_dir, target, settings.onnx_precision, data_dir, lora_template=lora_template)
 
 
 def build_onnx_model(
     hf_dir: Path, target: Path, precision: str, data_dir: Path, *, lora_template: Path | None = None
 ) -> Path:
-    logger.info("converting %s to ONNX %s with onnxruntime-genai's builder (once)", hf_dir, precision)
-    started = time.perf_counter()
+    """The converted model at `target`, built when missing or damaged (every file's digest is checked)."""
 
     def build(tmp: Path) -> None:
+        logger.info("converting %s to ONNX %s with onnxruntime-genai's builder (once)", hf_dir, precision)
+        started = time.perf_counter()
         extra: list[str] = []
         if lora_template is not None:
             extra = lora_builder_options(lora_template, hf_dir)
         run_onnx_builder(hf_dir, tmp, precision, models_dir(data_dir) / "builder-cache", extra)
         if lora_template is not None:
             make_lora_inputs_overridable(tmp)
+        logger.info("ONNX %s model built in %.1f s -> %s", precision, time.perf_counter() - started, target)
 
-    cached_build(target, build, source=str(hf_dir), precision=precision, builder=builder_version())
+    cached_build(
+        target, build, checksums=True, source=str(hf_dir), precision=precision, builder=builder_version()
+    )
     verify_onnx_model(target)
-    logger.info("ONNX %s model ready in %.1f s -> %s", precision, time.perf_counter() - started, target)
     return target
 
 

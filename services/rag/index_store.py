@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import re
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -161,11 +162,27 @@ def write_version(index_dir: Path, contents: VersionContents) -> str:
     """Write a complete new version, fsync it, point CURRENT at it, prune old versions. Returns its name."""
     created = datetime.now(UTC)
     name = version_name(contents.corpus_hash, created)
-    with staged_dir(index_dir / VERSIONS_DIR / name) as building:
-        _write_version_files(building, name, created, contents)
-    set_current(index_dir, name)
+    try:
+        with staged_dir(index_dir / VERSIONS_DIR / name) as building:
+            _write_version_files(building, name, created, contents)
+        set_current(index_dir, name)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: FAISS reports its write errors (disk full) so
+        served = read_current(index_dir) or "none"
+        raise RetrievalError(
+            f"cannot write index version {name} to {index_dir}: {_write_failure(exc)}; "
+            f"the served version ({served}) is unchanged"
+        ) from exc
     prune_versions(index_dir, keep=KEEP_VERSIONS)
     return name
+
+
+def _write_failure(exc: BaseException) -> str:
+    """The OS's reason (e.g. "No space left on device"), also from FAISS's long RuntimeError text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip()
+    reason = re.search(r"\(([^()]+)\)$", text)
+    return reason.group(1) if reason else text[-200:]
 
 
 def _write_version_files(building: Path, name: str, created: datetime, contents: VersionContents) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.core.artifact_cache import cached_build
+from services.core.artifact_cache import DamagedArtifact, cached_build, file_sha256, quarantine
 from services.core.encoding import pad_encodings
 from services.core.errors import ConfigError, NotReady
 from services.core.onnx_export import ONNX_INPUTS, export_encoder
@@ -45,7 +45,6 @@ TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_FILE = "export.json"
 OUTPUT_NAME = "sentence_embedding"
 _OPSET = 17
-_READ_CHUNK = 1 << 20
 
 IntArray = npt.NDArray[np.int64]
 
@@ -58,15 +57,7 @@ def folder_fingerprint(folder: Path) -> str:
             continue  # .gitattributes, .cache: not part of the model
         digest.update(path.relative_to(folder).as_posix().encode())
         digest.update(b"\0")
-        digest.update(_file_sha256(path).encode())
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(_READ_CHUNK):
-            digest.update(block)
+        digest.update(file_sha256(path).encode())
     return digest.hexdigest()
 
 
@@ -136,7 +127,16 @@ class OnnxEmbedder:
             export_dir = self._cache_dir / export_name
             if not export_dir.exists():
                 export_dir = self._export_somewhere_writable(model_dir, export_name, fingerprint)
-            manifest = _verified_manifest(export_dir, fingerprint)
+            try:
+                manifest = _verified_manifest(export_dir, fingerprint)
+            except DamagedArtifact as exc:
+                # Kept for inspection, exported again (artifact_cache's policy for damaged caches).
+                aside = quarantine(export_dir)
+                logger.warning(
+                    "%s; moved it to %s and exporting again", exc.message, aside or "(already moved)"
+                )
+                export_dir = self._export_somewhere_writable(model_dir, export_name, fingerprint)
+                manifest = _verified_manifest(export_dir, fingerprint)
             limit = int(manifest["max_position_embeddings"])
             if self._max_seq_length > limit:
                 raise ConfigError(
@@ -309,23 +309,23 @@ def _verified_manifest(export_dir: Path, fingerprint: str) -> dict[str, Any]:
         int(manifest["dimensions"])
         int(manifest["max_position_embeddings"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(
+        raise DamagedArtifact(
             f"embedder export {export_dir} has no valid {MANIFEST_FILE} ({exc}); {_how_to_fix(export_dir)}"
         ) from exc
     try:
         actual = (
             fingerprint,
-            _file_sha256(export_dir / ONNX_FILE),
-            _file_sha256(export_dir / TOKENIZER_FILE),
+            file_sha256(export_dir / ONNX_FILE),
+            file_sha256(export_dir / TOKENIZER_FILE),
         )
     except OSError as exc:
-        raise ConfigError(
+        raise DamagedArtifact(
             f"embedder export {export_dir} is incomplete ({exc}); {_how_to_fix(export_dir)}"
         ) from exc
     names = ("model fingerprint", ONNX_FILE, TOKENIZER_FILE)
     for name, want, got in zip(names, expected, actual, strict=True):
         if want != got:
-            raise ConfigError(
+            raise DamagedArtifact(
                 f"embedder export {export_dir}: {name} checksum {got[:12]} does not match the manifest's "
                 f"{str(want)[:12]}; {_how_to_fix(export_dir)}"
             )
@@ -374,8 +374,8 @@ def _export(model_dir: Path, target: Path) -> dict[str, Any]:
         "opset": _OPSET,
         "dimensions": int(config.hidden_size),
         "max_position_embeddings": int(config.max_position_embeddings),
-        "onnx_sha256": _file_sha256(onnx_path),
-        "tokenizer_sha256": _file_sha256(target / TOKENIZER_FILE),
+        "onnx_sha256": file_sha256(onnx_path),
+        "tokenizer_sha256": file_sha256(target / TOKENIZER_FILE),
     }
 
 

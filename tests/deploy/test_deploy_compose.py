@@ -14,9 +14,9 @@ from tests.deploy.deploy_checks import DEPLOY_DIR, assert_tool_ok, hybrid_enviro
 pytestmark = pytest.mark.integration
 
 PROFILES = {
-    "cpu": {"gateway-cpu"},
-    "qdrant": {"gateway-qdrant", "qdrant"},
-    "gpu": {"gateway-gpu", "vllm", "prometheus", "grafana"},
+    "cpu": {"gateway-cpu", "redis"},
+    "qdrant": {"gateway-qdrant", "qdrant", "redis"},
+    "gpu": {"gateway-gpu", "vllm", "prometheus", "grafana", "redis"},
     "monitoring": {"prometheus", "grafana"},
 }
 GATEWAY_PROFILES = ("cpu", "qdrant", "gpu")
@@ -97,6 +97,9 @@ def test_gateway_environment_is_valid_settings(
     env = {key: str(value) for key, value in gateway["environment"].items() if key.startswith("HYBRID_")}
     with hybrid_environment(monkeypatch, env):
         settings = load_settings()
+    # Every worker counts limits in the profile's Redis, which the gateway waits for.
+    assert settings.limits.backend == "redis" and settings.redis.url == "redis://redis:6379/0"
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
     if profile == "gpu":
         assert settings.generator.backend == "openai"
         assert settings.generator.base_url == "http://vllm:8000/v1"
@@ -125,3 +128,11 @@ def test_files_mounted_into_prometheus_and_grafana_exist(resolved: dict[str, Any
         assert binds, f"{name} mounts no files from deploy/"
         for source in binds:
             assert Path(source).exists(), f"{name} mounts a missing {source}"
+
+
+def test_redis_keeps_no_data_by_default(resolved: dict[str, Any]) -> None:
+    redis = resolved["services"]["redis"]
+    assert "volumes" not in redis  # persistence is opt-in (see the comment in compose.yaml)
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "no"
+    assert "redis-cli" in redis["healthcheck"]["test"]

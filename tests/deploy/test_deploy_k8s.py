@@ -229,6 +229,25 @@ def test_qdrant_overlay_points_the_gateway_at_the_qdrant_service(
     _get(objects, "Service", "hybridllm-qdrant-headless")
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_replicas_share_limits_in_the_redis_service(
+    rendered: dict[str, str], overlay: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = _objects(rendered[overlay])
+    settings = _settings_of(objects, tmp_path, monkeypatch)
+    assert settings.limits.backend == "redis"
+    assert settings.redis.url == "redis://hybridllm-redis:6379/0"
+    service = _get(objects, "Service", "hybridllm-redis")
+    assert service["spec"]["ports"][0]["port"] == 6379
+    redis = _get(objects, "Deployment", "hybridllm-redis")
+    pod = redis["spec"]["template"]["spec"]
+    # No PVC by default: the counters live in memory (persistence is a documented opt-in).
+    assert all("persistentVolumeClaim" not in volume for volume in pod["volumes"])
+    args = _container(redis, "redis")["args"]
+    assert args[args.index("--appendonly") + 1] == "no"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
 def _renderer() -> Any:
     spec = importlib.util.spec_from_file_location(
         "render_prometheusrule", K8S_DIR / "render_prometheusrule.py"

@@ -39,6 +39,7 @@ def build_response_cache(
         cache_sampled=cache.cache_sampled,
         deployment=answer_shaping_fingerprint(settings),
         on_store_failure=on_store_failure,
+        failure_backoff_s=settings.redis.failure_backoff_s if cache.store == "redis" else 0.0,
     )
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -94,6 +94,7 @@ class ResponseCache:
         cache_sampled: bool = False,
         deployment: str = "",
         on_store_failure: StoreFailureHook | None = None,
+        failure_backoff_s: float = 0.0,
         clock: Clock = time.time,
     ) -> None:
         if mode == "semantic" and embedder is None:
@@ -109,6 +110,10 @@ class ResponseCache:
         self._on_store_failure = on_store_failure
         self._clock = clock
         self._failures = _FailureLog(FAILURE_LOG_INTERVAL_S, time.monotonic)
+        # After a failure the store is not asked again for this long: a Redis that times out would
+        # otherwise add its timeout to every request while it is down.
+        self._failure_backoff_s = failure_backoff_s
+        self._retry_at = 0.0
 
     @property
     def mode(self) -> CacheMode:
@@ -159,11 +164,19 @@ class ResponseCache:
     async def aclose(self) -> None:
         await self._guarded("close", self._store.aclose())
 
-    async def _guarded(self, operation: str, call: Awaitable[T]) -> T | None:
+    async def _guarded(self, operation: str, call: Coroutine[Any, Any, T]) -> T | None:
+        if operation != "close" and time.monotonic() < self._retry_at:
+            call.close()  # backing off: not asked, a failure all the same
+            self._count_failure(operation)
+            return None
         try:
             return await call
         except Exception as exc:  # any store failure is a miss, never the request's error
-            if self._on_store_failure is not None:
-                self._on_store_failure(operation)
+            self._retry_at = time.monotonic() + self._failure_backoff_s
+            self._count_failure(operation)
             self._failures.warn(operation, self._store.kind, exc)
             return None
+
+    def _count_failure(self, operation: str) -> None:
+        if self._on_store_failure is not None:
+            self._on_store_failure(operation)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis
 
 from benchmarks.harness.fixture_upstream import FixtureBehaviour
 from services.core.settings import load_settings
@@ -23,6 +24,7 @@ from services.rag.ingest import ingest
 from tests.conftest import MODEL_CACHE, REPO_ROOT, serve_in_thread
 from tests.gateway.fault_upstream import FaultUpstreamServer, fault_upstream
 from tests.gateway.metrics_scrape import delta, scrape
+from tests.redis_server import running_redis
 
 pytestmark = pytest.mark.integration
 
@@ -240,3 +242,39 @@ def test_a_cancelled_stream_is_not_cached(tmp_path: Path) -> None:
             assert again.status_code == 200
             assert again.json()["hybrid"]["cache"] == {"hit": None}
             assert upstream.upstream.requests == calls + 1
+
+
+def test_redis_store_shared_and_its_failures_never_fail_a_request(
+    upstream: FaultUpstreamServer, tmp_path: Path
+) -> None:
+    question = "Which channel announces a deploy freeze?"
+    with running_redis(tmp_path / "redis") as redis_server:
+        settings = _settings(
+            upstream, tmp_path / "no-index", cache={"mode": "exact", "store": "redis"},
+            redis={"url": redis_server.url, "failure_backoff_s": 0.2},
+        )  # fmt: skip
+        app = create_app(settings)
+        with serve_in_thread(app) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+            assert cache_of(ask(client, question)) == {"hit": None}
+            assert cache_of(ask(client, question))["hit"] == "exact"
+            keys = redis_keys(redis_server.url)
+            assert keys and all(k.startswith("hybrid:cache:answer:") for k in keys)
+            before = scrape(url)
+            redis_server.stop(kill=True)
+            down = ask(client, question)  # Redis gone: answered by the generator, a 200
+            assert cache_of(down) == {"hit": None} and down.choices[0].message.content
+            after = scrape(url)
+            assert delta(after, before, "hybrid_cache_store_failures_total", operation="get") >= 1
+            redis_server.start()
+            time.sleep(0.3)  # past the backoff
+            assert cache_of(ask(client, question)) == {"hit": None}  # the restarted Redis kept nothing
+            assert cache_of(ask(client, question))["hit"] == "exact"
+
+
+def redis_keys(url: str) -> list[str]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        return sorted(str(key) for key in client.keys("*"))
+    finally:
+        client.close()

@@ -135,7 +135,11 @@ def test_sampled_requests_bypass_unless_asked_for() -> None:
 class BrokenStore:
     kind = "broken"
 
+    def __init__(self) -> None:
+        self.gets = 0
+
     async def get(self, exact_key: str) -> CachedAnswer | None:
+        self.gets += 1
         raise ConnectionError("store is down")
 
     async def put(
@@ -167,6 +171,20 @@ def test_store_failures_are_counted_misses_logged_once(caplog: pytest.LogCapture
     assert failures == ["get", "candidates", "put", "get", "candidates"]
     warnings = [r for r in caplog.records if "response cache broken store failed" in r.getMessage()]
     assert len(warnings) == 1  # rate-limited
+
+
+@pytest.mark.unit
+def test_after_a_failure_the_store_is_not_asked_during_the_backoff() -> None:
+    failures: list[str] = []
+    store = BrokenStore()
+
+    async def scenario() -> list[str]:
+        cache = make_cache(store, on_store_failure=failures.append, failure_backoff_s=60.0)
+        return [(await cache.lookup(key_of(cache, CACHED).key)).hit for _ in range(3)]
+
+    assert asyncio.run(scenario()) == ["miss", "miss", "miss"]
+    assert store.gets == 1  # the first failure starts the backoff; the rest are not asked
+    assert failures == ["get", "candidates"] * 3  # each skipped call still counts as a failure
 
 
 @pytest.mark.integration

@@ -217,6 +217,8 @@ class ChatCompletion:
                 "context": self._trace.context_tokens,
             }
             record["cost_usd"] = outcome.cost_usd.get("total", 0.0)
+        if self._trace.cache is not None:
+            record["cache"] = self._trace.cache.result
         if error is not None:
             record["error"] = error
         tracer = self._state.metrics.tracer

@@ -8,6 +8,7 @@ import pytest
 
 from services.core.errors import ConfigError
 from services.core.settings import load_settings
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -36,3 +37,14 @@ def test_the_redis_store_names_both_settings_when_redis_url_is_missing() -> None
 def test_bad_values_name_the_key(bad: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match=r"invalid setting cache\."):
         load_settings(cache=bad)
+
+
+def test_the_readme_cache_example_loads(tmp_path: Path) -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Response cache", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "cache.yaml"
+    config.write_text(example, encoding="utf-8")
+    settings = load_settings(config)
+    assert (settings.cache.mode, settings.cache.store) == ("semantic", "redis")
+    assert settings.cache.semantic.threshold == load_settings().cache.semantic.threshold  # the default

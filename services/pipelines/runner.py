@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from services.cache.entry import CachedAnswer
-from services.cache.key import cache_key
 from services.cache.service import CacheReport, Lookup, ResponseCache
 from services.core.cost import CostLedger
 from services.core.errors import GenerationError
@@ -23,14 +22,8 @@ from services.core.protocols import Generator, enforces_response_format
 from services.core.types import FinishReason, GenerationResult, TokenDelta
 from services.llm.circuit import CircuitOpen
 from services.llm.structured_output import complete_with_response_format
-from services.pipelines.base import (
-    GroundednessReport,
-    Pipeline,
-    PipelineRequest,
-    Plan,
-    RequestTrace,
-    SourceRef,
-)
+from services.pipelines.base import Pipeline, PipelineRequest, Plan, RequestTrace
+from services.pipelines.cache_policy import bypass_reason, not_cacheable, request_key, restore_trace
 
 logger = logging.getLogger(__name__)
 
@@ -155,40 +148,25 @@ class PipelineRunner:
         cache = self._cache
         if cache is None:
             return None
-        reason = cache.bypass_reason(plan.params) or _bypass_reason(trace)
+        reason = cache.bypass_reason(plan.params) or bypass_reason(trace)
         if reason is not None:
             trace.cache = CacheReport("bypass", reason=reason)
             return None
         started = time.perf_counter()
-        adapter = None
-        if trace.adapter is not None:
-            adapter = (trace.adapter, trace.adapter_versions.get(trace.adapter, "initial"))
-        key = cache_key(
-            deployment=cache.deployment,
-            pipeline=trace.pipeline,
-            route=trace.route.target if trace.route is not None else None,
-            template=(trace.template.name, trace.template.version) if trace.template else None,
-            index_version=trace.index_version,
-            adapter=adapter,
-            params=plan.params,
-            messages=request.messages,
-        )
-        lookup = await cache.lookup(key)
+        lookup = await cache.lookup(request_key(cache.deployment, trace, plan.params, request.messages))
         lookup_s = time.perf_counter() - started
         trace.timings.add("cache", lookup_s * 1000.0)
-        report = CacheReport(lookup.hit, similarity=lookup.similarity, lookup_s=lookup_s)
+        trace.cache = CacheReport(lookup.hit, similarity=lookup.similarity, lookup_s=lookup_s)
         if lookup.answer is not None:
-            report.age_s = cache.age_s(lookup.answer)
-            trace.sources = [SourceRef(**source) for source in lookup.answer.sources]  # type: ignore[typeddict-item]
-            if lookup.answer.groundedness is not None:
-                trace.groundedness = GroundednessReport(**lookup.answer.groundedness)  # type: ignore[typeddict-item]
-        trace.cache = report
+            trace.cache.age_s = cache.age_s(lookup.answer)
+            restore_trace(lookup.answer, trace)
         return lookup
 
     async def _cache_store(self, lookup: Lookup, trace: RequestTrace, outcome: Outcome) -> None:
         """Store a complete, clean answer; trace.cache.reason says why one was not stored."""
         assert self._cache is not None and trace.cache is not None
-        reason = _not_cacheable(trace, outcome)
+        complete = outcome.generated and bool(outcome.text)
+        reason = not_cacheable(trace, outcome.finish_reason, complete, outcome.output_altered)
         if reason is None:
             answer = CachedAnswer(
                 text=outcome.text,
@@ -337,42 +315,6 @@ class PipelineRunner:
             fallback = self._switch_to_fallback(generator, exc, trace)
         async for delta in fallback.stream(plan.messages, plan.params):
             yield delta
-
-
-def _bypass_reason(trace: RequestTrace) -> str | None:
-    """Requests the privacy gate flagged, and degraded answers, neither read nor fill the cache."""
-    if trace.degraded is not None:
-        return "degraded"
-    privacy = trace.privacy
-    if privacy is not None and (privacy["findings"] or privacy["action"] != "allow" or privacy["injection"]):
-        return "privacy"
-    return None
-
-
-def _not_cacheable(trace: RequestTrace, outcome: Outcome) -> str | None:
-    """Why a finished answer must not be replayed to anyone else, or None when it may be."""
-    if outcome.finish_reason != "stop":
-        return "truncated"
-    if not outcome.generated or not outcome.text:
-        return "empty"
-    if trace.fallback is not None:
-        return "fallback"  # the key names the primary's deployment; a fallback answer is not its answer
-    privacy = trace.privacy
-    if privacy is not None:
-        # Findings in the input or in the retrieved context (the context filter adds its own kinds).
-        context_action = privacy.get("context_action", "allow")
-        if privacy["findings"] or privacy.get("context_injection") or context_action != "allow":
-            return "privacy"
-    if outcome.output_altered:
-        return "privacy_output"
-    check = trace.groundedness
-    if check is not None:
-        below = check["score"] < check["threshold"]
-        # An extract quotes the evidence itself; a flagged, abstaining or weak answer would be repeated
-        # to everyone who asks, where a new generation may do better.
-        if check["action"] in ("flag", "abstain") or (check["action"] == "pass" and below):
-            return "ungrounded"
-    return None
 
 
 REPLAY_WORDS_PER_CHUNK = 4

@@ -120,6 +120,8 @@ class FixtureUpstream:
     async def _complete(self, payload: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         b = self.behaviour
         n_tokens = min(b.tokens, int(payload.get("max_tokens") or b.tokens))
+        # "length" when max_tokens cut the answer short, as a real server reports it; "stop" otherwise.
+        finish_reason = "length" if n_tokens < b.tokens else "stop"
         prompt_tokens = _count_prompt_tokens(payload)
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -134,7 +136,7 @@ class FixtureUpstream:
             message = {"role": "assistant", "content": " ".join(["token"] * n_tokens)}
             completion = {
                 "id": ident, "object": "chat.completion", "created": created, "model": MODEL_NAME,
-                "choices": [{"index": 0, "message": message, "finish_reason": "length"}], "usage": usage,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}], "usage": usage,
             }  # fmt: skip
             writer.write(_response(200, json.dumps(completion).encode()))
             return
@@ -149,7 +151,7 @@ class FixtureUpstream:
             if b.inter_token_s:
                 await writer.drain()
                 await asyncio.sleep(b.inter_token_s)
-        final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
+        final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]}
         writer.write(_chunk(b"data: " + json.dumps(final).encode() + b"\n\n"))
         if (payload.get("stream_options") or {}).get("include_usage"):
             writer.write(

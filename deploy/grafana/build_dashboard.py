@@ -345,6 +345,62 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         ),
     ),
     (
+        "Response cache",
+        (
+            Panel(
+                "Cache lookups by result (share)",
+                (
+                    Query(
+                        f"sum by (result) (rate(hybrid_cache_requests_total{{{PIPE}}}[{RATE}])) "
+                        f"/ ignoring(result) group_left "
+                        f"sum(rate(hybrid_cache_requests_total{{{PIPE}}}[{RATE}]))",
+                        "{{result}}",
+                    ),
+                ),
+                unit="percentunit",
+                width=6,
+                stacked=True,
+                description="hit_exact, hit_semantic, miss, or bypass (sampled, privacy findings, fixed "
+                "answers, degraded).",
+            ),
+            Panel(
+                "Cache lookup latency (p50 / p95 / p99)",
+                tuple(
+                    Query(
+                        f"histogram_quantile({q}, sum by (le) "
+                        f"(rate(hybrid_cache_lookup_seconds_bucket[{RATE}])))",
+                        f"p{round(q * 100)}",
+                    )
+                    for q in QUANTILES
+                ),
+                unit="s",
+                width=6,
+            ),
+            Panel(
+                "Generation cost saved by the cache per hour",
+                (
+                    Query(
+                        f"3600 * sum by (pipeline) (rate(hybrid_cache_saved_usd_total{{{PIPE}}}[{RATE}]))",
+                        "{{pipeline}}",
+                    ),
+                ),
+                unit="currencyUSD",
+                width=6,
+            ),  # fmt: skip
+            Panel(
+                "Cache store failures (served as misses)",
+                (
+                    Query(
+                        f"sum by (operation) (rate(hybrid_cache_store_failures_total[{RATE}]))",
+                        "{{operation}}",
+                    ),
+                ),
+                width=6,
+                description="Redis unreachable or slow: each lookup is a miss and nothing is stored.",
+            ),
+        ),
+    ),
+    (
         "Index",
         (
             Panel(

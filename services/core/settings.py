@@ -306,6 +306,26 @@ class RedisSettings(Section):
         return value
 
 
+class SemanticCacheSettings(Section):
+    threshold: float = Field(
+        0.91, ge=0, le=1, description="cosine similarity a cached query needs to answer a new one"
+    )
+
+
+class CacheSettings(Section):
+    """The response cache (services/cache): `exact` replays an answer to the same normalised conversation;
+    `semantic` also to a paraphrase of its last user message whose numbers, negations, named entities
+    and quantities are the same. The key holds pipeline, route, template, index and adapter versions and
+    the generation parameters, so a new version of any of them never serves an old answer."""
+
+    mode: Literal["off", "exact", "semantic"] = "off"
+    store: Literal["memory", "redis"] = Field("memory", description="redis: shared by workers and replicas")
+    ttl_s: float = Field(3600.0, gt=0, description="seconds an answer stays replayable")
+    max_entries: int = Field(10_000, ge=1, description="memory store: least recently used beyond this go")
+    cache_sampled: bool = Field(False, description="also cache answers sampled with temperature > 0")
+    semantic: SemanticCacheSettings = SemanticCacheSettings()
+
+
 class CircuitSettings(Section):
     """Circuit breaker on the primary generator when a fallback generator is configured."""
 
@@ -344,6 +364,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     limits: LimitsSettings = LimitsSettings()
     redis: RedisSettings = RedisSettings()
+    cache: CacheSettings = CacheSettings()
     circuit: CircuitSettings = CircuitSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
 
@@ -354,6 +375,15 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "limits.backend is redis but redis.url is not set: set redis.url "
                 "(HYBRID_REDIS__URL=redis://host:6379/0) or limits.backend: memory"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _redis_cache_needs_a_url(self) -> Settings:
+        if self.cache.mode != "off" and self.cache.store == "redis" and self.redis.url is None:
+            raise ConfigError(
+                "cache.store is redis but redis.url is not set: set redis.url "
+                "(HYBRID_REDIS__URL=redis://host:6379/0) or cache.store: memory"
             )
         return self
 
@@ -430,6 +460,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 __all__ = [
     "GENERATOR_BACKENDS",
     "AuthSettings",
+    "CacheSettings",
     "BaseGeneratorSettings",
     "ChunkingSettings",
     "CircuitSettings",
@@ -451,6 +482,7 @@ __all__ = [
     "RelevanceSettings",
     "RerankSettings",
     "RouterSettings",
+    "SemanticCacheSettings",
     "ServerSettings",
     "Settings",
     "TransformersGeneratorSettings",

@@ -44,7 +44,15 @@ def default_builder(settings: Settings, metrics: ServiceMetrics) -> ServiceCompo
     def show_circuit(backend: str, state: CircuitState) -> None:
         metrics.circuit_state.labels(backend=backend).set(int(state))
 
-    return build_components(settings, on_fallback=count_fallback, on_circuit_change=show_circuit)
+    def count_cache_failure(operation: str) -> None:
+        metrics.cache_store_failures.labels(operation=operation).inc()
+
+    return build_components(
+        settings,
+        on_fallback=count_fallback,
+        on_circuit_change=show_circuit,
+        on_cache_store_failure=count_cache_failure,
+    )
 
 
 def _observe_queue_wait(components: ServiceComponents, metrics: ServiceMetrics) -> None:
@@ -122,6 +130,8 @@ def create_app(
             for generator in (components.primary, components.fallback):
                 if generator is not None:
                     await generator.aclose()
+            if components.cache is not None:
+                await components.cache.aclose()
             metrics.close()
             if metrics.tracer is not None:
                 metrics.tracer.shutdown()

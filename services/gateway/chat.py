@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from services.cache.service import CacheReport
 from services.core import errors
 from services.core.types import ChatMessage, GenerationParams, Role
 from services.gateway import responses
@@ -26,6 +27,7 @@ from services.gateway.responses import (
     AdapterInfo,
     AssistantMessage,
     BackendInfo,
+    CacheInfo,
     ChatCompletionChunk,
     Choice,
     ChunkChoice,
@@ -130,11 +132,24 @@ def build_extension(trace: RequestTrace, outcome: Outcome | None) -> HybridExten
         extension.degraded = trace.degraded
     if trace.groundedness is not None:
         extension.groundedness = GroundednessReport.model_validate(trace.groundedness)
+    if trace.cache is not None:
+        extension.cache = cache_info(trace.cache)
     if outcome is not None and outcome.ttft_s is not None:
         model = outcome.model_ttft_s
         model_ms = round(model * 1000.0, 3) if model is not None else None
         extension.ttft_ms = TimeToFirstToken(visible=round(outcome.ttft_s * 1000.0, 3), model=model_ms)
     return extension
+
+
+def cache_info(report: CacheReport) -> CacheInfo:
+    """`hybrid.cache`: the hit kind (null on a miss or bypass), its similarity and age."""
+    hit = {"hit_exact": "exact", "hit_semantic": "semantic"}.get(report.result)
+    info = CacheInfo(hit=hit)
+    if hit is not None:
+        info.similarity = round(report.similarity, 4) if report.similarity is not None else 1.0
+        info.age_s = round(report.age_s or 0.0, 3)
+        info.saved_usd = report.saved_usd
+    return info
 
 
 def _usage(outcome: Outcome) -> Usage:
@@ -157,7 +172,9 @@ class ChatCompletion:
         self._started = time.perf_counter()
         self._started_ns = time.time_ns()  # wall clock, for trace spans
         self._pipeline_name = body.model or state.settings.default_pipeline
-        self._trace = RequestTrace(pipeline=self._pipeline_name, request_id=request_id)
+        self._trace = RequestTrace(
+            pipeline=self._pipeline_name, request_id=request_id, adapter_versions=dict(state.adapter_versions)
+        )
         self._finished = False
 
     def _resolve(self) -> tuple[Any, PipelineRequest]:
@@ -200,6 +217,8 @@ class ChatCompletion:
                 "context": self._trace.context_tokens,
             }
             record["cost_usd"] = outcome.cost_usd.get("total", 0.0)
+        if self._trace.cache is not None:
+            record["cache"] = self._trace.cache.result
         if error is not None:
             record["error"] = error
         tracer = self._state.metrics.tracer

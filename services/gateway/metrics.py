@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, multiprocess
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.cache.service import CACHE_RESULTS, STORE_OPERATIONS
 from services.core.privacy_settings import ACTION_ORDER
 from services.pipelines.base import RequestTrace
 from services.pipelines.runner import Outcome
@@ -176,6 +177,23 @@ class ServiceMetrics:
             "hybrid_circuit_state", "Circuit of a generator backend: 0 closed, 1 open, 2 half-open.",
             ["backend"], registry=r, multiprocess_mode="max",
         )  # fmt: skip
+        self.cache_requests = Counter(
+            "hybrid_cache_requests",
+            "Response cache lookups by result (hit_exact, hit_semantic, miss, bypass).",
+            ["pipeline", "result"], registry=r,
+        )  # fmt: skip
+        self.cache_lookup = Histogram(
+            "hybrid_cache_lookup_seconds", "Time to look a request up in the response cache.",
+            buckets=STAGE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.cache_saved = Counter(
+            "hybrid_cache_saved_usd", "Generation cost the response cache saved, priced by the price card.",
+            ["pipeline"], registry=r,
+        )  # fmt: skip
+        self.cache_store_failures = Counter(
+            "hybrid_cache_store_failures", "Response cache store operations that failed (served as a miss).",
+            ["operation"], registry=r,
+        )  # fmt: skip
         self.limit_store_failures = Counter(
             "hybrid_limit_store_failures",
             "Rate-limit store calls that failed, by what the gateway did: allow or deny the request, "
@@ -221,10 +239,15 @@ class ServiceMetrics:
             self.groundedness.labels(pipeline=pipeline)
             for check_action in GROUNDEDNESS_ACTIONS:
                 self.groundedness_actions.labels(pipeline=pipeline, action=check_action)
+            self.cache_saved.labels(pipeline=pipeline)
+            for result in CACHE_RESULTS:
+                self.cache_requests.labels(pipeline=pipeline, result=result)
         for intent in INTENTS:
             self.router_confidence.labels(intent=intent)
         for name, trust in backends:
             self.egress_tokens.labels(backend=name, trust=trust)
+        for operation in STORE_OPERATIONS:
+            self.cache_store_failures.labels(operation=operation)
 
     def observe_request(
         self, trace: RequestTrace, outcome: Outcome | None, status: str, seconds: float
@@ -244,6 +267,12 @@ class ServiceMetrics:
             action = str(trace.privacy.get("action", "allow"))
             for kind, count in trace.privacy_counts.items():
                 self.privacy_findings.labels(kind=kind, action=action).inc(count)
+        if trace.cache is not None:
+            self.cache_requests.labels(pipeline=pipeline, result=trace.cache.result).inc()
+            if trace.cache.result != "bypass":
+                self.cache_lookup.observe(trace.cache.lookup_s)
+            if trace.cache.saved_usd:
+                self.cache_saved.labels(pipeline=pipeline).inc(trace.cache.saved_usd)
         if outcome is None:
             return
         if trace.groundedness is not None:

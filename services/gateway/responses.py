@@ -116,6 +116,17 @@ class TimeToFirstToken(_Body):
     model: float | None
 
 
+class CacheInfo(_Body):
+    """The response cache: `hit` is `exact` or `semantic` when the answer was replayed (null otherwise);
+    on a hit, the cached query's cosine similarity (1 for an exact hit), the answer's age in seconds and
+    the generation cost it saved."""
+
+    hit: Literal["exact", "semantic"] | None
+    similarity: float | None = None
+    age_s: float | None = None
+    saved_usd: float | None = None
+
+
 class HybridExtension(_Body):
     """The `hybrid` object: how this service produced the answer (pipeline, route, sources, cost...)."""
 
@@ -134,6 +145,7 @@ class HybridExtension(_Body):
     degraded: str | None = None
     groundedness: GroundednessReport | None = None
     ttft_ms: TimeToFirstToken | None = None
+    cache: CacheInfo | None = None
 
 
 class Usage(_Body):

@@ -8,11 +8,12 @@ every pipeline gets the same guarantees.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypedDict
 
+from services.cache.service import CacheReport
 from services.core.protocols import Generator
 from services.core.types import ChatMessage, GenerationParams, RouteDecision, StageTimings
 from services.llm.prompts import TemplateRef
@@ -90,6 +91,10 @@ class RequestTrace:
     # The privacy gate's decision on this request (its placeholder map); read only by the privacy guard.
     guard_state: GateDecision | None = None
     privacy_counts: dict[str, int] = field(default_factory=dict)
+    # The adapter versions loaded when the request started (name -> version; absent: as configured).
+    adapter_versions: Mapping[str, str] = field(default_factory=dict)
+    # What the response cache did (None while the cache is off).
+    cache: CacheReport | None = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:

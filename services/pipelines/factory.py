@@ -10,9 +10,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.cache.build import build_response_cache
+from services.cache.service import ResponseCache, StoreFailureHook
 from services.core.cost import CostLedger
 from services.core.errors import ConfigError, HybridError
-from services.core.protocols import Generator, IntentClassifier
+from services.core.protocols import Embedder, Generator, IntentClassifier
 from services.core.settings import GeneratorSettings, Settings
 from services.llm.circuit import CircuitBreaker, CircuitBreakerGenerator, StateListener
 from services.llm.prompts import PromptLibrary
@@ -24,6 +26,7 @@ from services.pipelines.rag import GroundingOptions, RagPipeline
 from services.pipelines.retrieval_policy import RetrievalFailurePolicy
 from services.pipelines.runner import FallbackHook, PipelineRunner
 from services.privacy import PrivacyGate
+from services.rag.embedder import build_query_embedder
 from services.rag.service import RetrievalService
 from services.router.build import build_router
 
@@ -57,6 +60,7 @@ class ServiceComponents:
     retriever: RetrievalService | None = None
     classifier: IntentClassifier | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
+    cache: ResponseCache | None = None
 
 
 def build_components(
@@ -64,6 +68,7 @@ def build_components(
     *,
     on_fallback: FallbackHook | None = None,
     on_circuit_change: StateListener | None = None,
+    on_cache_store_failure: StoreFailureHook | None = None,
 ) -> ServiceComponents:
     """Create and warm up everything. Blocking (loads models): call from a thread at start-up."""
     prompts = PromptLibrary(settings.prompts.templates_dir)
@@ -82,8 +87,10 @@ def build_components(
         unavailable["tuned"] = f"no '{TUNED_ADAPTER}' adapter configured (generator.adapters)"
 
     retriever: RetrievalService | None = None
+    # One query embedder for retrieval and the semantic cache; built here, loaded by whichever needs it.
+    embedder = build_query_embedder(settings.rag)
     try:
-        retriever, rag = _build_rag(settings, primary, prompts, guard)
+        retriever, rag = _build_rag(settings, primary, prompts, guard, embedder)
         pipelines["rag"] = RetrievalFailurePolicy(rag, pipelines["prompt"], settings.rag.on_failure)
     except HybridError as exc:
         unavailable["rag"] = exc.message
@@ -103,12 +110,14 @@ def build_components(
 
     if settings.default_pipeline not in pipelines and settings.default_pipeline not in unavailable:
         raise ConfigError(f"default_pipeline {settings.default_pipeline!r} is not a pipeline name")
+    cache = build_response_cache(settings, lambda: _warm(embedder), on_store_failure=on_cache_store_failure)
     runner = PipelineRunner(
         CostLedger(settings.prices),
         primary=primary,
         fallback=fallback,
         guard=guard,
         on_fallback=on_fallback,
+        cache=cache,
     )
     return ServiceComponents(
         settings=settings,
@@ -120,7 +129,13 @@ def build_components(
         retriever=retriever,
         classifier=classifier,
         unavailable=unavailable,
+        cache=cache,
     )
+
+
+def _warm(embedder: Embedder) -> Embedder:
+    embedder.warm_up()
+    return embedder
 
 
 def _build_generators(
@@ -148,10 +163,10 @@ def _build_generators(
 
 
 def _build_rag(
-    settings: Settings, generator: Generator, prompts: PromptLibrary, guard: PrivacyGuard
+    settings: Settings, generator: Generator, prompts: PromptLibrary, guard: PrivacyGuard, embedder: Embedder
 ) -> tuple[RetrievalService, RagPipeline]:
     """The retrieval service over the current index version (warm), and the rag pipeline on it."""
-    retriever = RetrievalService(settings.rag)
+    retriever = RetrievalService(settings.rag, embedder)
     retriever.warm_up()
     rag = settings.rag
     pipeline = RagPipeline(

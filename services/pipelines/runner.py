@@ -8,11 +8,14 @@ two different answers together, so a mid-stream failure is reported as an error 
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from services.cache.entry import CachedAnswer
+from services.cache.service import CacheReport, Lookup, ResponseCache
 from services.core.cost import CostLedger
 from services.core.errors import GenerationError
 from services.core.protocols import Generator, enforces_response_format
@@ -20,6 +23,7 @@ from services.core.types import FinishReason, GenerationResult, TokenDelta
 from services.llm.circuit import CircuitOpen
 from services.llm.structured_output import complete_with_response_format
 from services.pipelines.base import Pipeline, PipelineRequest, Plan, RequestTrace
+from services.pipelines.cache_policy import bypass_reason, not_cacheable, request_key, restore_trace
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,8 @@ class Outcome:
     busy_s: float = 0.0
     generated: bool = False
     cost_usd: dict[str, float] = field(default_factory=dict)
+    # The privacy output filter changed the answer (redacted a value or restored a placeholder).
+    output_altered: bool = False
 
 
 FallbackHook = Callable[[str, str], None]
@@ -70,7 +76,9 @@ class PipelineRunner:
         fallback: Generator | None = None,
         guard: RequestGuard | None = None,
         on_fallback: FallbackHook | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
+        self._cache = cache
         self._ledger = ledger
         self._primary = primary
         self._fallback = fallback
@@ -110,10 +118,20 @@ class PipelineRunner:
                 text = out_filter.feed(text) + out_filter.flush()
             outcome.text = text
             outcome.ttft_s = time.perf_counter() - started
+            if self._cache is not None:
+                trace.cache = CacheReport("bypass", reason="fixed_answer")  # no generation to save
             yield text
         else:
-            async for piece in self._generate(plan, trace, outcome, started, incremental):
-                yield piece
+            lookup = await self._cache_lookup(plan, request, trace)
+            if lookup is not None and lookup.answer is not None:
+                for piece in _replay(lookup.answer, outcome, started, incremental):
+                    yield piece
+                self._price_saved(lookup.answer, trace)
+            else:
+                async for piece in self._generate(plan, trace, outcome, started, incremental):
+                    yield piece
+                if lookup is not None:
+                    await self._cache_store(lookup, trace, outcome)
         outcome.cost_usd = self._ledger.request_costs(
             trace.timings.ms,
             backend=trace.backend if outcome.generated else None,
@@ -123,6 +141,57 @@ class PipelineRunner:
         )
         trace.timings.add("total", (time.perf_counter() - started) * 1000.0)
         yield outcome
+
+    async def _cache_lookup(self, plan: Plan, request: PipelineRequest, trace: RequestTrace) -> Lookup | None:
+        """The cache's answer for this request, or the lookup to store the new answer under; None when the
+        cache is off or the request may not use it (trace.cache says why)."""
+        cache = self._cache
+        if cache is None:
+            return None
+        reason = cache.bypass_reason(plan.params) or bypass_reason(trace)
+        if reason is not None:
+            trace.cache = CacheReport("bypass", reason=reason)
+            return None
+        started = time.perf_counter()
+        lookup = await cache.lookup(request_key(cache.deployment, trace, plan.params, request.messages))
+        lookup_s = time.perf_counter() - started
+        trace.timings.add("cache", lookup_s * 1000.0)
+        trace.cache = CacheReport(lookup.hit, similarity=lookup.similarity, lookup_s=lookup_s)
+        if lookup.answer is not None:
+            trace.cache.age_s = cache.age_s(lookup.answer)
+            restore_trace(lookup.answer, trace)
+        return lookup
+
+    async def _cache_store(self, lookup: Lookup, trace: RequestTrace, outcome: Outcome) -> None:
+        """Store a complete, clean answer; trace.cache.reason says why one was not stored."""
+        assert self._cache is not None and trace.cache is not None
+        complete = outcome.generated and bool(outcome.text)
+        reason = not_cacheable(trace, outcome.finish_reason, complete, outcome.output_altered)
+        if reason is None:
+            answer = CachedAnswer(
+                text=outcome.text,
+                finish_reason=outcome.finish_reason,
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                backend=trace.backend or "",
+                busy_s=outcome.busy_s,
+                created_at=time.time(),
+                sources=[dict(source) for source in trace.sources],
+                groundedness=dict(trace.groundedness) if trace.groundedness is not None else None,
+            )
+            if not await self._cache.store(lookup, answer):
+                reason = "store_failed"
+        trace.cache.reason = reason
+
+    def _price_saved(self, answer: CachedAnswer, trace: RequestTrace) -> None:
+        """A hit saved the generation it replays: priced on today's price card from its recorded use."""
+        assert trace.cache is not None
+        trace.cache.saved_usd = self._ledger.generation_usd(
+            answer.backend,
+            busy_s=answer.busy_s,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+        )
 
     async def _generate(
         self, plan: Plan, trace: RequestTrace, outcome: Outcome, started: float, incremental: bool
@@ -138,6 +207,7 @@ class PipelineRunner:
         # An answer the check may replace cannot leave before it is checked: hold it back, send it whole.
         hold_back = check is not None and check.may_replace
         raw: list[str] = []
+        fed: list[str] = []  # what went into the output filter, to tell whether it changed the answer
         try:
             if plan.params.response_format is not None and not enforces_response_format(generator):
                 stream = self._structured(generator, plan, trace)
@@ -160,6 +230,7 @@ class PipelineRunner:
                 raw.append(delta.text)
                 if hold_back:
                     continue
+                fed.append(delta.text)
                 text = out_filter.feed(delta.text) if out_filter else delta.text
                 if text:
                     if outcome.ttft_s is None:
@@ -173,6 +244,7 @@ class PipelineRunner:
                 checked = check.check("".join(raw))
             trace.groundedness = checked.report
             if hold_back:
+                fed.append(checked.text)
                 text = out_filter.feed(checked.text) if out_filter else checked.text
                 if text:
                     if incremental or outcome.ttft_s is None:
@@ -187,6 +259,7 @@ class PipelineRunner:
                 parts.append(tail)
                 yield tail
         outcome.text = "".join(parts)
+        outcome.output_altered = outcome.text != "".join(fed)
 
     async def _structured(
         self, generator: Generator, plan: Plan, trace: RequestTrace
@@ -242,6 +315,27 @@ class PipelineRunner:
             fallback = self._switch_to_fallback(generator, exc, trace)
         async for delta in fallback.stream(plan.messages, plan.params):
             yield delta
+
+
+REPLAY_WORDS_PER_CHUNK = 4
+
+
+def _replay(answer: CachedAnswer, outcome: Outcome, started: float, incremental: bool) -> Iterator[str]:
+    """A cached answer as the runner's text pieces (a few words each when streaming), then its counts."""
+    words = re.findall(r"\s*\S+", answer.text)
+    trailing = answer.text[len("".join(words)) :]
+    if incremental and words:
+        step = REPLAY_WORDS_PER_CHUNK
+        pieces = ["".join(words[i : i + step]) for i in range(0, len(words), step)]
+        pieces[-1] += trailing
+    else:
+        pieces = [answer.text]
+    outcome.ttft_s = time.perf_counter() - started
+    yield from pieces
+    outcome.text = answer.text
+    outcome.finish_reason = answer.finish_reason
+    outcome.prompt_tokens = answer.prompt_tokens
+    outcome.completion_tokens = answer.completion_tokens
 
 
 def _as_deltas(result: GenerationResult) -> tuple[TokenDelta, TokenDelta]:

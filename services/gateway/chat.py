@@ -158,6 +158,8 @@ class ChatCompletion:
         self._started_ns = time.time_ns()  # wall clock, for trace spans
         self._pipeline_name = body.model or state.settings.default_pipeline
         self._trace = RequestTrace(pipeline=self._pipeline_name, request_id=request_id)
+        # Adapter versions as the request arrived: one that ends after a swap reports the version it ran with.
+        self._adapter_versions = dict(state.adapter_versions)
         self._finished = False
 
     def _resolve(self) -> tuple[Any, PipelineRequest]:
@@ -267,7 +269,7 @@ class ChatCompletion:
 
     def _extension(self, outcome: Outcome) -> HybridExtension:
         if self._trace.adapter is not None:
-            self._trace.adapter_version = self._state.adapter_versions.get(self._trace.adapter, "initial")
+            self._trace.adapter_version = self._adapter_versions.get(self._trace.adapter, "initial")
         return build_extension(self._trace, outcome)
 
     def _completion_body(self, outcome: Outcome) -> responses.ChatCompletion:

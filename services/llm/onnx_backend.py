@@ -313,7 +313,7 @@ class OnnxGenerator(InProcessBackend):
         run = PinnedRun(adapter=self._pin_adapter(params.adapter))
         if run.adapter is not None:
             # A request refused before its thread starts (queue full) still ends its pin when dropped.
-            weakref.finalize(run, run.adapter.release)
+            weakref.finalize(run, run.adapter.release).atexit = False
         pieces = run_producer_in_thread(
             lambda emit: self._generate_blocking(prompt_ids, params, run, emit), cancel=run.cancel
         )
@@ -346,6 +346,7 @@ class OnnxGenerator(InProcessBackend):
         self, prompt_ids: list[int], params: GenerationParams, run: ThreadedRun, emit: Emit
     ) -> None:
         model = self._require_model()
+        # Runs from _unbatched_loop carry their pin; any other caller pins at generation start.
         pin = run.adapter if isinstance(run, PinnedRun) else self._pin_adapter(params.adapter)
         try:
             self._generate_with(model, prompt_ids, params, pin, run, emit)

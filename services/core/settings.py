@@ -50,10 +50,10 @@ class ServerSettings(Section):
         description="seconds between checks for adapter versions published by POST /admin/adapters "
         "(adapter_versions_dir), so every worker loads them; 0 disables",
     )
-    adapter_versions_dir: str = Field(
-        "",
+    adapter_versions_dir: Path | None = Field(
+        None,
         description="where POST /admin/adapters publishes adapter versions for every worker and replica "
-        "sharing it; empty: <data_dir>/adapter-versions",
+        "sharing it; default <data_dir>/adapter-versions",
     )
 
 

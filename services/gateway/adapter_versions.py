@@ -86,7 +86,7 @@ class AdapterVersionStore:
 
 def versions_dir(settings: Settings) -> Path:
     configured = settings.server.adapter_versions_dir
-    return Path(configured) if configured else settings.data_dir / "adapter-versions"
+    return configured if configured is not None else settings.data_dir / "adapter-versions"
 
 
 def _check_component(field: str, value: str) -> None:

@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 
 from services.core.errors import InvalidRequest, NotReady
-from services.core.protocols import AdapterLoader
 from services.gateway.adapter_versions import AdapterVersionSync
 from services.gateway.responses import AdapterLoaded, IndexReloaded, error_responses
 from services.gateway.schemas import AdapterLoadRequest
@@ -50,14 +49,14 @@ async def load_adapter(
 ) -> AdapterLoaded:
     """Load a new adapter version without a restart; running requests finish on the old weights.
 
-    The version is published under the data dir, so every worker's watcher loads it too
+    The version is published in `server.adapter_versions_dir`, so every worker's watcher loads it too
     (services/gateway/adapter_versions.py).
     """
     state.auth.require_admin(authorization)
     generator = state.require_components().primary
-    # A primary behind the circuit breaker delegates to the backend inside.
+    # Set at start-up where the primary loads adapters (behind a circuit breaker: the backend inside does).
     sync: AdapterVersionSync | None = getattr(request.app.state, "adapter_sync", None)
-    if not isinstance(generator, AdapterLoader) or sync is None:
+    if sync is None:
         raise InvalidRequest(f"generator backend {generator.name!r} cannot load adapters at run time")
     path = Path(body.path)
     if not path.is_dir():

@@ -204,6 +204,7 @@ def run(
             default_pipeline="prompt",
             generator={"backend": "transformers", "threads": 2, "adapters": {"tuned": str(adapter)}},
             rag={"index_dir": str(index), "corpus_dirs": [str(corpus)], "watch_interval_s": 0},
+            server={"adapter_versions_dir": str(work / "adapter-versions")},  # not the shared model cache
             prompts={"templates_dir": str(templates)},
             auth={"admin_key_sha256": [hashlib.sha256(ADMIN_KEY.encode()).hexdigest()]},
             observability={"log_json": True, "log_level": "WARNING"},

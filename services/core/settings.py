@@ -53,6 +53,17 @@ class ServerSettings(Section):
     max_completion_tokens: int = Field(1024, ge=1)
     request_timeout_s: float = Field(120.0, gt=0)
     shutdown_grace_s: float = Field(20.0, ge=0)
+    adapter_watch_interval_s: float = Field(
+        2.0,
+        ge=0,
+        description="seconds between checks for adapter versions published by POST /admin/adapters "
+        "(adapter_versions_dir), so every worker loads them; 0 disables",
+    )
+    adapter_versions_dir: Path | None = Field(
+        None,
+        description="where POST /admin/adapters publishes adapter versions for every worker and replica "
+        "sharing it; default <data_dir>/adapter-versions",
+    )
 
 
 class BaseGeneratorSettings(Section):

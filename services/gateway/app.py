@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse
 from starlette.routing import Route
 
 from services.core.errors import HybridError
-from services.core.protocols import generation_queue
+from services.core.protocols import AdapterLoader, generation_queue
 from services.core.settings import Settings
+from services.gateway.adapter_versions import AdapterVersionStore, AdapterVersionSync, versions_dir
 from services.gateway.auth import KeyChecker
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.draining import drain_on_stop_signals
@@ -118,15 +119,23 @@ def create_app(
         watcher = None
         if components.retriever is not None and settings.rag.watch_interval_s > 0:
             watcher = asyncio.create_task(_watch_index(state, settings.rag.watch_interval_s))
+        adapter_watcher = None
+        if isinstance(components.primary, AdapterLoader):
+            sync = AdapterVersionSync(state, components.primary, AdapterVersionStore(versions_dir(settings)))
+            app.state.adapter_sync = sync  # POST /admin/adapters publishes through it
+            await sync.check()  # a worker that starts after a swap serves the published version at once
+            if settings.server.adapter_watch_interval_s > 0:
+                adapter_watcher = asyncio.create_task(sync.watch(settings.server.adapter_watch_interval_s))
         try:
             async with drain_on_stop_signals(state, settings.server.shutdown_grace_s):
                 yield
         finally:
             state.draining = True
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            for task in (watcher, adapter_watcher):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             for generator in (components.primary, components.fallback):
                 if generator is not None:
                     await generator.aclose()

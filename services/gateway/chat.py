@@ -172,6 +172,8 @@ class ChatCompletion:
         self._started = time.perf_counter()
         self._started_ns = time.time_ns()  # wall clock, for trace spans
         self._pipeline_name = body.model or state.settings.default_pipeline
+        # Adapter versions as the request arrived: one that ends after a swap reports the version it ran
+        # with, and the response cache keys on them.
         self._trace = RequestTrace(
             pipeline=self._pipeline_name, request_id=request_id, adapter_versions=dict(state.adapter_versions)
         )
@@ -286,7 +288,7 @@ class ChatCompletion:
 
     def _extension(self, outcome: Outcome) -> HybridExtension:
         if self._trace.adapter is not None:
-            self._trace.adapter_version = self._state.adapter_versions.get(self._trace.adapter, "initial")
+            self._trace.adapter_version = self._trace.adapter_versions.get(self._trace.adapter, "initial")
         return build_extension(self._trace, outcome)
 
     def _completion_body(self, outcome: Outcome) -> responses.ChatCompletion:

@@ -71,13 +71,14 @@ def _read_peft_config(peft_dir: Path) -> dict[str, Any]:
     return dict(config)
 
 
-def _target_modules(peft_dir: Path) -> list[str]:
+def target_modules(peft_dir: Path) -> list[str]:
+    """The modules a peft LoRA adapts, sorted: adapters served by one model must all share them."""
     return sorted(_read_peft_config(peft_dir)["target_modules"])
 
 
 def lora_layout_key(peft_dir: Path) -> str:
     """Identifies the LoRA inputs a base model needs: which modules are adapted."""
-    return hashlib.sha256(json.dumps(_target_modules(peft_dir)).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(target_modules(peft_dir)).encode()).hexdigest()[:12]
 
 
 def peft_template(adapters: dict[str, str], hf_dir: Path, data_dir: Path) -> Path | None:
@@ -98,7 +99,7 @@ def lora_node_names(peft_dir: Path, num_layers: int) -> list[str]:
     """Names the GenAI builder gives the LoRA MatMuls, so they can be kept out of weight quantization."""
     names = []
     for layer in range(num_layers):
-        for module in _target_modules(peft_dir):
+        for module in target_modules(peft_dir):
             for ab in ("A", "B"):
                 names.append(f"/model/layers.{layer}/{_BUILDER_GROUP[module]}/{module}/lora_{ab}/MatMul")
     return names
@@ -234,17 +235,22 @@ def _peft_fingerprint(peft_dir: Path) -> str:
 def prepare_adapters(settings: OnnxGeneratorSettings, data_dir: Path) -> dict[str, Path]:
     """adapter name -> `.onnx_adapter` file, converting peft folders under `<data_dir>/models/adapters/`."""
     hf_dir = prepare_hf_model(settings, data_dir)
-    files: dict[str, Path] = {}
-    for name, folder in settings.adapters.items():
-        path = Path(folder).expanduser()
-        if path.is_file() and path.suffix == ".onnx_adapter":
-            files[name] = path
-        elif (path / ADAPTER_FILE_NAME).is_file():
-            files[name] = path / ADAPTER_FILE_NAME
-        elif (path / PEFT_CONFIG_NAME).is_file():
-            key = hashlib.sha256(f"{path.resolve()}|{hf_dir}".encode()).hexdigest()[:16]
-            out = models_dir(data_dir) / "adapters" / f"{path.name}-{key}"
-            files[name] = convert_peft_adapter(path, hf_dir, out, settings.onnx_precision)
-        else:
-            raise ConfigError(f"adapter {name!r}: {path} is neither an .onnx_adapter nor a peft LoRA folder")
-    return files
+    return {
+        name: adapter_file(name, Path(folder).expanduser(), settings, hf_dir, data_dir)
+        for name, folder in settings.adapters.items()
+    }
+
+
+def adapter_file(
+    name: str, path: Path, settings: OnnxGeneratorSettings, hf_dir: Path, data_dir: Path
+) -> Path:
+    """The `.onnx_adapter` file for one adapter: the file itself, the one in its folder, or a conversion."""
+    if path.is_file() and path.suffix == ".onnx_adapter":
+        return path
+    if (path / ADAPTER_FILE_NAME).is_file():
+        return path / ADAPTER_FILE_NAME
+    if (path / PEFT_CONFIG_NAME).is_file():
+        key = hashlib.sha256(f"{path.resolve()}|{hf_dir}".encode()).hexdigest()[:16]
+        out = models_dir(data_dir) / "adapters" / f"{path.name}-{key}"
+        return convert_peft_adapter(path, hf_dir, out, settings.onnx_precision)
+    raise ConfigError(f"adapter {name!r}: {path} is neither an .onnx_adapter nor a peft LoRA folder")

@@ -9,6 +9,10 @@ With `max_concurrency` > 1 requests are decoded together, up to `max_concurrency
 path: an adapter (the Engine API has no adapter selection), guided decoding (response_format) and a fixed
 sampling seed (the static engine refuses per-request seeds). Those run beside the batch, not in it.
 
+Adapters can be loaded at run time (`load_adapter`, POST /admin/adapters): a new version loads beside the
+old one and becomes current for requests that arrive later; a request keeps the version current when it
+entered the backend to its end (services/llm/onnx_adapter_versions.py).
+
 The unbatched path (and every request with `max_concurrency` 1) gets its own `og.Generator`, driven token
 by token (`generate_next_token`) inside one worker thread, so no two threads ever touch one generator.
 On both paths the consumer closing the stream cancels the request between tokens, so a client that
@@ -22,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,9 @@ from services.core.errors import ConfigError, GenerationError, InvalidRequest, N
 from services.core.settings import OnnxGeneratorSettings
 from services.core.types import ChatMessage, GenerationParams
 from services.llm.backend_base import InProcessBackend, RawCounts, ThreadedRun, TokenLoop
+from services.llm.hf_folder import prepare_hf_model
 from services.llm.model_prep import GENAI_CONFIG_NAME, prepare_onnx_model, verify_onnx_model
+from services.llm.onnx_adapter_versions import AdapterPin, AdapterVersions
 from services.llm.onnx_batching import (
     EngineScheduler,
     EngineTurnResult,
@@ -38,7 +46,7 @@ from services.llm.onnx_batching import (
     engine_config_overlay,
     stream_engine_tokens,
 )
-from services.llm.streaming import Emit
+from services.llm.streaming import Emit, run_producer_in_thread
 from services.llm.structured_output import (
     ResponseFormatSpec,
     format_instruction,
@@ -48,6 +56,13 @@ from services.llm.structured_output import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PinnedRun(ThreadedRun):
+    """An unbatched run and the adapter version it pinned when it entered the backend (None: base model)."""
+
+    adapter: AdapterPin | None = None
 
 
 def read_chat_template(model_dir: Path) -> str | None:
@@ -71,7 +86,9 @@ class OnnxGenerator(InProcessBackend):
         self._data_dir = data_dir
         self._model: Any = None
         self._tokenizer: Any = None
-        self._og_adapters: Any = None
+        self._adapter_versions: AdapterVersions | None = None
+        # The target modules of the peft template the LoRA-ready model was built from (None: no LoRA inputs).
+        self._lora_modules: list[str] | None = None
         self._chat_template: str | None = None
         self._eos_ids: frozenset[int] = frozenset()
         self._context_length = 0
@@ -85,9 +102,12 @@ class OnnxGenerator(InProcessBackend):
         model_dir = prepare_onnx_model(self._settings, self._data_dir)
         adapter_files: dict[str, Path] = {}
         if self._settings.adapters:
-            from services.llm.onnx_adapters import prepare_adapters
+            from services.llm.onnx_adapters import peft_template, prepare_adapters, target_modules
 
             adapter_files = prepare_adapters(self._settings, self._data_dir)
+            hf_dir = prepare_hf_model(self._settings, self._data_dir)
+            template = peft_template(self._settings.adapters, hf_dir, self._data_dir)
+            self._lora_modules = target_modules(template) if template is not None else None
         self.load(model_dir, adapter_files)
 
     def load(self, model_dir: Path, adapter_files: dict[str, Path] | None = None) -> None:
@@ -106,12 +126,12 @@ class OnnxGenerator(InProcessBackend):
             raise ConfigError(
                 f"cannot load ONNX model {model_dir}: {exc}; delete it to convert again"
             ) from exc
-        og_adapters = None
+        adapter_versions = None
         if adapter_files:
-            og_adapters = og.Adapters(model)
+            adapter_versions = AdapterVersions(og.Adapters(model))
             for adapter_name, adapter_file in adapter_files.items():
                 try:
-                    og_adapters.load(str(adapter_file), adapter_name)
+                    adapter_versions.load(adapter_name, adapter_file)
                 except Exception as exc:
                     raise ConfigError(f"adapter {adapter_name!r}: cannot load {adapter_file}: {exc}") from exc
         genai_config = json.loads((model_dir / GENAI_CONFIG_NAME).read_text(encoding="utf-8"))
@@ -119,7 +139,7 @@ class OnnxGenerator(InProcessBackend):
         self._eos_ids = frozenset(int(i) for i in tokenizer.eos_token_ids)
         self._chat_template = read_chat_template(model_dir)
         self._guidance_ready = guided_decoding_works(model, model_dir)
-        self._model, self._tokenizer, self._og_adapters = model, tokenizer, og_adapters
+        self._model, self._tokenizer, self._adapter_versions = model, tokenizer, adapter_versions
         if batch_size > 1:
             self._scheduler = EngineScheduler(
                 model,
@@ -135,6 +155,51 @@ class OnnxGenerator(InProcessBackend):
             batch_size,
             sorted(adapter_files or {}),
         )
+
+    def load_adapter(self, name: str, folder: Path) -> None:
+        """Load a new version of adapter `name` from a peft folder (or a converted one) while requests run.
+
+        The folder is converted once to an `.onnx_adapter` (cached under the data dir, written atomically).
+        Requests already running keep the version they started with; later ones get this one. The adapter
+        must target the modules of the adapter the model was built with at start (its LoRA inputs).
+        """
+        from services.llm.onnx_adapters import PEFT_CONFIG_NAME, adapter_file, target_modules
+
+        self._require_model()
+        if self._adapter_versions is None or self._lora_modules is None:
+            raise InvalidRequest(
+                f"generator {self.name!r} was started without adapters, so its ONNX model has no LoRA "
+                "inputs; configure one in generator.adapters to serve adapters",
+                param="name",
+            )
+        if not (folder / PEFT_CONFIG_NAME).is_file():
+            raise InvalidRequest(
+                f"path: {folder} has no {PEFT_CONFIG_NAME} (a peft LoRA folder)", param="path"
+            )
+        try:
+            modules = target_modules(folder)
+            if modules != self._lora_modules:
+                raise InvalidRequest(
+                    f"path: adapter {name!r} targets {modules}, but this model's LoRA inputs are for "
+                    f"{self._lora_modules} (the adapter configured at start); train it with those "
+                    "target_modules",
+                    param="path",
+                )
+            hf_dir = prepare_hf_model(self._settings, self._data_dir)
+            converted = adapter_file(name, folder, self._settings, hf_dir, self._data_dir)
+            self._adapter_versions.load(name, converted)
+        except ConfigError as exc:  # an unreadable or unsupported peft folder is the caller's input
+            raise InvalidRequest(f"path: {exc.message}", param="path") from exc
+        except RuntimeError as exc:  # og refused the file (e.g. tensors the model has no input for)
+            raise InvalidRequest(f"path: adapter {name!r} cannot be loaded: {exc}", param="path") from exc
+        self._settings = self._settings.model_copy(
+            update={"adapters": {**self._settings.adapters, name: str(folder)}}
+        )
+
+    @property
+    def loaded_adapter_versions(self) -> list[str]:
+        """The adapter versions in memory (each current one and replaced ones still in use)."""
+        return self._adapter_versions.loaded() if self._adapter_versions is not None else []
 
     @property
     def supports_response_format(self) -> bool:
@@ -224,7 +289,7 @@ class OnnxGenerator(InProcessBackend):
 
     def _token_loop(self, messages: Sequence[ChatMessage], params: GenerationParams) -> TokenLoop:
         if not self._runs_batched(params):
-            return super()._token_loop(messages, params)
+            return self._unbatched_loop(messages, params)
         assert self._scheduler is not None
         prompt_ids = self._checked_prompt_ids(messages, params)
         spec = TurnSpec(
@@ -241,6 +306,27 @@ class OnnxGenerator(InProcessBackend):
             return RawCounts(len(prompt_ids), len(result.token_ids), ended_by_model=ended_by_model)
 
         return TokenLoop(self._batched_pieces(self._scheduler, spec, result), counts)
+
+    def _unbatched_loop(self, messages: Sequence[ChatMessage], params: GenerationParams) -> TokenLoop:
+        """One og.Generator in a worker thread; an adapter version is pinned now, on entering the backend."""
+        prompt_ids = self._checked_prompt_ids(messages, params)
+        run = PinnedRun(adapter=self._pin_adapter(params.adapter))
+        if run.adapter is not None:
+            # A request refused before its thread starts (queue full) still ends its pin when dropped.
+            weakref.finalize(run, run.adapter.release).atexit = False
+        pieces = run_producer_in_thread(
+            lambda emit: self._generate_blocking(prompt_ids, params, run, emit), cancel=run.cancel
+        )
+        return TokenLoop(
+            pieces, lambda: RawCounts(len(prompt_ids), run.completion_tokens, ended_by_model=run.hit_eos)
+        )
+
+    def _pin_adapter(self, adapter: str | None) -> AdapterPin | None:
+        if adapter is None:
+            return None
+        if self._adapter_versions is None or self._adapter_versions.current(adapter) is None:
+            raise InvalidRequest(f"unknown adapter {adapter!r}", param="model")
+        return self._adapter_versions.pin(adapter)
 
     async def _batched_pieces(
         self, scheduler: EngineScheduler, spec: TurnSpec, result: EngineTurnResult
@@ -260,10 +346,27 @@ class OnnxGenerator(InProcessBackend):
         self, prompt_ids: list[int], params: GenerationParams, run: ThreadedRun, emit: Emit
     ) -> None:
         model = self._require_model()
+        # Runs from _unbatched_loop carry their pin; any other caller pins at generation start.
+        pin = run.adapter if isinstance(run, PinnedRun) else self._pin_adapter(params.adapter)
+        try:
+            self._generate_with(model, prompt_ids, params, pin, run, emit)
+        finally:
+            if pin is not None:
+                pin.release()  # after _generate_with returned, so its og.Generator (and its hold) is gone
+
+    def _generate_with(
+        self,
+        model: Any,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        pin: AdapterPin | None,
+        run: ThreadedRun,
+        emit: Emit,
+    ) -> None:
         generator = self._new_og_generator(model, prompt_ids, params)
         try:
-            if params.adapter is not None:
-                generator.set_active_adapter(self._og_adapters, params.adapter)
+            if pin is not None:
+                generator.set_active_adapter(pin.container, pin.loaded_as)
             generator.append_tokens(prompt_ids)  # the prefill; the first token comes from the next step
             decoder = self._tokenizer.create_stream()
             while not run.cancel.is_set() and not generator.is_done():
@@ -303,7 +406,7 @@ class OnnxGenerator(InProcessBackend):
             await asyncio.to_thread(scheduler.close)
         self._model = None
         self._tokenizer = None
-        self._og_adapters = None
+        self._adapter_versions = None
 
 
 def session_config(model_dir: Path, threads: int) -> Any:

@@ -11,6 +11,9 @@ Each request reserves only the tokens it can reach (`max_session_tokens` = promp
 its default the engine reserves the model's whole context per request, which makes a batch's prefill
 many times slower.
 
+The Engine API has no adapter selection, so a batch never mixes adapters: requests with a LoRA adapter
+never come here and run on the backend's unbatched path, one og.Generator each (onnx_backend.py).
+
 The Engine must be used from the thread that owns it, so every call (admission, stepping, cancellation,
 closing) happens in the scheduler's thread; callers get their tokens and their end through callbacks,
 which the async side turns into a stream (`stream_engine_tokens`).

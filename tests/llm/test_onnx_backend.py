@@ -242,7 +242,9 @@ def test_without_guidance_response_format_is_left_to_validate_and_repair(
         assert not loaded(smollm2_settings, onnx_data_dir, smollm2_onnx_dir).supports_response_format
 
 
-def make_random_lora(hf_dir: Path, out: Path, seed: int) -> Path:
+def make_random_lora(
+    hf_dir: Path, out: Path, seed: int, target_modules: tuple[str, ...] = ("q_proj", "v_proj", "down_proj")
+) -> Path:
     """A tiny peft LoRA whose B is random, so it visibly changes the output (a trained one would too)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -253,7 +255,7 @@ def make_random_lora(hf_dir: Path, out: Path, seed: int) -> Path:
     config = LoraConfig(
         r=4,
         lora_alpha=8,
-        target_modules=["q_proj", "v_proj", "down_proj"],
+        target_modules=list(target_modules),
         lora_dropout=0.0,
         bias="none",
         task_type="CAUSAL_LM",

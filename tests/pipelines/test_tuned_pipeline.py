@@ -78,6 +78,7 @@ def base_url(adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
         default_pipeline="prompt",
         generator={"backend": "transformers", "threads": 1, "adapters": {"tuned": str(adapters["PELICAN"])}},
         rag={"index_dir": str(tmp / "no-index"), "watch_interval_s": 0},
+        server={"adapter_versions_dir": str(tmp / "adapter-versions")},  # published versions stay in tmp
         auth={"admin_key_sha256": [hashlib.sha256(ADMIN_KEY.encode()).hexdigest()]},
     )
     with serve_in_thread(create_app(settings)) as url:

@@ -5,10 +5,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 
 from services.core.errors import InvalidRequest, NotReady
-from services.core.protocols import AdapterLoader
+from services.gateway.adapter_versions import AdapterVersionSync
 from services.gateway.responses import AdapterLoaded, IndexReloaded, error_responses
 from services.gateway.schemas import AdapterLoadRequest
 from services.gateway.state import GatewayState, StateDep
@@ -45,19 +45,22 @@ async def reload_index(state: StateDep, authorization: AuthHeader = None) -> Ind
 
 @router.post("/adapters", responses=error_responses(400, 401, 413, 503))
 async def load_adapter(
-    body: AdapterLoadRequest, state: StateDep, authorization: AuthHeader = None
+    body: AdapterLoadRequest, request: Request, state: StateDep, authorization: AuthHeader = None
 ) -> AdapterLoaded:
-    """Load a new adapter version without a restart; running requests finish on the old weights."""
+    """Load a new adapter version without a restart; running requests finish on the old weights.
+
+    The version is published in `server.adapter_versions_dir`, so every worker's watcher loads it too
+    (services/gateway/adapter_versions.py).
+    """
     state.auth.require_admin(authorization)
     generator = state.require_components().primary
-    # A primary behind the circuit breaker delegates to the backend inside.
-    loader = generator.load_adapter if isinstance(generator, AdapterLoader) else None
-    if loader is None:
+    # Set at start-up where the primary loads adapters (behind a circuit breaker: the backend inside does).
+    sync: AdapterVersionSync | None = getattr(request.app.state, "adapter_sync", None)
+    if sync is None:
         raise InvalidRequest(f"generator backend {generator.name!r} cannot load adapters at run time")
     path = Path(body.path)
     if not path.is_dir():
         raise InvalidRequest(f"path: adapter folder not found: {body.path}", param="path")
-    await asyncio.to_thread(loader, body.name, path)
     version = body.version or path.name
-    state.adapter_versions[body.name] = version
+    await sync.publish(body.name, version, path)
     return AdapterLoaded(loaded=body.name, version=version)

@@ -149,11 +149,13 @@ def staging_folders(index_dir: Path) -> list[str]:
     )
 
 
-def index_check(index_dir: Path, expected_version: str) -> list[str]:
-    """What was lost: empty when CURRENT names `expected_version` and that version loads whole."""
+def index_check(index_dir: Path, expected_version: str, *, or_newer: bool = False) -> list[str]:
+    """What was lost: empty when CURRENT names `expected_version` (or, with `or_newer`, a version published
+    after it: a kill that came after the publish) and that version loads whole."""
     problems: list[str] = []
     current = read_current(index_dir)
-    if current != expected_version:
+    newer = or_newer and current is not None and current > expected_version
+    if current != expected_version and not newer:
         problems.append(f"CURRENT names {current!r}, expected {expected_version!r}")
     try:
         snapshot = load_current(index_dir)
@@ -202,14 +204,17 @@ def row_ingest_kill(bench: Workbench, trials: int = 4, seed: int = 0) -> Row:
                     time.sleep(rng.uniform(0.0, 0.02))
                 else:
                     time.sleep(rng.uniform(0.3, 2.5))
-                finished_first = process.poll() is not None
+                exited_first = process.poll() is not None
                 process.kill()
                 process.communicate()
+                # A kill after the publish (CURRENT written, the process still pruning) is no loss either.
+                lost += [f"trial {trial}: {p}" for p in index_check(index_dir, before, or_newer=True)]
+                published = read_current(index_dir) != before
                 kills.append(
-                    {"mid_write": mid_write, "staging_seen": staged, "finished_first": finished_first}
-                )
-                if not finished_first:
-                    lost += [f"trial {trial}: {p}" for p in index_check(index_dir, before)]
+                    {"mid_write": mid_write, "staging_seen": staged, "exited_first": exited_first,
+                     "published_before_the_kill": published}
+                )  # fmt: skip
+                before = read_current(index_dir) or before
             recovery_at = load.elapsed_s()
             code, last_line, seconds = run_ingest(bench.changed_corpus("recovered"), index_dir)
             new_version = read_current(index_dir) or ""
@@ -224,8 +229,8 @@ def row_ingest_kill(bench: Workbench, trials: int = 4, seed: int = 0) -> Row:
         lost.append(f"staging folders left after a successful ingest: {leftovers}")
     return Row(
         name="ingest_kill",
-        fault=f"kill -9 of `hybridllm ingest`, {trials} times ({sum(k['staging_seen'] for k in kills)} while "
-        "the new version's files were being written)",
+        fault=f"kill -9 of `hybridllm ingest`, {trials} times ({sum(k['staging_seen'] for k in kills)} after "
+        "the new version's staging folder appeared)",
         user_saw=load.statuses(),
         data_lost=lost,
         recovery_s=round(seconds, 2),
@@ -568,6 +573,86 @@ def _first_recorded_after(
     return None
 
 
+ADMIN_KEY = "crash-matrix-admin"
+
+
+def row_server_kill_during_adapter_load(bench: Workbench, seed: int = 0) -> Row:
+    """kill -9 of the server while POST /admin/adapters publishes and loads a new adapter version.
+
+    The embedded generator (ONNX, LoRA-ready) serves rag with the adapter `rag.adapter` names; the adapter
+    is the one `make grounded` trains (var/adapters/grounded), posted again as version v2.
+    """
+    from services.gateway.adapter_versions import AdapterVersionStore
+    from services.gateway.auth import sha256_hex
+
+    adapter = REPO_ROOT / "var" / "adapters" / "grounded"
+    versions = bench.work / "adapter-kill" / "adapter-versions"
+    env = {
+        "HYBRID_DEFAULT_PIPELINE": "rag",
+        "HYBRID_GENERATOR__ADAPTERS": json.dumps({"grounded": str(adapter)}),
+        "HYBRID_RAG__ADAPTER": "grounded",
+        "HYBRID_SERVER__ADAPTER_VERSIONS_DIR": str(versions),
+        "HYBRID_AUTH__ADMIN_KEY_SHA256": json.dumps([sha256_hex(ADMIN_KEY)]),
+        "HYBRID_OBSERVABILITY__LOG_LEVEL": "WARNING",
+    }
+    index_dir = bench.index_copy("adapter-kill")
+    server = ServiceProcess(index_dir=index_dir, extra_env=env, log=bench.work / "adapter-kill.serve.log")
+    server.start()
+    rng = random.Random(seed)
+    posted: dict[str, Any] = {}
+    try:
+        with steady_load(server) as load:
+            time.sleep(2.0)
+            post = threading.Thread(target=_post_adapter, args=(server.base_url, adapter, "v2", posted))
+            post.start()
+            time.sleep(rng.uniform(0.05, 0.5))
+            killed_at = load.elapsed_s()
+            server.kill()
+            post.join()
+            published = AdapterVersionStore(versions).current()
+            restart_s = server.start()
+            time.sleep(1.0)
+            back = load.first_ok_after(killed_at)
+            after_restart = _adapter_version(server.base_url)
+            _post_adapter(server.base_url, adapter, "v2", posted)
+            after_repost = _adapter_version(server.base_url)
+    finally:
+        server.stop()
+    expected = published["grounded"].version if "grounded" in published else "initial"
+    lost: list[str] = []
+    if after_restart != expected:
+        lost.append(f"after the restart it serves {after_restart!r}, the published version is {expected!r}")
+    if after_repost != "v2" or posted.get("status") != 200:
+        lost.append(f"posting v2 again gave {posted} and then served {after_repost!r}")
+    return Row(
+        name="server_kill_during_adapter_load",
+        fault="kill -9 of `hybridllm serve` (ONNX, LoRA) while POST /admin/adapters loads version v2",
+        user_saw=load.statuses(),
+        data_lost=lost,
+        recovery_s=round(back - killed_at, 2) if back is not None else None,
+        recovery=f"restart ({restart_s:.1f} s to ready) on the last published version ({expected}); "
+        "kill to first 200",
+        detail={"published_at_kill": expected, "503_without_retry_after": no_retry_after(load)},
+    )
+
+
+def _post_adapter(base_url: str, adapter: Path, version: str, result: dict[str, Any]) -> None:
+    body = {"name": "grounded", "path": str(adapter), "version": version}
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    try:
+        resp = httpx.post(f"{base_url}/admin/adapters", json=body, headers=headers, timeout=120.0)
+        result["status"] = resp.status_code
+    except httpx.HTTPError as exc:
+        result["status"] = type(exc).__name__
+
+
+def _adapter_version(base_url: str) -> str | None:
+    resp = httpx.post(f"{base_url}/v1/chat/completions", json=rag_body(0), timeout=120.0)
+    resp.raise_for_status()
+    adapter = resp.json()["hybrid"].get("adapter") or {}
+    return adapter.get("version")
+
+
 def _tree_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -581,6 +666,7 @@ ROWS: dict[str, Callable[[Workbench], Row]] = {
     "server_kill_during_index_swap": row_server_kill_during_swap,
     "disk_full_during_ingest": row_disk_full,
     "damaged_caches_at_start": row_damaged_caches,
+    "server_kill_during_adapter_load": row_server_kill_during_adapter_load,
     "redis_dies_under_load_allow": row_redis_dies,
     "redis_dies_under_load_deny": lambda bench: row_redis_dies(bench, policy="deny"),
 }

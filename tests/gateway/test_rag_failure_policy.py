@@ -76,12 +76,12 @@ def served(
 
     def builder(settings: Settings, metrics: ServiceMetrics) -> ServiceComponents:
         with monkeypatch.context() as patch:
-            patch.setattr("services.rag.service.build_query_embedder", build_breakable)
+            patch.setattr("services.pipelines.factory.build_query_embedder", build_breakable)
             return default_builder(settings, metrics)
 
     app = create_app(_settings(handbook_index, upstream, request.param, tmp_path), builder=builder)
     with serve_in_thread(app) as url:
-        assert len(made) == 1, "the retrieval service did not build its embedder through the seam"
+        assert len(made) == 1, "the factory did not build the query embedder through the seam"
         yield request.param, url, made[0]
 
 

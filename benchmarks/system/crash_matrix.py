@@ -491,10 +491,11 @@ def _poll(base_url: str, interval_s: float = 0.25) -> Iterator[dict[str, int]]:
 
 
 def row_redis_dies(bench: Workbench, *, policy: str = "allow", down_s: float = 3.0) -> Row:
-    """kill -9 of the Redis that holds the shared limits, under load; it comes back after `down_s`.
+    """kill -9 of the Redis that holds the shared limits and the response cache (exact), under load; it
+    comes back after `down_s`.
 
     Redis runs with an append-only file fsynced every second (the persistence deploy/ describes); the
-    daily token count read a second and a half before the kill must survive the restart.
+    daily token count and the cached answers read a second and a half before the kill must survive.
     """
     redis = RedisServer(bench.work / f"redis-{policy}", persist=True)
     redis.start()
@@ -504,13 +505,15 @@ def row_redis_dies(bench: Workbench, *, policy: str = "allow", down_s: float = 3
         "HYBRID_LIMITS__ON_STORE_FAILURE": policy,
         "HYBRID_LIMITS__REQUESTS_PER_MINUTE": "100000",
         "HYBRID_LIMITS__TOKENS_PER_DAY": "100000000",
+        "HYBRID_CACHE__MODE": "exact",
+        "HYBRID_CACHE__STORE": "redis",
     }
     server = bench.server(bench.index_copy(f"redis-{policy}"), f"redis-{policy}", **env)
     server.start()
     try:
         with steady_load(server) as load:
             time.sleep(2.0)
-            counted = _daily_tokens(redis.url)
+            counted, cached = _daily_tokens(redis.url), _cache_keys(redis.url)
             time.sleep(1.5)
             killed_at = load.elapsed_s()
             redis.stop(kill=True)
@@ -519,18 +522,22 @@ def row_redis_dies(bench: Workbench, *, policy: str = "allow", down_s: float = 3
             redis.start()
             recovered = _first_recorded_after(redis.url, back_at, load)
             time.sleep(2.0)
-            kept = _daily_tokens(redis.url)
+            kept, cached_after = _daily_tokens(redis.url), _cache_keys(redis.url)
     finally:
         server.stop()
         redis.stop()
     lost = [] if kept >= counted > 0 else [f"daily token count {counted} before the kill, {kept} after"]
+    if not cached or not cached <= cached_after:
+        lost.append(
+            f"cached answers: {len(cached)} before the kill, {len(cached & cached_after)} of them after"
+        )
     during = [o.latency_ms for o in load.outcomes if killed_at <= o.at_s < back_at]
     before = [o.latency_ms for o in load.outcomes if o.at_s < killed_at]
     saw_deny = policy == "deny"
     return Row(
         name=f"redis_dies_under_load_{policy}",
-        fault=f"kill -9 of Redis (shared limits, `on_store_failure: {policy}`) under load, back after "
-        f"{down_s:g} s",
+        fault=f"kill -9 of Redis (limits with `on_store_failure: {policy}`, exact cache) under load, back "
+        f"after {down_s:g} s",
         user_saw=load.statuses(),
         data_lost=lost,
         recovery_s=recovered,
@@ -541,6 +548,8 @@ def row_redis_dies(bench: Workbench, *, policy: str = "allow", down_s: float = 3
             "p99_ms_while_down": round(percentile(during, 99), 1) if during else None,
             "daily_tokens_before_kill": counted,
             "daily_tokens_after_restart": kept,
+            "cached_answers_before_kill": len(cached),
+            "cached_answers_after_restart": len(cached_after),
             "503_without_retry_after": no_retry_after(load) if saw_deny else 0,
         },
     )
@@ -556,6 +565,16 @@ def _daily_tokens(url: str) -> int:
             value = client.hget(key, "tokens") if client.type(key) == b"hash" else client.get(key)
             total += int(float(value or 0))
         return total
+    finally:
+        client.close()
+
+
+def _cache_keys(url: str) -> set[bytes]:
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(url, socket_timeout=2.0)
+    try:
+        return set(client.scan_iter(match="*cache:answer:*"))
     finally:
         client.close()
 

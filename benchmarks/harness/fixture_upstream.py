@@ -208,13 +208,8 @@ class FixtureProcess:
             self._process.wait()
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            stop(self._process, grace_s=10.0)
 
 
 def gateway_env(upstream_url: str, max_inflight: int) -> dict[str, str]:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from services.core.ports import LOOPBACK, free_port
+from services.evaluation.local_server import stop
 
 INSTALL_HINT = "redis-server is not installed (apt-get install redis-server; .ci/run installs it)"
 
@@ -67,13 +68,9 @@ class RedisServer:
             return
         if kill:
             self._process.kill()
-        else:
-            self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
             self._process.wait()
+        else:
+            stop(self._process, grace_s=10.0)
         self._process = None
 
     def flush(self) -> None:

@@ -5,6 +5,10 @@ per request.
 
 Retries only on connection errors (the request never reached the server, so repeating it is safe);
 a timeout or an upstream error status is reported, not retried, to keep the tail latency honest.
+
+Adapters are vLLM LoRA modules (`generator.adapters`: adapter name -> module name). `load_adapter`
+(POST /admin/adapters) registers a new version on the vLLM server under a module name of its own
+(services/llm/openai_adapters.py); a request uses the module current when it enters the backend, to its end.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +29,7 @@ from services.core.errors import ConfigError, GenerationError, GenerationTimeout
 from services.core.settings import OpenAIGeneratorSettings
 from services.core.types import ChatMessage, GenerationParams, GenerationResult
 from services.llm.backend_base import ConfiguredBackend, RawCounts, TokenLoop, finish_reason
+from services.llm.openai_adapters import load_lora_module, versioned_module_name
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +52,7 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
             raise ConfigError(f"generator {settings.name!r}: backend 'openai' needs base_url")
         super().__init__(settings)
         self._client: httpx.AsyncClient | None = None
+        self._adapter_lock = threading.Lock()  # one settings update at a time
 
     def warm_up(self) -> None:
         # The client is cheap; reachability is probed by readiness checks, not at start, so the gateway
@@ -73,8 +81,22 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
         if params.adapter is None:
             return self._settings.model
         self.check_adapter(params.adapter)
-        # vLLM serves a LoRA module under its own name (`--lora-modules tuned=DIR`).
+        # vLLM serves a LoRA module under its own name (`--lora-modules tuned=DIR`, or one load_adapter
+        # registered). Read once per request: the request keeps this module whatever loads meanwhile.
         return self._settings.adapters[params.adapter]
+
+    def load_adapter(self, name: str, folder: Path) -> None:
+        """Register a new version of adapter `name` (a peft folder) on the vLLM server; requests that enter
+        later use it, running ones finish on the module they started with. Blocking: call it off the loop.
+
+        vLLM reads `folder` itself, so it must see it under the same path (same host or a shared volume).
+        """
+        module = versioned_module_name(name, folder)
+        load_lora_module(self._settings, module, folder.resolve())
+        with self._adapter_lock:
+            adapters = {**self._settings.adapters, name: module}
+            self._settings = self._settings.model_copy(update={"adapters": adapters})
+        logger.info("adapter %r: %s loaded on vLLM as module %r", name, folder, module)
 
     def _request_args(self, messages: Sequence[ChatMessage], params: GenerationParams) -> dict[str, Any]:
         args: dict[str, Any] = {

@@ -20,7 +20,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from services.core.errors import InvalidRequest, NotReady
+from services.core.errors import GenerationError, InvalidRequest, NotReady
 from services.core.ports import free_port
 from services.core.settings import OpenAIGeneratorSettings, load_settings
 from services.core.types import ChatMessage, GenerationParams
@@ -73,6 +73,8 @@ class FakeVllm:
     async def _chat(self, body: dict[str, Any]) -> Any:
         model = body["model"]
         self.chat_models.append(model)
+        if model != "base" and model not in self.modules:
+            return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
         if not body.get("stream"):
             return {
                 "choices": [{"message": {"content": model}, "finish_reason": "stop"}],
@@ -174,6 +176,24 @@ async def test_every_worker_loads_the_same_version_once_on_vllm(
     assert answers == ["tuned-v2-0123456789ab"] * 2
     for worker in workers:
         await worker.aclose()
+
+
+async def test_a_module_a_restarted_vllm_forgot_is_registered_again(
+    fake_vllm: tuple[FakeVllm, str], tmp_path: Path
+) -> None:
+    fake, url = fake_vllm
+    generator = generator_for(url)
+    v2 = adapter_folder(tmp_path, "v2-0123456789ab")
+    await asyncio.to_thread(generator.load_adapter, "tuned", v2)
+    del fake.modules["tuned-v2-0123456789ab"]  # vLLM restarted: only its --lora-modules are back
+    assert (await generator.complete(QUESTION, TUNED)).text == "tuned-v2-0123456789ab"
+    assert fake.load_calls == ["tuned-v2-0123456789ab"] * 2
+    assert fake.chat_models == ["tuned-v2-0123456789ab"] * 2  # the 404, then the retry
+    del fake.modules["tuned-v2-0123456789ab"]
+    (v2 / "adapter_config.json").unlink()  # and now it cannot be registered again
+    with pytest.raises(GenerationError, match="vLLM lost adapter module 'tuned-v2-0123456789ab'"):
+        await generator.complete(QUESTION, TUNED)
+    await generator.aclose()
 
 
 @pytest.mark.parametrize(

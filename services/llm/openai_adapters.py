@@ -28,6 +28,8 @@ from services.core.settings import OpenAIGeneratorSettings
 LOAD_PATH = "/v1/load_lora_adapter"
 # vLLM's 400 for a module name it serves already (vllm/entrypoints/openai/models/serving.py).
 ALREADY_LOADED = "has already been loaded"
+# vLLM's 404 for a lora_path it cannot find (vllm/exceptions.py LoRAAdapterNotFoundError).
+FOLDER_NOT_FOUND = "No adapter found for"
 RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"
 
 
@@ -70,7 +72,8 @@ def _check_answer(generator: str, root: str, module: str, folder: Path, response
     message = _vllm_message(response)
     if response.status_code == 400 and message is not None and ALREADY_LOADED in message:
         return  # the same name is the same published files: loaded by another worker or an earlier try
-    if response.status_code == 404 and message is None:  # no such route: runtime loading is off
+    if response.status_code == 404 and (message is None or FOLDER_NOT_FOUND not in message):
+        # No such route: vLLM without runtime loading, or not vLLM at all (a cloud API).
         raise NotReady(
             f"{generator}: {root} does not load LoRA adapters at run time (no {LOAD_PATH}); "
             f"start vLLM with {RUNTIME_LORA_ENV} and --enable-lora"
@@ -95,7 +98,7 @@ def _check_answer(generator: str, root: str, module: str, folder: Path, response
 
 
 def _vllm_message(response: httpx.Response) -> str | None:
-    """The message of vLLM's OpenAI-shaped error body; None when the body is not one (e.g. a route 404)."""
+    """The message of an OpenAI-shaped error body; None when the body is not one (e.g. FastAPI's 404)."""
     try:
         payload = response.json()
     except ValueError:

@@ -5,6 +5,10 @@ per request.
 
 Retries only on connection errors (the request never reached the server, so repeating it is safe);
 a timeout or an upstream error status is reported, not retried, to keep the tail latency honest.
+
+Adapters are vLLM LoRA modules (`generator.adapters`: adapter name -> module name). `load_adapter`
+(POST /admin/adapters) registers a new version on the vLLM server under a module name of its own
+(services/llm/openai_adapters.py); a request uses the module current when it enters the backend, to its end.
 """
 
 from __future__ import annotations
@@ -12,17 +16,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from services.core.errors import ConfigError, GenerationError, GenerationTimeout
+from services.core.errors import ConfigError, GenerationError, GenerationTimeout, HybridError
 from services.core.settings import OpenAIGeneratorSettings
 from services.core.types import ChatMessage, GenerationParams, GenerationResult
 from services.llm.backend_base import ConfiguredBackend, RawCounts, TokenLoop, finish_reason
+from services.llm.openai_adapters import load_lora_module, versioned_module_name
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +52,8 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
             raise ConfigError(f"generator {settings.name!r}: backend 'openai' needs base_url")
         super().__init__(settings)
         self._client: httpx.AsyncClient | None = None
+        self._adapter_lock = threading.Lock()  # one settings update at a time
+        self._loaded_modules: dict[str, Path] = {}  # module name -> folder, for modules load_adapter added
 
     def warm_up(self) -> None:
         # The client is cheap; reachability is probed by readiness checks, not at start, so the gateway
@@ -73,8 +82,24 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
         if params.adapter is None:
             return self._settings.model
         self.check_adapter(params.adapter)
-        # vLLM serves a LoRA module under its own name (`--lora-modules tuned=DIR`).
+        # vLLM serves a LoRA module under its own name (`--lora-modules tuned=DIR`, or one load_adapter
+        # registered). Read once per request: the request keeps this module whatever loads meanwhile.
         return self._settings.adapters[params.adapter]
+
+    def load_adapter(self, name: str, folder: Path) -> None:
+        """Register a new version of adapter `name` (a peft folder) on the vLLM server; requests that enter
+        later use it, running ones finish on the module they started with. Blocking: call it off the loop.
+
+        vLLM reads `folder` itself, so it must see it under the same path (same host or a shared volume).
+        A vLLM restart forgets the module; the first request that finds it gone registers it again.
+        """
+        module, path = versioned_module_name(name, folder), folder.resolve()
+        load_lora_module(self._settings, module, path)
+        with self._adapter_lock:
+            self._loaded_modules[module] = path
+            adapters = {**self._settings.adapters, name: module}
+            self._settings = self._settings.model_copy(update={"adapters": adapters})
+        logger.info("adapter %r: %s loaded on vLLM as module %r", name, folder, module)
 
     def _request_args(self, messages: Sequence[ChatMessage], params: GenerationParams) -> dict[str, Any]:
         args: dict[str, Any] = {
@@ -95,24 +120,13 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
     @asynccontextmanager
     async def _post(self, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
         """The upstream's response to `body` (its status checked, its body not read yet), with retries."""
-        client = self._require_client()
-        attempt = 0
-        while True:
-            try:
-                request = client.build_request("POST", COMPLETIONS_PATH, json=body)
-                response = await client.send(request, stream=True)
-                break
-            except httpx.TimeoutException as exc:
-                raise GenerationTimeout(
-                    f"{self.name}: upstream did not answer within {self._settings.timeout_s}s"
-                ) from exc
-            except httpx.TransportError as exc:
-                if attempt >= self._settings.max_retries:
-                    raise GenerationError(
-                        f"{self.name}: cannot reach upstream at {self._settings.base_url}: {exc}"
-                    ) from exc
-                attempt += 1
-                await asyncio.sleep(0.1 * 2**attempt)
+        response = await self._send(body)
+        folder = self._loaded_modules.get(body["model"])
+        if response.status_code == 404 and folder is not None:
+            # A restarted vLLM forgets modules registered at run time: register it again, then retry once.
+            await response.aclose()
+            await self._register_again(body["model"], folder)
+            response = await self._send(body)
         try:
             if response.status_code >= 400:
                 await response.aread()
@@ -128,6 +142,33 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
             raise GenerationError(f"{self.name}: upstream response failed: {exc}") from exc
         finally:
             await response.aclose()
+
+    async def _send(self, body: dict[str, Any]) -> httpx.Response:
+        """POST `body`, retrying connection errors only (the request never reached the server)."""
+        client = self._require_client()
+        attempt = 0
+        while True:
+            try:
+                request = client.build_request("POST", COMPLETIONS_PATH, json=body)
+                return await client.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                raise GenerationTimeout(
+                    f"{self.name}: upstream did not answer within {self._settings.timeout_s}s"
+                ) from exc
+            except httpx.TransportError as exc:
+                if attempt >= self._settings.max_retries:
+                    raise GenerationError(
+                        f"{self.name}: cannot reach upstream at {self._settings.base_url}: {exc}"
+                    ) from exc
+                attempt += 1
+                await asyncio.sleep(0.1 * 2**attempt)
+
+    async def _register_again(self, module: str, folder: Path) -> None:
+        try:
+            await asyncio.to_thread(load_lora_module, self._settings, module, folder)
+        except HybridError as exc:
+            raise GenerationError(f"{self.name}: vLLM lost adapter module {module!r}: {exc.message}") from exc
+        logger.warning("adapter module %r was gone from vLLM (restarted?): registered it again", module)
 
     async def complete(self, messages: Sequence[ChatMessage], params: GenerationParams) -> GenerationResult:
         body = self._request_args(messages, params)

@@ -27,7 +27,9 @@ from services.core.ports import free_port
 from services.core.settings import TransformersGeneratorSettings, load_settings
 from services.core.types import ChatMessage, GenerationParams
 from services.gateway.app import create_app
+from services.gateway.auth import sha256_hex
 from services.llm.model_prep import prepare_hf_model
+from services.llm.prompts import PromptLibrary
 from tests.conftest import MODEL_CACHE, REPO_ROOT, serve_in_thread
 
 pytestmark = [pytest.mark.vllm, pytest.mark.integration, pytest.mark.slow]
@@ -40,6 +42,7 @@ LORA_RANK = 8
 LORA_B_STD = 0.5
 START_TIMEOUT_S = 360.0
 QUESTION = "What is the capital of France?"
+ADMIN_KEY = "vllm-admin-key"
 
 
 @pytest.fixture(scope="session")
@@ -55,15 +58,14 @@ def smollm2_dir() -> Path:
     return prepare_hf_model(load_settings().generator, MODEL_CACHE)
 
 
-@pytest.fixture(scope="session")
-def lora_adapter(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _random_lora(smollm2_dir: Path, folder: Path, seed: int) -> Path:
     """A PEFT LoRA adapter on the attention projections, B random: the tuned model answers differently."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     # model
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(smollm2_dir), dtype=torch.float32)
     config = LoraConfig(
         r=LORA_RANK,
@@ -80,9 +82,20 @@ def lora_adapter(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
             if "lora_B" in name:
                 parameter.normal_(0.0, LORA_B_STD)
     # save
-    folder = tmp_path_factory.mktemp("vllm-lora") / ADAPTER_NAME
     peft_model.save_pretrained(str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def lora_adapter(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Version 1 of `tuned`, served by vLLM from its start (`--lora-modules`)."""
+    return _random_lora(smollm2_dir, tmp_path_factory.mktemp("vllm-lora") / ADAPTER_NAME, seed=0)
+
+
+@pytest.fixture(scope="session")
+def lora_adapter_v2(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Version 2 of `tuned` (other random weights), loaded at run time through POST /admin/adapters."""
+    return _random_lora(smollm2_dir, tmp_path_factory.mktemp("vllm-lora-v2") / ADAPTER_NAME, seed=1)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -109,10 +122,16 @@ def vllm_url(
         "--dtype", "float32", "--max-model-len", "2048",
         "--host", "127.0.0.1", "--port", str(port),
         "--enable-lora", "--lora-modules", f"{ADAPTER_NAME}={lora_adapter}",
-        "--max-lora-rank", str(LORA_RANK), "--max-loras", "1",
+        "--max-lora-rank", str(LORA_RANK), "--max-loras", "2",  # 2: both versions of `tuned` stay loaded
     ]  # fmt: skip
     # 1 GiB of KV cache is ample for 2k-token sequences of a 135M model; the default (4 GiB) is not needed.
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    # Runtime LoRA updating serves /v1/load_lora_adapter, which the gateway's load_adapter calls.
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+    }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command,
@@ -157,6 +176,7 @@ def gateway_url(vllm_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         },
         rag={"index_dir": str(tmp / "no-index"), "watch_interval_s": 0},
         router={"model_dir": str(tmp / "no-router")},
+        auth={"admin_key_sha256": [sha256_hex(ADMIN_KEY)]},
     )
     with serve_in_thread(create_app(settings)) as url:
         yield url
@@ -288,3 +308,42 @@ def test_greedy_answers_equal_the_transformers_backend_in_float32(
             assert served.choices[0].message.content == local.text, (prompt, adapter)
             assert served.usage is not None and served.usage.prompt_tokens == local.prompt_tokens
     asyncio.run(generator.aclose())
+
+
+def test_a_new_adapter_version_loads_at_run_time(
+    gateway_url: str, gateway_client: OpenAI, vllm_client: OpenAI, lora_adapter_v2: Path
+) -> None:
+    """POST /admin/adapters registers version 2 of `tuned` on vLLM; the `tuned` pipeline then answers with it.
+
+    Last in this file: it changes what the session's gateway serves as `tuned`.
+    """
+    before = _ask(gateway_client, "tuned").choices[0].message.content
+    loaded = httpx.post(
+        f"{gateway_url}/admin/adapters",
+        json={"name": ADAPTER_NAME, "path": str(lora_adapter_v2), "version": "v2"},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=120,
+    )
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json() == {"loaded": ADAPTER_NAME, "version": "v2"}
+    modules = [model.id for model in vllm_client.models.list().data if model.id.startswith("tuned-v2-")]
+    assert len(modules) == 1, modules  # the versioned module name `<adapter>-<version>-<digest>`
+    # What the `tuned` pipeline sends: its template's system message, then the user's.
+    settings = load_settings()
+    system = PromptLibrary(settings.prompts.templates_dir).render_block(
+        "tuned", "system", system_prompt=settings.prompts.system_prompt
+    )
+    direct = (
+        vllm_client.chat.completions.create(
+            model=modules[0],
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": QUESTION}],
+            max_tokens=24,
+            temperature=0,
+        )
+        .choices[0]
+        .message.content
+    )
+    after = _ask(gateway_client, "tuned")
+    assert after.choices[0].message.content == direct
+    assert direct != before  # other weights, other greedy answer
+    assert after.model_extra["hybrid"]["adapter"] == {"name": ADAPTER_NAME, "version": "v2"}

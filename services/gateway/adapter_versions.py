@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.core.atomic import StagedTargetExists, atomic_write, staged_dir
-from services.core.errors import InvalidRequest
+from services.core.errors import InvalidRequest, NotReady
 from services.core.protocols import AdapterLoader
 from services.core.settings import Settings
 from services.gateway.state import GatewayState
@@ -141,6 +141,11 @@ class AdapterVersionSync:
                 continue
             try:
                 await asyncio.to_thread(self._loader.load_adapter, name, published.folder)
+            except NotReady as exc:  # the generator is not up yet (vLLM starting): the next check retries
+                logger.warning(
+                    "adapter %r: cannot load published version %s yet: %s", name, published.folder, exc
+                )
+                continue
             except Exception:  # logged once; the worker keeps serving the version it has
                 self._refused.add(published.folder)
                 logger.exception("adapter %r: cannot load published version %s", name, published.folder)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.core.errors import InvalidRequest
+from services.core.errors import InvalidRequest, NotReady
 from services.core.settings import load_settings
 from services.gateway.adapter_versions import AdapterVersionStore, AdapterVersionSync, versions_dir
 from services.gateway.auth import KeyChecker
@@ -33,8 +33,11 @@ class RecordingLoader:
 
     def load_adapter(self, name: str, folder: Path) -> None:
         self.attempts += 1
-        if (folder / "adapter_model.safetensors").read_bytes() == b"bad":
+        weights = (folder / "adapter_model.safetensors").read_bytes()
+        if weights == b"bad":
             raise InvalidRequest(f"path: cannot load {folder}", param="path")
+        if weights == b"later" and self.attempts == 1:  # the generator was still starting
+            raise NotReady("generator not reachable yet")
         self.loaded.append((name, folder))
 
 
@@ -129,3 +132,17 @@ async def test_a_published_version_a_worker_refuses_is_tried_once(
     await sync.check()
     await sync.check()
     assert state.adapter_versions == {} and loader.attempts == 1
+
+
+async def test_a_version_that_fails_because_the_generator_is_not_ready_is_tried_again(
+    state: GatewayState, tmp_path: Path
+) -> None:
+    store = AdapterVersionStore(versions_dir(state.settings))
+    folder, _ = store.stage("tuned", "v5", peft_folder(tmp_path, "v5", b"later"))
+    store.make_current(folder)
+    loader = RecordingLoader()
+    sync = worker(state, loader)
+    await sync.check()
+    assert state.adapter_versions == {}
+    await sync.check()
+    assert state.adapter_versions == {"tuned": "v5"} and loader.attempts == 2

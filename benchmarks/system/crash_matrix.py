@@ -351,12 +351,18 @@ class _Grow:
 def _small_disk(path: Path, size_bytes: int) -> Iterator[_Grow]:
     """`path` becomes a tmpfs of `size_bytes` (the index folder only: the embedder export stays beside)."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:  # no privilege to mount: cap the size of any one file instead
+    try:
+        mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
+        )
+    except OSError:  # no mount command
+        mounted = False
+    if not mounted:  # no privilege to mount: cap the size of any one file instead
         yield _Grow(None, 256 << 10, "RLIMIT_FSIZE 256 KiB per file: no privilege to mount a tmpfs")
         return
     try:

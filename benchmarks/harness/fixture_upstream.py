@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from benchmarks.harness.paths import REPO_ROOT
+from benchmarks.harness.service_process import crash
 from services.core.ports import free_port
 from services.evaluation.local_server import stop
 
@@ -202,10 +203,7 @@ class FixtureProcess:
         wait_until_healthy(f"{self.base_url}/health", self._process, timeout_s=30.0)
 
     def kill(self) -> None:
-        """SIGKILL, as a crash: open connections die without a goodbye."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGKILL)
-            self._process.wait()
+        crash(self._process)
 
     def stop(self) -> None:
         if self._process is not None:

@@ -13,6 +13,13 @@ from services.core.ports import free_port
 from services.evaluation.local_server import hybridllm_command, service_env, stop, wait_ready
 
 
+def crash(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL, as a crash: no drain, no shutdown handlers, open connections reset."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
 class ServiceProcess:
     """One server; `extra_env` holds its HYBRID_* settings, `log` collects every run's output."""
 
@@ -45,10 +52,7 @@ class ServiceProcess:
         return time.perf_counter() - started
 
     def kill(self) -> None:
-        """SIGKILL: no drain, no lifespan shutdown, open connections reset."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGKILL)
-            self._process.wait()
+        crash(self._process)
 
     def stop(self) -> None:
         if self._process is not None:

@@ -67,6 +67,8 @@ class Row:
     recovery_s: float | None
     recovery: str
     detail: dict[str, Any] = field(default_factory=dict)
+    # (seconds since the load began, status, latency ms) of every request of the row's steady load
+    timeline: list[tuple[float, str, float]] = field(default_factory=list)
 
     @property
     def target_met(self) -> bool:
@@ -232,6 +234,7 @@ def row_ingest_kill(bench: Workbench, trials: int = 4, seed: int = 0) -> Row:
         fault=f"kill -9 of `hybridllm ingest`, {trials} times ({sum(k['staging_seen'] for k in kills)} after "
         "the new version's staging folder appeared)",
         user_saw=load.statuses(),
+        timeline=[(round(o.at_s, 3), o.status, round(o.latency_ms, 1)) for o in load.outcomes],
         data_lost=lost,
         recovery_s=round(seconds, 2),
         recovery="none needed: the old version served throughout; the next ingest cleaned up and published "
@@ -281,6 +284,7 @@ def row_server_kill_during_swap(bench: Workbench, seed: int = 0) -> Row:
         name="server_kill_during_index_swap",
         fault="kill -9 of `hybridllm serve` within one watch interval of a new index version being published",
         user_saw=load.statuses(),
+        timeline=[(round(o.at_s, 3), o.status, round(o.latency_ms, 1)) for o in load.outcomes],
         data_lost=lost,
         recovery_s=round(back - killed_at, 2) if back is not None else None,
         recovery=f"restart ({restart_s:.1f} s to ready) serving the new version; kill to first 200",
@@ -324,6 +328,7 @@ def row_disk_full(bench: Workbench) -> Row:
         name="disk_full_during_ingest",
         fault=f"the disk fills while `hybridllm ingest` writes a new version ({grow.how})",
         user_saw=load.statuses(),
+        timeline=[(round(o.at_s, 3), o.status, round(o.latency_ms, 1)) for o in load.outcomes],
         data_lost=lost,
         recovery_s=round(served_after, 2) if served_after is not None else None,
         recovery="free space, ingest again: time from freeing space to the new version being served",
@@ -545,6 +550,7 @@ def row_redis_dies(bench: Workbench, *, policy: str = "allow", down_s: float = 3
         fault=f"kill -9 of Redis (limits with `on_store_failure: {policy}`, exact cache) under load, back "
         f"after {down_s:g} s",
         user_saw=load.statuses(),
+        timeline=[(round(o.at_s, 3), o.status, round(o.latency_ms, 1)) for o in load.outcomes],
         data_lost=lost,
         recovery_s=recovered,
         recovery="automatic, no gateway restart: from Redis answering again to the first debit it records",
@@ -653,6 +659,7 @@ def row_server_kill_during_adapter_load(bench: Workbench, seed: int = 0) -> Row:
         name="server_kill_during_adapter_load",
         fault="kill -9 of `hybridllm serve` (ONNX, LoRA) while POST /admin/adapters loads version v2",
         user_saw=load.statuses(),
+        timeline=[(round(o.at_s, 3), o.status, round(o.latency_ms, 1)) for o in load.outcomes],
         data_lost=lost,
         recovery_s=round(back - killed_at, 2) if back is not None else None,
         recovery=f"restart ({restart_s:.1f} s to ready) on the last published version ({expected}); "
@@ -729,9 +736,36 @@ def run(rows: Sequence[str], work: Path, corpus: Path) -> dict[str, Any]:
     }
 
 
+def write_plot(payload: dict[str, Any], out: Path) -> str | None:
+    """Latency against time per row with a steady load, one colour per status: the outage and recovery."""
+    rows = [r for r in payload["rows"] if r.get("timeline")]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 2.2 * len(rows)), squeeze=False)
+    for ax, row in zip(axes[:, 0], rows, strict=True):
+        for status in sorted({s for _, s, _ in row["timeline"]}):
+            points = [(t, ms) for t, s, ms in row["timeline"] if s == status]
+            ax.scatter([t for t, _ in points], [ms for _, ms in points], s=6, label=status)
+        ax.set_title(row["name"], fontsize=9)
+        ax.set_ylabel("latency ms")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("seconds since the load began")
+    fig.tight_layout()
+    fig.savefig(out / "faults.png", dpi=110)
+    plt.close(fig)
+    return "faults.png"
+
+
 def write_report(payload: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "faults.json", payload)
+    plot = write_plot(payload, out)
     table = markdown_table(
         ["fault", "what clients saw", "data lost", "recovery (s)", "recovery", "target met"],
         [
@@ -755,7 +789,9 @@ def write_report(payload: dict[str, Any], out: Path) -> None:
         "lost and no 5xx other than 503 with Retry-After. "
         f"`{CONNECTION_FAILED}` counts requests sent while the only server process was dead: with one "
         "replica a crash is an outage; in a deployment the other replicas answer them.\n\n"
-        f"{table}\n\nLoad average at the end (1, 5, 15 min): {load}. Details per row: faults.json.\n"
+        f"{table}\n\n"
+        + (f"![latency of each request over time, by status]({plot})\n\n" if plot else "")
+        + f"Load average at the end (1, 5, 15 min): {load}. Details per row: faults.json.\n"
     )
     (out / "faults.md").write_text(text, encoding="utf-8")
 

@@ -21,6 +21,7 @@ from services.cache.key import CacheKey
 from services.cache.semantic import matches, vector_tuple
 from services.cache.store import CacheStore, Clock
 from services.core.protocols import Embedder
+from services.core.store_health import StoreBackoff, StoreFailureLog
 from services.core.types import GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -62,27 +63,6 @@ class Lookup:
         return "hit_exact" if self.similarity is None else "hit_semantic"
 
 
-class _FailureLog:
-    """A warning per failing operation at most once per interval, with the count it stood for."""
-
-    def __init__(self, interval_s: float, clock: Clock) -> None:
-        self._interval_s = interval_s
-        self._clock = clock
-        self._last = -float("inf")
-        self._suppressed = 0
-
-    def warn(self, operation: str, store: str, exc: BaseException) -> None:
-        now = self._clock()
-        if now - self._last < self._interval_s:
-            self._suppressed += 1
-            return
-        logger.warning(
-            "response cache %s store failed on %s (%s: %s); serving without the cache (%d more since last)",
-            store, operation, type(exc).__name__, exc, self._suppressed,
-        )  # fmt: skip
-        self._last, self._suppressed = now, 0
-
-
 class ResponseCache:
     def __init__(
         self,
@@ -109,11 +89,9 @@ class ResponseCache:
         self._deployment = deployment
         self._on_store_failure = on_store_failure
         self._clock = clock
-        self._failures = _FailureLog(FAILURE_LOG_INTERVAL_S, time.monotonic)
-        # After a failure the store is not asked again for this long: a Redis that times out would
-        # otherwise add its timeout to every request while it is down.
-        self._failure_backoff_s = failure_backoff_s
-        self._retry_at = 0.0
+        subject = f"response cache {store.kind} store"
+        self._failures = StoreFailureLog(subject, FAILURE_LOG_INTERVAL_S, logger=logger)
+        self._backoff = StoreBackoff(failure_backoff_s)
 
     @property
     def mode(self) -> CacheMode:
@@ -165,17 +143,19 @@ class ResponseCache:
         await self._guarded("close", self._store.aclose())
 
     async def _guarded(self, operation: str, call: Coroutine[Any, Any, T]) -> T | None:
-        if operation != "close" and time.monotonic() < self._retry_at:
+        if operation != "close" and self._backoff.active():
             call.close()  # backing off: not asked, a failure all the same
             self._count_failure(operation)
             return None
         try:
-            return await call
+            result = await call
         except Exception as exc:  # any store failure is a miss, never the request's error
-            self._retry_at = time.monotonic() + self._failure_backoff_s
+            self._backoff.failed()
             self._count_failure(operation)
-            self._failures.warn(operation, self._store.kind, exc)
+            self._failures.failed(f"{operation}: {type(exc).__name__}: {exc}", "serving without the cache")
             return None
+        self._failures.succeeded()
+        return result
 
     def _count_failure(self, operation: str) -> None:
         if self._on_store_failure is not None:

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.core.errors import HybridError, Overloaded, RateLimited
 from services.core.settings import LimitsSettings, Settings
+from services.core.store_health import StoreBackoff, StoreFailureLog
 from services.gateway.errors import response_for
 from services.gateway.limit_store import LimitStore, LimitStoreError, Refusal
 from services.gateway.limit_store_memory import MemoryLimitStore
@@ -80,39 +81,8 @@ def _refusal_error(refusal: Refusal, settings: LimitsSettings) -> RateLimited:
     )
 
 
-class StoreFailureLog:
-    """A warning at the first failure, then at most one per `interval_s` with the count since; an info
-    line when the store answers again. A store that is down must not write one line per request."""
-
-    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._interval_s = interval_s
-        self._clock = clock
-        self._last_logged: float | None = None
-        self._unlogged = 0
-        self._failures = 0
-
-    def failed(self, action: str, exc: LimitStoreError) -> None:
-        self._failures += 1
-        now = self._clock()
-        if self._last_logged is not None and now - self._last_logged < self._interval_s:
-            self._unlogged += 1
-            return
-        if self._last_logged is None:
-            logger.warning("rate-limit store failed (%s); action=%s", exc, action)
-        else:
-            logger.warning(
-                "rate-limit store still failing (%s); action=%s; %d calls failed since the last message",
-                exc,
-                action,
-                self._unlogged + 1,
-            )
-        self._last_logged = now
-        self._unlogged = 0
-
-    def succeeded(self) -> None:
-        if self._failures:
-            logger.info("rate-limit store answers again after %d failed calls", self._failures)
-            self._failures, self._unlogged, self._last_logged = 0, 0, None
+def limit_store_failure_log(clock: Callable[[], float] = time.monotonic) -> StoreFailureLog:
+    return StoreFailureLog("rate-limit store", STORE_FAILURE_LOG_INTERVAL_S, logger=logger, clock=clock)
 
 
 def _ignore(action: str) -> None:
@@ -135,12 +105,8 @@ class KeyLimiter:
         self._settings = settings
         self._store = store
         self._count_failure = on_store_failure
-        self._failure_log = failure_log or StoreFailureLog(STORE_FAILURE_LOG_INTERVAL_S)
-        # After a failure the store is not asked again for this long: a store that times out would
-        # otherwise add its timeout to every request while it is down.
-        self._failure_backoff_s = failure_backoff_s
-        self._clock = clock
-        self._retry_at = 0.0
+        self._failure_log = failure_log or limit_store_failure_log()
+        self._backoff = StoreBackoff(failure_backoff_s, clock)
 
     @property
     def enabled(self) -> bool:
@@ -182,14 +148,14 @@ class KeyLimiter:
         self._failure_log.succeeded()
 
     def _check_backoff(self) -> None:
-        if self._clock() < self._retry_at:
-            raise StoreBackingOff(f"not asked: it failed less than {self._failure_backoff_s:g} s ago")
+        if self._backoff.active():
+            raise StoreBackingOff(f"not asked: it failed less than {self._backoff.seconds:g} s ago")
 
     def _failed(self, action: str, exc: LimitStoreError) -> None:
         if not isinstance(exc, StoreBackingOff):
-            self._retry_at = self._clock() + self._failure_backoff_s
+            self._backoff.failed()
         self._count_failure(action)
-        self._failure_log.failed(action, exc)
+        self._failure_log.failed(str(exc), f"action={action}")
 
     async def aclose(self) -> None:
         await self._store.aclose()

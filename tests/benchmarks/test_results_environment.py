@@ -84,12 +84,12 @@ def test_every_results_writer_records_and_renders_the_environment(name):
 
 
 def test_load_report_carries_the_environment_in_json_and_header(tmp_path):
-    results = {"name": "t", "base_url": "http://x", "config": {}, "runs": [], "environment": environment()}
-    write_load_report(results, tmp_path)
-    written = json.loads((tmp_path / "results.json").read_text())
-    assert (
-        written["environment"]["packages"]["onnxruntime"] == results["environment"]["packages"]["onnxruntime"]
+    env = environment()
+    write_load_report(
+        {"name": "t", "base_url": "http://x", "config": {}, "runs": [], "environment": env}, tmp_path
     )
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["environment"]["packages"]["onnxruntime"] == env["packages"]["onnxruntime"]
     header = (tmp_path / "report.md").read_text().splitlines()[2]
     assert (
         header.startswith("Environment (")

@@ -5,7 +5,6 @@ import re
 
 import pytest
 
-from benchmarks.harness import environment as environment_module
 from benchmarks.harness.environment import (
     RESULT_PACKAGES,
     environment,
@@ -59,7 +58,7 @@ def test_a_missing_package_is_reported_absent(monkeypatch):
             raise importlib.metadata.PackageNotFoundError(name)
         return real_version(name)
 
-    monkeypatch.setattr(environment_module.importlib.metadata, "version", version)
+    monkeypatch.setattr(importlib.metadata, "version", version)
     assert package_versions(["peft", "numpy"]) == {"peft": None, "numpy": real_version("numpy")}
     env = environment()
     assert env["packages"]["peft"] is None

@@ -30,6 +30,8 @@ CONVERT_HINT = "pip install 'hybridllm[convert]'"
 Handler = Callable[[argparse.Namespace], None]
 # What argparse's add_subparsers returns; its class is private to argparse.
 Subparsers = Any
+# The corpus `eval e2e` ingests when neither --corpus nor a --config project names one.
+DEFAULT_E2E_CORPUS = Path("corpus/handbook")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -226,17 +228,47 @@ def cmd_eval_e2e(args: argparse.Namespace) -> None:
                 pipeline=args.pipeline,
                 concurrency=args.concurrency,
                 out=args.out,
+                allow_drafts=args.allow_drafts,
             )
         )
     else:
         from services.evaluation.local_server import evaluate_e2e_local
 
+        corpus, index_dir = _e2e_corpus_and_index(args)
         result = evaluate_e2e_local(
-            args.data, args.corpus, pipeline=args.pipeline, concurrency=args.concurrency, out=args.out
+            args.data,
+            corpus,
+            config=args.config,
+            index_dir=index_dir,
+            pipeline=args.pipeline,
+            concurrency=args.concurrency,
+            out=args.out,
+            allow_drafts=args.allow_drafts,
         )
     # Per-item records go to --out; the summary line stays one readable JSON object.
     result.pop("items", None)
     emit(result)
+
+
+def _e2e_corpus_and_index(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """What the local server of `eval e2e` serves: the --config project's index when it has one and no
+    --corpus is given; otherwise a corpus (--corpus, the project's, or the handbook), ingested."""
+    from services.rag.index_store import read_current
+
+    corpus: Path | None = args.corpus
+    if args.config is None:
+        return corpus or DEFAULT_E2E_CORPUS, None
+    settings = settings_from(args)
+    if corpus is None and read_current(settings.rag.index_dir) is not None:
+        return None, settings.rag.index_dir
+    project_corpus = getattr(getattr(settings, "project", None), "corpus", None)
+    corpus = corpus or (Path(project_corpus) if project_corpus else None)
+    if corpus is None:
+        raise ValueError(
+            f"{args.config}: rag.index_dir {settings.rag.index_dir} holds no index and no corpus is set: "
+            "pass --corpus DIR"
+        )
+    return corpus, None
 
 
 # ----------------------------------------------------------------------------- parser
@@ -277,15 +309,22 @@ def _add_core_commands(sub: Subparsers) -> Subparsers:
     ev_retrieval.add_argument("--beir", type=existing_dir, required=True)
     ev_retrieval.add_argument("--split", default="test")
     ev_retrieval.add_argument("--mode", choices=["dense", "sparse", "fused"], default="fused")
-    ev_e2e = evaluate.add_parser("e2e")
+    ev_e2e = add_command(evaluate, "e2e", cmd_eval_e2e, "score an e2e eval set (JSONL) through the service")
     ev_e2e.add_argument("--data", type=existing_file, required=True)
-    ev_e2e.add_argument("--corpus", type=existing_dir, default=Path("corpus/handbook"))
+    ev_e2e.add_argument(
+        "--corpus",
+        type=existing_dir,
+        default=None,
+        help=f"corpus to ingest (default: the --config project's index or corpus, else {DEFAULT_E2E_CORPUS})",
+    )
     ev_e2e.add_argument("--base-url", default=None)
     ev_e2e.add_argument("--api-key", default=None)
     ev_e2e.add_argument("--pipeline", default="hybrid")
     ev_e2e.add_argument("--concurrency", type=int, default=2)
     ev_e2e.add_argument("--out", type=Path, default=None, help="write per-item results (JSONL) here")
-    ev_e2e.set_defaults(handler=cmd_eval_e2e, config=None)
+    ev_e2e.add_argument(
+        "--allow-drafts", action="store_true", help='score rows still marked "draft": true (scaffold output)'
+    )
     return evaluate
 
 

@@ -70,6 +70,12 @@ def _port(value: str) -> int:
     return int(value)
 
 
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
 def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
     """Settings from the command's --config file (every command has one; None when not given)."""
     config: Path | None = args.config
@@ -200,7 +206,28 @@ def cmd_route(args: argparse.Namespace) -> None:
     model_dir: Path | None = args.model
     settings = settings_from(args, **({"router": {"model_dir": str(model_dir)}} if model_dir else {}))
     router = build_router(settings.router)
-    emit(router.policy.decide(router.classifier.predict(args.text)).as_dict())
+    if not args.explain:
+        emit(router.policy.decide(router.classifier.predict(args.text)).as_dict())
+        return
+    from services.rag.embedder import build_query_embedder
+    from services.router.explain import (
+        TrainingDataVectors,
+        explain_route,
+        explanation_table,
+        recorded_training_data,
+    )
+
+    data: Path | None = args.data or recorded_training_data(settings.router.model_dir)
+    if data is None:
+        raise ValueError(
+            f"router {settings.router.model_dir} does not record its training data: pass --data FILE"
+        )
+    embedder = build_query_embedder(settings.rag)
+    embedder.warm_up()
+    vectors = TrainingDataVectors(data, embedder, cache_dir=settings.router.model_dir)
+    explanation = explain_route(router, args.text, vectors, k=args.k)
+    print(explanation_table(explanation))
+    emit({**explanation.decision.as_dict(), "explanation": explanation.as_dict()})
 
 
 def cmd_eval_router(args: argparse.Namespace) -> None:
@@ -297,6 +324,18 @@ def _add_core_commands(sub: Subparsers) -> Subparsers:
     route = add_command(sub, "route", cmd_route, "print the routing decision for a text")
     route.add_argument("text")
     route.add_argument("--model", type=existing_dir, default=None, help="router model directory")
+    route.add_argument(
+        "--explain",
+        action="store_true",
+        help="also print the scores, the rule that decided and the nearest training examples",
+    )
+    route.add_argument(
+        "--data",
+        type=existing_file,
+        default=None,
+        help="the router's training data (default: the file its training recorded)",
+    )
+    route.add_argument("--k", type=_positive_int, default=5, help="nearest training examples to show")
 
     evaluate = sub.add_parser("eval", help="evaluate a component").add_subparsers(dest="what", required=True)
     ev_router = evaluate.add_parser("router")

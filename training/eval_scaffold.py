@@ -31,7 +31,8 @@ from training.build_router_data import (
     read_lines,
 )
 
-_HEADING = re.compile(r"^(#{1,4})\s+(.+?)\s*#*\s*$")
+_HEADING_LINE = re.compile(r"^#{1,4}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+_FENCED_CODE = re.compile(r"^\s*```.*?^\s*```[^\n]*$", re.MULTILINE | re.DOTALL)
 _LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _MARKUP = re.compile(r"[*_`]+|<[^>]+>")
 _LIST_MARK = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
@@ -65,23 +66,15 @@ def _plain(line: str) -> str:
 def first_sentences(path: Path) -> dict[str, str]:
     """The first sentence of body text under each heading of a markdown file, keyed by the cleaned heading
     (the first section of a repeated heading wins)."""
+    text = _FENCED_CODE.sub("", path.read_text(encoding="utf-8", errors="replace"))
+    parts = _HEADING_LINE.split(text)  # [before, heading, body, heading, body, ...]
     found: dict[str, str] = {}
-    current: str | None = None
-    in_code = False
-    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if raw.lstrip().startswith("```"):
-            in_code = not in_code
-            continue
-        if in_code:
-            continue
-        heading = _HEADING.match(raw)
-        if heading:
-            current = clean_heading(heading.group(2))
-            continue
-        text = _plain(raw)
-        if current is None or current in found or not text or text.startswith("|"):
-            continue
-        found[current] = _SENTENCE_END.split(text, maxsplit=1)[0][:SUGGESTION_CHARS]
+    for heading, body in zip(parts[1::2], parts[2::2], strict=True):
+        key = clean_heading(heading)
+        lines = (_plain(line) for line in body.splitlines())
+        first = next((line for line in lines if line and not line.startswith("|")), "")
+        if first and key not in found:
+            found[key] = _SENTENCE_END.split(first, maxsplit=1)[0][:SUGGESTION_CHARS]
     return found
 
 

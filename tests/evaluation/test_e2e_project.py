@@ -46,7 +46,10 @@ def test_eval_e2e_with_a_project_config_serves_the_project_index(tmp_path, monke
     index_dir = tmp_path / "project" / "var" / "index"
     ingest([corpus], load_settings(rag={"index_dir": str(index_dir)}).rag, progress=False)
     config = tmp_path / "project" / "config.yaml"
-    config.write_text(f"rag:\n  index_dir: {index_dir}\nrouter:\n  model_dir: {ROUTER}\n")
+    # min_confidence 1 sends every question to rag (the low-confidence target), so each one retrieves.
+    config.write_text(
+        f"rag:\n  index_dir: {index_dir}\nrouter:\n  model_dir: {ROUTER}\n  min_confidence: 1.0\n"
+    )
     data = tmp_path / "project" / "eval" / "questions.jsonl"
     data.parent.mkdir(parents=True)
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
@@ -61,8 +64,8 @@ def test_eval_e2e_with_a_project_config_serves_the_project_index(tmp_path, monke
     assert result["n"] == 3 and result["errors"] == 0 and result["pipeline"] == "hybrid"
     assert result["route_accuracy"] is not None and result["answer_contains"] is not None
     records = {r["item_id"]: r for r in map(json.loads, items.read_text().splitlines())}
-    knowledge = [records[i] for i in ("w", "s") if records[i]["target"] == "rag"]
-    # Whatever the router decided, every source that reached a prompt is a file of the project's corpus.
-    assert all(s in DOCS for record in knowledge for s in record["sources"])
-    if knowledge:
-        assert result["hit@5"] is not None and result["hit@5"] > 0
+    assert all(r["ok"] and r["target"] == "rag" for r in records.values())
+    assert records["w"]["sources"] and records["s"]["sources"]
+    # Every source that reached a prompt is a file of the project's corpus: the config's index was served.
+    assert {s for r in records.values() for s in r["sources"]} <= set(DOCS)
+    assert result["hit@5"] == 1.0 and result["per_route"]["rag"]["n"] == 2

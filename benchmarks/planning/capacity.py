@@ -1,10 +1,12 @@
 """Capacity for a request rate and a p95 SLO, from measured per-request stage costs (costs.StageCosts).
 
-Queueing rule (one, stated in the output): each server is treated as M/M/1, whose response-time
-distribution is the unloaded one stretched by 1/(1 - utilisation). The measured unloaded p95 must stay
-within the SLO after that stretch, so utilisation <= 1 - p95_unloaded / SLO, and never above
-`max_utilisation`. When the unloaded p95 alone exceeds the SLO no replica count meets it: the plan says
-so and sizes for throughput at `max_utilisation`.
+Queueing rule (one, stated in the output): the generator pool is M/M/c (Erlang C). A server is one
+generator replica (a machine like the measured one, or a GPU); a request's p95 is taken as its measured
+unloaded p95 plus the p95 of its wait for a server. The pool gets the fewest servers whose utilisation
+is at most `max_utilisation` and whose p95 wait fits in SLO - unloaded p95. When the unloaded p95 alone
+exceeds the SLO no server count meets it: the plan says so and sizes for throughput at `max_utilisation`.
+The gateway stages (router, embedding, search, privacy) take milliseconds, so their pool is sized at
+`max_utilisation` alone.
 CPU cost of a stage: its unloaded wall time x the measured machine's cores (the engine and the encoders
 use every core of the machine when one request has it alone), an upper bound on CPU-seconds.
 """
@@ -65,7 +67,7 @@ class GpuType:
 class Plan:
     architecture: str
     hardware: str  # "cpu" or a GPU type's name
-    utilisation: float
+    utilisation: float  # of the generator pool
     slo_met: bool
     p95_unloaded_ms: float
     gateway_cores: float
@@ -114,12 +116,38 @@ def demand_of(
     return Demand(stage_ms, prompt_tokens, output_tokens, tail_ratio)
 
 
-def utilisation_for_slo(p95_unloaded_ms: float, slo_ms: float, max_utilisation: float) -> tuple[float, bool]:
-    """(target utilisation, whether the SLO can be met): the M/M/1 stretch rule of the module docstring."""
-    headroom = 1.0 - p95_unloaded_ms / slo_ms
-    if headroom <= 0:
-        return max_utilisation, False
-    return min(max_utilisation, headroom), True
+def erlang_c(servers: int, offered: float) -> float:
+    """Probability that a request waits in an M/M/c queue with `offered` Erlangs (arrival rate x mean
+    service time) on `servers` servers; 1 when the pool is saturated."""
+    if offered <= 0:
+        return 0.0
+    if servers <= offered:
+        return 1.0
+    blocking = 1.0  # Erlang B by its stable recursion over the server count
+    for count in range(1, servers + 1):
+        blocking = offered * blocking / (count + offered * blocking)
+    return servers * blocking / (servers - offered * (1 - blocking))
+
+
+def wait_p95_s(servers: int, offered: float, service_s: float) -> float:
+    """p95 of the wait in M/M/c: P(wait > t) = C * exp(-(c - a) t / service time)."""
+    waiting = erlang_c(servers, offered)
+    if waiting <= 0.05:
+        return 0.0
+    if servers <= offered:
+        return math.inf
+    return service_s * math.log(waiting / 0.05) / (servers - offered)
+
+
+def servers_for(
+    offered: float, service_s: float, *, wait_budget_s: float, max_utilisation: float, at_least: int = 1
+) -> int:
+    """The fewest servers at or under `max_utilisation` whose p95 wait fits `wait_budget_s` (which must be
+    > 0: the caller decides what to do when the SLO leaves no budget)."""
+    servers = max(at_least, _ceil(offered / max_utilisation), 1)
+    while wait_p95_s(servers, offered, service_s) > wait_budget_s:
+        servers += 1
+    return servers
 
 
 def _ceil(value: float) -> int:
@@ -132,16 +160,21 @@ def plan_cpu(
     measured_cores: int, batching_gain: float, prices: CpuPrices,
 ) -> Plan:  # fmt: skip
     """Everything on CPU machines like the measured one (`measured_cores` each)."""
-    utilisation, slo_met = utilisation_for_slo(demand.p95_unloaded_ms, slo_ms, max_utilisation)
-
-    def cores(stages: tuple[str, ...], gain: float) -> float:
-        cpu_s = sum(demand.stage_ms[stage] for stage in stages) / 1000 * measured_cores
-        return cpu_s * rps / utilisation / gain
-
-    gateway_cores = cores(GATEWAY_STAGES, 1.0)
-    generator_cores = cores(GENERATOR_STAGES, batching_gain)
+    slo_met = demand.p95_unloaded_ms < slo_ms
+    gateway_cpu_s = sum(demand.stage_ms[stage] for stage in GATEWAY_STAGES) / 1000 * measured_cores
+    gateway_cores = gateway_cpu_s * rps / max_utilisation
     gateway_replicas = max(1, _ceil(gateway_cores / measured_cores))
-    generator_replicas = _ceil(generator_cores / measured_cores)
+    # A generator server is one machine; batching lets it finish `batching_gain` times the requests.
+    generator_s = sum(demand.stage_ms[stage] for stage in GENERATOR_STAGES) / 1000 / batching_gain
+    offered = rps * generator_s
+    generator_replicas = 0
+    if offered > 0:
+        wait_budget_s = (slo_ms - demand.p95_unloaded_ms) / 1000 if slo_met else math.inf
+        generator_replicas = servers_for(
+            offered, generator_s, wait_budget_s=wait_budget_s, max_utilisation=max_utilisation
+        )
+    utilisation = offered / generator_replicas if generator_replicas else max_utilisation
+    generator_cores = offered * measured_cores / utilisation if generator_replicas else 0.0
     machine_hour = measured_cores * prices.core_hour_usd
     generator_hour = (
         prices.generator_machine_hour_usd if prices.generator_machine_hour_usd is not None else machine_hour
@@ -164,18 +197,23 @@ def plan_gpu(
         "decode": demand.output_tokens / per_sequence_decode_tok_s * 1000,
     }
     gpu_demand = Demand(stage_ms, demand.prompt_tokens, demand.output_tokens, demand.tail_ratio)
-    utilisation, slo_met = utilisation_for_slo(gpu_demand.p95_unloaded_ms, slo_ms, max_utilisation)
+    slo_met = gpu_demand.p95_unloaded_ms < slo_ms
     gateway_cpu_s = sum(stage_ms[stage] for stage in GATEWAY_STAGES) / 1000 * measured_cores
-    gateway_cores = gateway_cpu_s * rps / utilisation
+    gateway_cores = gateway_cpu_s * rps / max_utilisation
     gateway_replicas = max(1, _ceil(gateway_cores / measured_cores))
-    # GPU-seconds per request at the profile's aggregate throughput, and sequences in flight (Little's law).
+    # A server is one GPU: GPU-seconds a request at the profile's aggregate throughput, and no more
+    # sequences in flight (Little's law) than max_concurrent_seqs per GPU.
     gpu_s = demand.prompt_tokens / gpu.prefill_tok_s + demand.output_tokens / gpu.decode_tok_s
     in_flight = rps * (stage_ms["prefill"] + stage_ms["decode"]) / 1000
+    offered = rps * gpu_s
     gpus = 0
-    if demand.output_tokens > 0:
-        gpus = max(
-            _ceil(rps * gpu_s / utilisation), _ceil(in_flight / (gpu.max_concurrent_seqs * utilisation)), 1
-        )
+    if offered > 0:
+        wait_budget_s = (slo_ms - gpu_demand.p95_unloaded_ms) / 1000 if slo_met else math.inf
+        gpus = servers_for(
+            offered, gpu_s, wait_budget_s=wait_budget_s, max_utilisation=max_utilisation,
+            at_least=_ceil(in_flight / gpu.max_concurrent_seqs),
+        )  # fmt: skip
+    utilisation = offered / gpus if gpus else max_utilisation
     usd: float | None = None
     if gpu.usd_per_hour is not None:
         cpu_hour = gateway_replicas * measured_cores * prices.core_hour_usd

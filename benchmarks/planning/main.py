@@ -33,8 +33,10 @@ RETRIEVING = ("rag", "hybrid")
 DEFAULT_RESULTS = Path("benchmarks/results/compare/results.json")
 DEFAULT_SERVING = Path("benchmarks/results/serving.json")
 RULE = (
-    "M/M/1 stretch: latency at utilisation u = unloaded latency / (1 - u), so u <= 1 - unloaded p95 / SLO "
-    "(capped at --max-utilisation); CPU-seconds of a stage = its unloaded wall time x measured cores"
+    "generator pool M/M/c (Erlang C): the fewest servers (machines of the measured cores, or GPUs) "
+    "at or under --max-utilisation whose p95 wait fits in SLO - unloaded p95; gateway stages at "
+    "--max-utilisation; "
+    "CPU-seconds of a stage = its unloaded wall time x measured cores"
 )
 
 
@@ -170,7 +172,7 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
 
 
 COLUMNS = (
-    "architecture", "hardware", "SLO met", "unloaded p95 s", "utilisation", "gateway cores",
+    "architecture", "hardware", "SLO met", "unloaded p95 s", "generator utilisation", "gateway cores",
     "generator cores",
     "gateway replicas", "generator replicas", "index MiB / replica", "$ / month", "binding stage",
 )  # fmt: skip

@@ -4,12 +4,14 @@ the committed comparison results."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarks.cli import register_plan
+from benchmarks.planning.capacity import erlang_c, servers_for, wait_p95_s
 from benchmarks.planning.costs import PlanInputError, extract_stage_costs
 from benchmarks.planning.main import main
 from services import cli
@@ -96,34 +98,47 @@ def test_missing_field_is_named(results_file: Path) -> None:
         extract_stage_costs(results, "rag")
 
 
+def test_erlang_c_and_the_server_count_against_hand_computations() -> None:
+    # One server at 0.5 Erlang waits with probability 0.5; two: B(2) = 1/13, C = (2/13) / (2 - 0.5 * 12/13).
+    assert erlang_c(1, 0.5) == pytest.approx(0.5)
+    assert erlang_c(2, 0.5) == pytest.approx(0.1)
+    assert erlang_c(3, 3.0) == 1.0  # saturated
+    # p95 wait = service x ln(C / 0.05) / (c - a): 2 ln 10 = 4.6 s on one server, ln 2 / 1.5 on two.
+    assert wait_p95_s(1, 0.5, 1.0) == pytest.approx(2 * math.log(10))
+    assert wait_p95_s(2, 0.5, 1.0) == pytest.approx(math.log(2) / 1.5)
+    # The utilisation cap alone allows one server; a 4 s wait budget needs two.
+    assert servers_for(0.5, 1.0, wait_budget_s=4.0, max_utilisation=0.8) == 2
+    assert servers_for(0.5, 1.0, wait_budget_s=5.0, max_utilisation=0.8) == 1
+
+
 def test_cpu_plan_matches_a_hand_computation(
     results_file: Path, prices_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     plan = _plan(capsys, _base(results_file, prices_file, tmp_path) + ["--mix", "knowledge=0.5,direct=0.5"])
     rows = _rows(plan)
-    # prompt: 1.0 s a request (600 prefill + 400 decode), unloaded p95 1 s, SLO 5 s: u = min(0.8, 1 - 1/5).
-    # Generator: 1.0 s x 2 cores x 10 req/s / 0.8 = 25 cores = 13 machines of 2 cores; gateway 1 machine.
+    # prompt: 1.0 s a request (600 prefill + 400 decode) = 10 Erlangs at 10 req/s; the 0.8 cap needs
+    # 13 machines, where the p95 wait (0.58 s) fits the 5 - 1 s budget. Gateway: nothing to do, 1 machine.
     prompt = rows[("prompt", "cpu")]
-    assert prompt["utilisation"] == pytest.approx(0.8) and prompt["slo_met"] is True
-    assert prompt["generator_cores"] == pytest.approx(25.0)
+    assert prompt["utilisation"] == pytest.approx(10 / 13) and prompt["slo_met"] is True
+    assert prompt["generator_cores"] == pytest.approx(26.0)  # 1.0 s x 2 cores x 10 req/s / (10 / 13)
     assert (prompt["gateway_replicas"], prompt["generator_replicas"]) == (1, 13)
     assert prompt["usd_per_month"] == pytest.approx((1 * 2 * 0.05 + 13 * 0.1) * 730)
     assert prompt["binding_stage"] == "prefill" and prompt["index_bytes_per_replica"] == 0
-    # rag: 2.0 s a request (100 embed + 1500 prefill + 400 decode): u = 1 - 2/5 = 0.6.
-    # Gateway: 0.1 s x 2 x 10 / 0.6 = 3.33 cores = 2 machines; generator: 1.9 x 2 x 10 / 0.6 = 63.3 = 32.
+    # rag: 100 ms embed + 1.9 s generation. Gateway: 0.1 s x 2 cores x 10 / 0.8 = 2.5 cores = 2 machines;
+    # generator: 19 Erlangs / 0.8 = 24 machines (p95 wait 0.53 s within 5 - 2 s).
     rag = rows[("rag", "cpu")]
-    assert rag["utilisation"] == pytest.approx(0.6)
-    assert rag["gateway_cores"] == pytest.approx(10 / 3)
-    assert (rag["gateway_replicas"], rag["generator_replicas"]) == (2, 32)
-    assert rag["usd_per_month"] == pytest.approx((2 * 2 * 0.05 + 32 * 0.1) * 730)
+    assert rag["gateway_cores"] == pytest.approx(2.5)
+    assert (rag["gateway_replicas"], rag["generator_replicas"]) == (2, 24)
+    assert rag["utilisation"] == pytest.approx(19 / 24)
+    assert rag["usd_per_month"] == pytest.approx((2 * 2 * 0.05 + 24 * 0.1) * 730)
     # hybrid at half knowledge, half direct: route 50 + embed 50 + prefill (750 + 300) + decode 400 = 1.55 s.
     hybrid = rows[("hybrid", "cpu")]
     assert hybrid["stage_ms"] == pytest.approx(
         {"route": 50.0, "embed": 50.0, "search": 0.0, "privacy": 0.0, "prefill": 1050.0, "decode": 400.0}
     )
-    assert hybrid["utilisation"] == pytest.approx(1 - 1.55 / 5)
-    assert (hybrid["gateway_replicas"], hybrid["generator_replicas"]) == (2, 22)  # 2.90 and 42.0 cores
-    assert hybrid["usd_per_month"] == pytest.approx((2 * 2 * 0.05 + 22 * 0.1) * 730)
+    # 14.5 Erlangs of generation / 0.8 = 19 machines; gateway 0.1 s x 2 x 10 / 0.8 = 2.5 cores = 2 machines.
+    assert (hybrid["gateway_replicas"], hybrid["generator_replicas"]) == (2, 19)
+    assert hybrid["usd_per_month"] == pytest.approx((2 * 2 * 0.05 + 19 * 0.1) * 730)
     assert plan["skipped"]["tuned"].startswith("not run in the results (listed in skipped_pipelines)")
 
 
@@ -144,7 +159,8 @@ def test_an_slo_below_the_unloaded_p95_is_reported_unmet(
 ) -> None:
     argv = _base(results_file, prices_file, tmp_path) + ["--slo-p95", "1500ms"]
     rag = _rows(_plan(capsys, argv))[("rag", "cpu")]
-    assert rag["slo_met"] is False and rag["utilisation"] == pytest.approx(0.8)  # sized for throughput only
+    assert rag["slo_met"] is False  # 2 s unloaded: sized for throughput at the cap only
+    assert rag["generator_replicas"] == 24 and rag["utilisation"] == pytest.approx(19 / 24)
 
 
 def test_gpu_profile_plans_the_generator_on_gpus(
@@ -158,7 +174,8 @@ def test_gpu_profile_plans_the_generator_on_gpus(
     # 100 prompt tokens / 10000 tok/s = 10 ms; 11 output tokens at 1000 / 10 = 100 tok/s each = 110 ms.
     assert row["stage_ms"]["prefill"] == pytest.approx(10.0)
     assert row["stage_ms"]["decode"] == pytest.approx(110.0)
-    # GPU-seconds a request: 0.01 + 11 / 1000 = 0.021; x 100 req/s / 0.8 = 2.6 -> 3 GPUs.
+    # GPU-seconds a request: 0.01 + 11 / 1000 = 0.021; 2.1 Erlangs / 0.8 = 3 GPUs (p95 wait 0.05 s); 12
+    # sequences in flight (100 req/s x 0.12 s) need only 2 GPUs of 10.
     assert row["generator_replicas"] == 3 and row["binding_stage"] == "decode"
     assert row["usd_per_month"] == pytest.approx((1 * 2 * 0.05 + 3 * 1.0) * 730)
 

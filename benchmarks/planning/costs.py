@@ -1,7 +1,12 @@
 """Per-stage costs of each pipeline, read from the comparison's results JSON (benchmarks/system/compare.py).
 
 Figures come from the lowest-concurrency closed-loop run of each pipeline, where one request has the
-machine to itself, so its wall time is its service time. Fields are read defensively: one that is missing
+machine to itself, so its wall time is its service time. Per-token prefill and decode costs are derived
+from the same run (the generate stage's server time split by the client's time per output token) rather
+than taken from benchmarks/results/generator.json, which times the engine alone at fixed prompt lengths
+outside the service: the same run keeps stage times, token counts and per-token costs consistent.
+serving.json is used only for the batching gain of a generator serving several requests at once
+(inputs.batching_gain). Fields are read defensively: one that is missing
 raises `PlanInputError` naming its path, so that fields added later by the comparison change nothing.
 """
 

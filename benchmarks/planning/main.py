@@ -77,7 +77,10 @@ def _architecture_costs(
     results: Mapping[str, Any], mix: Mapping[str, float]
 ) -> tuple[dict[str, Demand], dict[str, str], dict[str, dict[str, str]]]:
     """Demand per architecture, reasons for the ones not planned, and where each figure came from."""
-    measured = {run.get("pipeline") for run in results.get("runs", []) if isinstance(run, dict)}
+    runs = results.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise PlanInputError("results: missing field runs (no measured run to plan from)")
+    measured = {run.get("pipeline") for run in runs if isinstance(run, dict)}
     costs: dict[str, StageCosts] = {
         p: extract_stage_costs(results, p) for p in ARCHITECTURES if p in measured
     }
@@ -127,6 +130,7 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
     mix = parse_mix(args.mix)
     slo_ms = parse_slo_ms(args.slo_p95)
     results = read_results(args.results)
+    demands, skipped, sources = _architecture_costs(results, mix)
     cores = args.measured_cores if args.measured_cores is not None else measured_cores_of(results)
     if cores is None:
         raise PlanInputError(f"--measured-cores: {args.results} records no core count (machine); pass it")
@@ -141,7 +145,6 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
     prices = CpuPrices(
         price_card.cpu_core_hour_usd, price_card.self_hosted_hour_usd.get(settings.generator.name)
     )
-    demands, skipped, sources = _architecture_costs(results, mix)
     plans: list[Plan] = []
     for architecture, demand in demands.items():
         limits = {"rps": args.rps, "slo_ms": slo_ms, "max_utilisation": args.max_utilisation}
@@ -158,7 +161,11 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
         "measured_cores": cores,
         "rule": RULE,
         "plans": [
-            asdict(plan) | {"index_bytes_per_replica": index_bytes if plan.architecture in RETRIEVING else 0}
+            asdict(plan)
+            | {
+                "index_bytes_per_replica": index_bytes if plan.architecture in RETRIEVING else 0,
+                "knowledge_answer_contains": knowledge_quality(results, plan.architecture),
+            }
             for plan in plans
         ],
         "skipped": skipped,
@@ -179,7 +186,18 @@ COLUMNS = (
     "architecture", "hardware", "SLO met", "unloaded p95 s", "generator utilisation", "gateway cores",
     "generator cores",
     "gateway replicas", "generator replicas", "index MiB / replica", "$ / month", "binding stage",
+    "knowledge answer_contains",
 )  # fmt: skip
+
+
+def knowledge_quality(results: Mapping[str, Any], pipeline: str) -> float | None:
+    """The comparison's answer quality on knowledge questions, shown beside the cost it buys."""
+    value = results.get("pipelines", {}).get(pipeline, {}).get("knowledge_answer_contains")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _share(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.2f}"
 
 
 def _usd(value: float | None) -> str:
@@ -204,7 +222,7 @@ def render_markdown(plan: Mapping[str, Any]) -> str:
             f"| {row['p95_unloaded_ms'] / 1000:.2f} | {row['utilisation']:.2f} | {row['gateway_cores']:.1f} "
             f"| {row['generator_cores']:.1f} | {row['gateway_replicas']} | {row['generator_replicas']} "
             f"| {index_cell} | {_usd(row['usd_per_month'])} "
-            f"| {row['binding_stage']} |"
+            f"| {row['binding_stage']} | {_share(row['knowledge_answer_contains'])} |"
         )
     if plan["plans"]:
         stages = list(plan["plans"][0]["stage_ms"])

@@ -203,6 +203,7 @@ def test_index_memory_counts_vectors_once_plus_bm25_and_text(
         (["--rps", "-1"], "--rps must be > 0, got -1"),
         (["--slo-p95", "fast"], "--slo-p95: expected a positive duration like 2s or 1500ms, got 'fast'"),
         (["--results", "no/such/results.json"], "--results: file not found: no/such/results.json"),
+        (["--results", "EMPTY"], "results: missing field runs"),
         (["--gpu-profile", "PROFILE"], "--gpu-profile: gpus.g is missing field max_concurrent_seqs"),
     ],
 )
@@ -212,7 +213,9 @@ def test_bad_input_is_one_line_naming_the_value(
 ) -> None:  # fmt: skip
     profile = tmp_path / "gpus.yaml"
     profile.write_text("gpus:\n  g: {prefill_tok_s: 1, decode_tok_s: 1, batch_size: 1, usd_per_hour: null}\n")
-    change = [str(profile) if arg == "PROFILE" else arg for arg in change]
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    change = [{"PROFILE": str(profile), "EMPTY": str(empty)}.get(arg, arg) for arg in change]
     argv = _base(results_file, prices_file, tmp_path) + change
     assert main(argv) == 2
     out = capsys.readouterr().out.strip().splitlines()
@@ -229,6 +232,7 @@ def test_committed_results_plan_every_architecture_or_say_why(capsys: pytest.Cap
         assert row["p95_unloaded_ms"] > 0 and row["generator_replicas"] >= 1 and row["gateway_replicas"] >= 1
         assert row["usd_per_month"] is None or row["usd_per_month"] > 0
         assert row["binding_stage"] in row["stage_ms"]
+        assert 0 <= row["knowledge_answer_contains"] <= 1
     assert {row["hardware"] for row in plan["plans"]} == {"cpu", "l4-qwen2.5-0.5b-c8", "l4-qwen2.5-0.5b-c32"}
 
 

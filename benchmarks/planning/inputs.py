@@ -158,7 +158,11 @@ def batching_gain(serving: Mapping[str, Any] | None, concurrency: int) -> tuple[
 
 
 def measured_cores_of(results: Mapping[str, Any]) -> int | None:
-    """The core count the results were measured on, where they record it (`machine: "2 cores"`)."""
+    """The core count the results were measured on: the environment record's usable cores
+    (benchmarks/harness/environment.py), or an older `machine: "2 cores"` field."""
+    cores = results.get("environment", {}).get("cpu", {}).get("usable_cores")
+    if isinstance(cores, int) and cores > 0:
+        return cores
     machine = results.get("machine")
     if isinstance(machine, str) and (match := re.match(r"\s*(\d+)\s+cores?", machine)):
         return int(match.group(1))

@@ -250,3 +250,11 @@ def test_the_plan_command_prints_json_on_its_last_line(
     assert exit_info.value.code == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {row["architecture"] for row in last["plans"]} == {"prompt", "rag", "hybrid"}
+
+
+def test_measured_cores_come_from_the_environment_record() -> None:
+    from benchmarks.planning.inputs import measured_cores_of
+
+    assert measured_cores_of({"environment": {"cpu": {"usable_cores": 4}}, "machine": "2 cores"}) == 4
+    assert measured_cores_of({"machine": "2 cores"}) == 2
+    assert measured_cores_of({}) is None

@@ -97,6 +97,20 @@ class OnnxGeneratorSettings(BaseGeneratorSettings):
     # (services/llm/onnx_batching.py). An idle engine waits at most this long for the companions it expects
     # (other requests holding a place) before a batch starts; a lone request starts at once.
     batch_window_ms: float = Field(25.0, ge=0, le=1000)
+    # ONNX Runtime session options of the decoder (benchmarks/results/ttft.md compares them side by side).
+    intra_op_spinning: bool = Field(
+        True,
+        description="intra-op threads busy-wait for work between operators instead of sleeping "
+        "(session.intra_op.allow_spinning); off frees the cores for the event loop and other processes",
+    )
+    inter_op_spinning: bool = Field(
+        True,
+        description="inter-op threads busy-wait between operators (session.inter_op.allow_spinning); "
+        "with one inter-op thread, as here, there is no inter-op pool to spin",
+    )
+    graph_optimization: Literal["disable_all", "basic", "extended", "all"] = Field(
+        "all", description="ONNX Runtime graph optimisation level applied when the model loads"
+    )
 
 
 class TransformersGeneratorSettings(BaseGeneratorSettings):

@@ -44,7 +44,9 @@ def register_bench(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench", help="load generator and architecture comparison (benchmarks/)"
     )
-    parser.add_argument("kind", choices=["load", "compare", "overhead", "serving", "streaming", "ttft", "faults"])
+    parser.add_argument(
+        "kind", choices=["load", "compare", "overhead", "serving", "streaming", "ttft", "faults"]
+    )
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     parser.set_defaults(handler=bench_command, config=None)
     return parser

@@ -105,8 +105,8 @@ class OnnxGeneratorSettings(BaseGeneratorSettings):
     )
     inter_op_spinning: bool = Field(
         True,
-        description="inter-op threads busy-wait between operators (session.inter_op.allow_spinning); "
-        "with one inter-op thread, as here, there is no inter-op pool to spin",
+        description="inter-op threads busy-wait for work instead of sleeping "
+        "(session.inter_op.allow_spinning)",
     )
     graph_optimization: Literal["disable_all", "basic", "extended", "all"] = Field(
         "all", description="ONNX Runtime graph optimisation level applied when the model loads"

@@ -87,6 +87,9 @@ class BaseGeneratorSettings(Section):
     adapters: dict[str, str] = Field(default_factory=dict)
 
 
+GraphOptimization = Literal["disable_all", "basic", "extended", "all"]  # ONNX Runtime's levels
+
+
 class OnnxGeneratorSettings(BaseGeneratorSettings):
     backend: Literal["onnx"] = "onnx"
     # Precision the ONNX Runtime GenAI builder converts to. int8 is the embedded default: on the handbook
@@ -101,14 +104,14 @@ class OnnxGeneratorSettings(BaseGeneratorSettings):
     intra_op_spinning: bool = Field(
         True,
         description="intra-op threads busy-wait for work between operators instead of sleeping "
-        "(session.intra_op.allow_spinning); off frees the cores for the event loop and other processes",
+        "(session.intra_op.allow_spinning); off leaves the cores to other work but slows decoding",
     )
     inter_op_spinning: bool = Field(
         True,
         description="inter-op threads busy-wait for work instead of sleeping "
         "(session.inter_op.allow_spinning)",
     )
-    graph_optimization: Literal["disable_all", "basic", "extended", "all"] = Field(
+    graph_optimization: GraphOptimization = Field(
         "all", description="ONNX Runtime graph optimisation level applied when the model loads"
     )
 

@@ -30,10 +30,10 @@ import weakref
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from services.core.errors import ConfigError, GenerationError, InvalidRequest, NotReady, StructuredOutputError
-from services.core.settings import OnnxGeneratorSettings
+from services.core.settings import GraphOptimization, OnnxGeneratorSettings
 from services.core.types import ChatMessage, GenerationParams
 from services.llm.backend_base import InProcessBackend, RawCounts, ThreadedRun, TokenLoop
 from services.llm.hf_folder import prepare_hf_model
@@ -409,7 +409,6 @@ class OnnxGenerator(InProcessBackend):
         self._adapter_versions = None
 
 
-GraphOptimization = Literal["disable_all", "basic", "extended", "all"]
 ORT_OPTIMIZATION_LEVELS: dict[GraphOptimization, str] = {
     "disable_all": "ORT_DISABLE_ALL",
     "basic": "ORT_ENABLE_BASIC",

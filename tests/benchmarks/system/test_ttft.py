@@ -67,3 +67,22 @@ def test_every_option_set_changes_one_thing_from_the_baseline() -> None:
     assert not options["intra_spin=0"].session.intra_op_spinning
     assert options["opt=basic"].session.graph_optimization == "basic"
     assert options["accuracy=1 (fp32)"].accuracy_level == 1
+
+
+def test_hybridllm_bench_ttft_runs_this_bench_with_the_rest_of_the_arguments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import argparse
+
+    from benchmarks import cli
+    from benchmarks.system import ttft
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(ttft, "main", lambda argv: seen.append(list(argv)) or 0)
+    parser = argparse.ArgumentParser()
+    cli.register_bench(parser.add_subparsers())
+    args = parser.parse_args(["bench", "ttft", "--rounds", "1"])
+    with pytest.raises(SystemExit) as exited:
+        args.handler(args)
+    assert exited.value.code == 0
+    assert seen == [["--rounds", "1"]]

@@ -1,5 +1,5 @@
 """`hybridllm bench` (an entry point in the `hybridllm.commands` group, extra `bench`): the load generator,
-the gateway overhead, serving (batching) and streaming benches, the crash matrix, and the architecture
+the gateway overhead, serving (batching), streaming and TTFT benches, the crash matrix, and the architecture
 comparison. The bench modules load when the command runs. `hybridllm plan` (entry point `plan`, same extra):
 capacity per architecture from the comparison's measured costs (benchmarks/planning)."""
 
@@ -32,6 +32,10 @@ def bench_command(args: argparse.Namespace) -> None:
         from benchmarks.system.streaming import main as bench_streaming_main
 
         raise SystemExit(bench_streaming_main(rest))
+    if args.kind == "ttft":
+        from benchmarks.system.ttft import main as bench_ttft_main
+
+        raise SystemExit(bench_ttft_main(rest))
     from benchmarks.system.compare import bench_compare_main
 
     raise SystemExit(bench_compare_main(rest))
@@ -41,7 +45,9 @@ def register_bench(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench", help="load generator and architecture comparison (benchmarks/)"
     )
-    parser.add_argument("kind", choices=["load", "compare", "overhead", "serving", "streaming", "faults"])
+    parser.add_argument(
+        "kind", choices=["load", "compare", "overhead", "serving", "streaming", "ttft", "faults"]
+    )
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     parser.set_defaults(handler=bench_command, config=None)
     return parser

@@ -32,7 +32,7 @@ from benchmarks.harness.report import markdown_table, write_json
 from services.core.settings import OnnxGeneratorSettings, PromptSettings
 from services.core.types import ChatMessage
 from services.evaluation.local_server import running_service
-from services.llm.onnx_backend import OnnxGenerator, session_config
+from services.llm.onnx_backend import OnnxGenerator, SessionOptions, session_config
 from services.llm.prompts import PromptLibrary
 from services.pipelines.prompt import with_system_prompt
 
@@ -72,7 +72,7 @@ class DirectEngine:
         self._service_view.warm_up()  # converts if needed; its prompt rendering is the service's
         assert self._service_view.model_dir is not None
         self._og = og
-        self._model = og.Model(session_config(self._service_view.model_dir, settings.threads))
+        self._model = og.Model(session_config(self._service_view.model_dir, SessionOptions.of(settings)))
         self._eos = {int(i) for i in og.Tokenizer(self._model).eos_token_ids}
 
     def run(self, messages: Sequence[ChatMessage], max_tokens: int) -> tuple[float, float, int]:

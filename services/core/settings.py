@@ -87,6 +87,9 @@ class BaseGeneratorSettings(Section):
     adapters: dict[str, str] = Field(default_factory=dict)
 
 
+GraphOptimization = Literal["disable_all", "basic", "extended", "all"]  # ONNX Runtime's levels
+
+
 class OnnxGeneratorSettings(BaseGeneratorSettings):
     backend: Literal["onnx"] = "onnx"
     # Precision the ONNX Runtime GenAI builder converts to. int8 is the embedded default: on the handbook
@@ -97,6 +100,20 @@ class OnnxGeneratorSettings(BaseGeneratorSettings):
     # (services/llm/onnx_batching.py). An idle engine waits at most this long for the companions it expects
     # (other requests holding a place) before a batch starts; a lone request starts at once.
     batch_window_ms: float = Field(25.0, ge=0, le=1000)
+    # ONNX Runtime session options of the decoder (benchmarks/results/ttft.md compares them side by side).
+    intra_op_spinning: bool = Field(
+        True,
+        description="intra-op threads busy-wait for work between operators instead of sleeping "
+        "(session.intra_op.allow_spinning); off leaves the cores to other work but slows decoding",
+    )
+    inter_op_spinning: bool = Field(
+        True,
+        description="inter-op threads busy-wait for work instead of sleeping "
+        "(session.inter_op.allow_spinning)",
+    )
+    graph_optimization: GraphOptimization = Field(
+        "all", description="ONNX Runtime graph optimisation level applied when the model loads"
+    )
 
 
 class TransformersGeneratorSettings(BaseGeneratorSettings):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core.errors import ConfigError, GenerationError, InvalidRequest, NotReady, StructuredOutputError
-from services.core.settings import OnnxGeneratorSettings
+from services.core.settings import GraphOptimization, OnnxGeneratorSettings
 from services.core.types import ChatMessage, GenerationParams
 from services.llm.backend_base import InProcessBackend, RawCounts, ThreadedRun, TokenLoop
 from services.llm.hf_folder import prepare_hf_model
@@ -115,7 +115,7 @@ class OnnxGenerator(InProcessBackend):
         import onnxruntime_genai as og
 
         verify_onnx_model(model_dir)
-        config = session_config(model_dir, self._settings.threads)
+        config = session_config(model_dir, SessionOptions.of(self._settings))
         batch_size = self._settings.max_concurrency
         if batch_size > 1:
             config.overlay(engine_config_overlay(batch_size))
@@ -409,14 +409,51 @@ class OnnxGenerator(InProcessBackend):
         self._adapter_versions = None
 
 
-def session_config(model_dir: Path, threads: int) -> Any:
-    """The og.Config of `model_dir` with `threads` intra-op threads (0: the library's default)."""
+ORT_OPTIMIZATION_LEVELS: dict[GraphOptimization, str] = {
+    "disable_all": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """The decoder's ONNX Runtime session options (OnnxGeneratorSettings; the TTFT bench varies them)."""
+
+    threads: int  # intra-op threads; 0: the library's default
+    intra_op_spinning: bool = True
+    inter_op_spinning: bool = True
+    graph_optimization: GraphOptimization = "all"
+
+    @classmethod
+    def of(cls, settings: OnnxGeneratorSettings) -> SessionOptions:
+        return cls(
+            threads=settings.threads,
+            intra_op_spinning=settings.intra_op_spinning,
+            inter_op_spinning=settings.inter_op_spinning,
+            graph_optimization=settings.graph_optimization,
+        )
+
+    def genai_session_options(self) -> dict[str, Any]:
+        """genai_config.json's `session_options`: keys it does not know become ORT session config entries."""
+        options: dict[str, Any] = {
+            "session.intra_op.allow_spinning": "1" if self.intra_op_spinning else "0",
+            "session.inter_op.allow_spinning": "1" if self.inter_op_spinning else "0",
+            "graph_optimization_level": ORT_OPTIMIZATION_LEVELS[self.graph_optimization],
+        }
+        if self.threads > 0:
+            options.update(intra_op_num_threads=self.threads, inter_op_num_threads=1)
+        return options
+
+
+def session_config(model_dir: Path, options: SessionOptions) -> Any:
+    """The og.Config of `model_dir` with `options` overlaid on its decoder's session options."""
     import onnxruntime_genai as og
 
     config = og.Config(str(model_dir))
-    if threads > 0:
-        options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+    overlay = {"model": {"decoder": {"session_options": options.genai_session_options()}}}
+    config.overlay(json.dumps(overlay))
     return config
 
 

@@ -182,6 +182,21 @@ async def test_a_full_queue_is_refused(smollm2_settings, onnx_data_dir, smollm2_
     await busy.aclose()
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"intra_op_spinning": True, "inter_op_spinning": True, "graph_optimization": "all"},
+        {"intra_op_spinning": False, "inter_op_spinning": False, "graph_optimization": "basic"},
+    ],
+)
+async def test_the_session_options_load_and_keep_the_greedy_answer(
+    options: dict[str, Any], smollm2_settings, onnx_data_dir, smollm2_onnx_dir, greedy_reference: str
+) -> None:
+    settings = smollm2_settings.model_copy(update={**options, "max_concurrency": 1})
+    result = await loaded(settings, onnx_data_dir, smollm2_onnx_dir).complete(QUESTION, GREEDY)
+    assert result.text == greedy_reference
+
+
 async def test_invalid_requests_are_refused(generator: OnnxGenerator) -> None:
     with pytest.raises(InvalidRequest, match="unknown adapter"):
         await generator.complete(QUESTION, GenerationParams(adapter="nope"))

@@ -76,6 +76,7 @@ class TrainingProjectRouter:
         metrics_path = model_dir / "metrics.json"
         if (model_dir / "labels.json").is_file() and _recorded(metrics_path, DATA_KEY) == wanted:
             return False
+        bars = training_progress()  # off a terminal, the training loggers' lines instead of a bar
         logger.info("training the router into %s (a few minutes on 2 cores; progress below)", model_dir)
         train_router(
             train,
@@ -83,7 +84,7 @@ class TrainingProjectRouter:
             eval_file=val,
             config=project.router_recipe,
             max_steps=project.router_max_steps,
-            progress=progress and training_progress(),
+            progress=progress and bars,
         )
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
         atomic_write(metrics_path, json.dumps({**metrics, DATA_KEY: wanted}, indent=2) + "\n")

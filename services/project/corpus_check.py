@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.core.errors import ConfigError
-from services.project.fingerprint import files_under
-from services.rag.loaders import SUFFIX_KINDS, UnreadableFile, read_document
+from services.rag.loaders import SUFFIX_KINDS, UnreadableFile, candidate_files, read_document
 
 SUPPORTED = "markdown, HTML, PDF or text"
 
@@ -15,7 +14,7 @@ def check_corpus(corpus: Path) -> list[Path]:
     """The supported files of `corpus`, each read once; ConfigError naming the problem otherwise."""
     if not corpus.is_dir():
         raise ConfigError(f"corpus folder not found: {corpus}")
-    files = files_under(corpus)
+    files = candidate_files(corpus)
     if not files:
         raise ConfigError(f"corpus folder {corpus} is empty")
     supported = [path for path in files if path.suffix.lower() in SUFFIX_KINDS]

@@ -10,12 +10,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from services.core.errors import ConfigError
+from services.core.errors import ConfigError, IndexCorrupted
 from services.core.settings import Settings
 from services.project import router_hook
 from services.project.fingerprint import fingerprint
 from services.project.layout import ProjectLayout
-from services.rag.index_store import read_current, read_manifest
+from services.rag.index_store import VERSIONS_DIR, read_current, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +35,12 @@ def index_fingerprint(settings: Settings) -> str:
 def indexed_fingerprint(index_dir: Path) -> str | None:
     """What the served index version recorded, or None when there is none."""
     version = read_current(index_dir)
-    if version is None or not (index_dir / version).is_dir():
+    if version is None:
         return None
-    value = read_manifest(index_dir / version).get(INDEX_FINGERPRINT_KEY)
+    try:
+        value = read_manifest(index_dir / VERSIONS_DIR / version).get(INDEX_FINGERPRINT_KEY)
+    except IndexCorrupted:
+        return None  # a broken version is rebuilt, not served
     return str(value) if value is not None else None
 
 

@@ -197,3 +197,22 @@ def test_serving_a_project_without_training_says_what_to_install(
     config.write_text(yaml.safe_dump({"project": {"corpus": str(tiny_corpus)}, "router": {"model_dir": "r"}}))
     with pytest.raises(ConfigError, match="hybridllm\\[train\\]"):
         prepare.prepare_router(ProjectLayout.of_config(config), load_settings(config), progress=False)
+
+
+def test_the_index_is_reused_only_when_its_manifest_records_the_same_corpus(
+    tmp_path: Path, tiny_corpus: Path
+) -> None:
+    from services.rag.index_store import FORMAT_VERSION, VERSIONS_DIR, set_current
+
+    settings = load_settings(rag={"index_dir": str(tmp_path / "index")}, project={"corpus": str(tiny_corpus)})
+    index_dir = tmp_path / "index"
+    assert prepare.indexed_fingerprint(index_dir) is None
+    version = index_dir / VERSIONS_DIR / "v1"
+    version.mkdir(parents=True)
+    wanted = prepare.index_fingerprint(settings)
+    manifest = {"format_version": FORMAT_VERSION, prepare.INDEX_FINGERPRINT_KEY: wanted}
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    set_current(index_dir, "v1")
+    assert prepare.prepare_index(settings, progress=False) == "reused"
+    (tiny_corpus / "new.md").write_text("# New page\n")
+    assert prepare.index_fingerprint(settings) != wanted

@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from services.core.atomic import atomic_write
+from services.core.errors import ConfigError
 from services.core.settings import ProjectSettings
 from services.project.fingerprint import fingerprint
 from services.project.layout import ProjectLayout
+from services.rag.loaders import load_corpus
 from training.build_router_data import DEFAULT_SOURCE, build_dataset
 
 logger = logging.getLogger("training.project_router")
@@ -53,15 +56,22 @@ class TrainingProjectRouter:
         manifest_path = layout.router_data / "manifest.json"
         if _recorded(manifest_path, INPUTS_KEY) == inputs and (layout.router_data / "train.jsonl").is_file():
             return False
-        has_markdown = any(project.corpus.rglob("*.md"))
         logger.info("building router data from %s and %s", project.corpus, layout.router_source)
-        manifest = build_dataset(
-            layout.router_source,
-            layout.router_data,
-            corpus=project.corpus if has_markdown else None,
-            company=[project.org_name],
-        )
-        atomic_write(manifest_path, json.dumps({**manifest, INPUTS_KEY: inputs}, indent=2) + "\n")
+        with tempfile.TemporaryDirectory(prefix="hybridllm-router-corpus-") as mirror:
+            manifest = build_dataset(
+                layout.router_source,
+                layout.router_data,
+                corpus=markdown_mirror(project.corpus, Path(mirror)),
+                company=[project.org_name],
+            )
+        counts = manifest["counts"]
+        if isinstance(counts, dict) and not any(split["knowledge"] for split in counts.values()):
+            raise ConfigError(
+                f"no knowledge questions: the documents in {project.corpus} have no headings; "
+                f"add your own to {layout.router_source / 'knowledge.txt'}"
+            )
+        recorded = {**manifest, "corpus": str(project.corpus), INPUTS_KEY: inputs}
+        atomic_write(manifest_path, json.dumps(recorded, indent=2) + "\n")
         return True
 
     def train(
@@ -89,6 +99,17 @@ class TrainingProjectRouter:
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
         atomic_write(metrics_path, json.dumps({**metrics, DATA_KEY: wanted}, indent=2) + "\n")
         return True
+
+
+def markdown_mirror(corpus: Path, mirror: Path) -> Path:
+    """Each readable document of `corpus` as markdown under `mirror` (HTML headings become `#` lines), so
+    questions come from the headings of every supported format, not only markdown files."""
+    for document in load_corpus([corpus]).documents:
+        path = mirror / f"{document.source}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        title = f"# {document.title}\n\n" if document.title else ""
+        path.write_text(title + document.text, encoding="utf-8")
+    return mirror
 
 
 def _recorded(path: Path, key: str) -> Any:

@@ -216,3 +216,36 @@ def test_the_index_is_reused_only_when_its_manifest_records_the_same_corpus(
     assert prepare.prepare_index(settings, progress=False) == "reused"
     (tiny_corpus / "new.md").write_text("# New page\n")
     assert prepare.index_fingerprint(settings) != wanted
+
+
+def test_router_questions_come_from_html_headings_too(tmp_path: Path) -> None:
+    from services.core.settings import ProjectSettings
+
+    corpus = tmp_path / "site"
+    corpus.mkdir()
+    (corpus / "expenses.html").write_text(
+        "<html><body><h1>Expense reports</h1><h2>Submitting receipts</h2><p>Within 30 days.</p>"
+        "<h2>Mileage allowance</h2><p>0.30 a km.</p></body></html>"
+    )
+    layout = ProjectLayout(tmp_path / "p")
+    PROJECT_ROUTER.write_sources(layout)
+    PROJECT_ROUTER.build_data(layout, ProjectSettings(corpus=corpus, org_name=ORG, org_description="Acme"))
+    rows = [
+        json.loads(line)
+        for split in ("train", "val", "test")
+        for line in (layout.router_data / f"{split}.jsonl").open()
+    ]
+    knowledge = " ".join(row["text"].lower() for row in rows if row["label"] == "knowledge")
+    assert "submitting receipts" in knowledge and "mileage allowance" in knowledge
+
+
+def test_documents_without_headings_and_no_own_questions_are_one_clear_error(tmp_path: Path) -> None:
+    from services.core.settings import ProjectSettings
+
+    corpus = tmp_path / "notes"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("Plain text with no headings at all.\n")
+    layout = ProjectLayout(tmp_path / "p")
+    PROJECT_ROUTER.write_sources(layout)
+    with pytest.raises(ConfigError, match="knowledge.txt"):
+        PROJECT_ROUTER.build_data(layout, ProjectSettings(corpus=corpus, org_name=ORG, org_description="x"))

@@ -25,6 +25,7 @@ export TOKENIZERS_PARALLELISM := false
 help:
 	@echo "make run    - install, convert models, ingest $(CORPUS), train the router if needed, serve on 127.0.0.1:8000"
 	@echo "             ROUTER_CONFIG=training/configs/router_fast.yaml ROUTER_DIR=var/router-fast: the 3-layer router"
+	@echo "make run PROJECT=DIR - serve a project folder written by hybridllm init (see README, Your own documents)"
 	@echo "make test   - install with dev extras and run the whole test suite"
 	@echo "make lint   - ruff + mypy"
 	@echo "make lock   - rewrite constraints.txt (the pins every install uses) from what .venv has installed"
@@ -110,8 +111,16 @@ grounded: prepare index
 		--generator-config training/configs/generator_grounding.yaml --out $(DATA_DIR)/adapters/grounded
 	@echo "serve it with: HYBRID_GENERATOR__ADAPTERS='{\"grounded\": \"$(DATA_DIR)/adapters/grounded\"}' HYBRID_RAG__ADAPTER=grounded make run"
 
+# PROJECT=DIR serves a folder written by `hybridllm init`: serve itself trains its router and ingests its
+# documents when they are missing or changed.
+ifdef PROJECT
+run: install
+	$(HYBRIDLLM) prepare --config $(PROJECT)/config.yaml
+	$(HYBRIDLLM) serve --config $(PROJECT)/config.yaml
+else
 run: prepare index router
 	$(HYBRIDLLM) serve --index $(INDEX_DIR)
+endif
 
 # pytest exits 5 when it collected nothing; that is not a pass.
 test: install-dev

@@ -133,6 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         server["port"] = args.port
     settings = settings_from(args, **_index_override(args.index), **({"server": server} if server else {}))
     configure_logging(settings.observability.log_level, json_lines=settings.observability.log_json)
+    if args.config is not None:
+        _prepare_project(args.config, settings)
     print(
         f"hybridllm: serving on http://{settings.server.host}:{settings.server.port} "
         f"(auth {'ON' if settings.auth.enabled else 'OFF: set auth.enabled to require API keys'})",
@@ -167,6 +169,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
     _serve_one_process(config)
 
 
+def _prepare_project(config_file: Path, settings: Settings) -> None:
+    """A project's config: train its router and ingest its corpus first where they are missing or stale."""
+    from services.project.layout import ProjectLayout, is_project_config
+    from services.project.prepare import prepare_project
+
+    if not is_project_config(config_file):
+        return
+    report = prepare_project(ProjectLayout.of_config(config_file), settings, progress=sys.stderr.isatty())
+    print(
+        f"hybridllm: project {report['project']}: router {report['router']}, index {report['index']}",
+        file=sys.stderr,
+    )
+
+
 def _serve_one_process(config: Any) -> None:
     """Run one uvicorn server in this process; exit 0 after a clean drain on SIGTERM."""
     import signal
@@ -184,6 +200,14 @@ def _serve_one_process(config: Any) -> None:
         signal.signal(signal.SIGTERM, previous)
     if not server.started:  # start-up failed (logged): uvicorn.run's exit status for that
         raise SystemExit(3)
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    from services.project.init import init_project
+
+    if args.corpus is None:
+        fail("--corpus is required: the folder of documents (markdown, HTML or PDF)")
+    emit(init_project(args.dir, args.corpus, args.org, args.description, force=args.force))
 
 
 def cmd_ingest(args: argparse.Namespace) -> None:
@@ -307,6 +331,13 @@ def _add_core_commands(sub: Subparsers) -> Subparsers:
     serve.add_argument("--index", type=Path, default=None, help="index directory")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=_port, default=None)
+
+    init = add_command(sub, "init", cmd_init, "write a project folder for your own documents")
+    init.add_argument("dir", type=Path, help="the project folder to create")
+    init.add_argument("--corpus", type=Path, default=None, help="the folder of documents")
+    init.add_argument("--org", default=None, help="the organisation's name, used in every template")
+    init.add_argument("--description", default=None, help="what the assistant answers questions about")
+    init.add_argument("--force", action="store_true", help="write over an existing folder")
 
     ingest = add_command(
         sub, "ingest", _needing(CONVERT_HINT, cmd_ingest), "ingest documents into a new index version"

@@ -655,38 +655,63 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    rng = random.Random(args.seed)
+def build_dataset(
+    source: Path,
+    out: Path,
+    *,
+    corpus: Path | None = None,
+    company: Sequence[str] = (),
+    per_heading: int = 2,
+    max_corpus_questions: int = 300,
+    generalisation_set: Path = DEFAULT_GENERALISATION,
+    split: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int = 13,
+) -> dict[str, object]:
+    """Build the splits from `source` (and `corpus`'s headings) into `out`; return the manifest written."""
+    rng = random.Random(seed)
 
-    examples = load_hand_written(args.source)
-    if args.corpus is not None:
-        examples += load_corpus_questions(
-            args.corpus, rng, args.per_heading, args.max_corpus_questions, args.company_name
-        )
-    examples += load_composed(args.source / "compose", rng)
+    examples = load_hand_written(source)
+    if corpus is not None:
+        examples += load_corpus_questions(corpus, rng, per_heading, max_corpus_questions, company)
+    examples += load_composed(source / "compose", rng)
 
-    unique, dropped = deduplicate(examples, load_generalisation_keys(args.generalisation_set))
+    unique, dropped = deduplicate(examples, load_generalisation_keys(generalisation_set))
     final = balance(unique, rng)
-    splits = split_examples(final, args.split, rng)
+    splits = split_examples(final, split, rng)
 
-    for split in SPLITS:
-        atomic_write(args.out / f"{split}.jsonl", to_jsonl(splits[split]))
-    counts = verify(args.out)
+    for name in SPLITS:
+        atomic_write(out / f"{name}.jsonl", to_jsonl(splits[name]))
+    counts = verify(out)
 
     by_origin: dict[str, Counter[str]] = {o: Counter() for o in ORIGIN_PRIORITY}
     for ex in final:
         by_origin[ex.origin][ex.label] += 1
-    manifest = {
-        "seed": args.seed,
-        "corpus": None if args.corpus is None else os.path.relpath(args.corpus.resolve(), REPO_ROOT),
-        "split_fractions": list(args.split),
+    manifest: dict[str, object] = {
+        "seed": seed,
+        "corpus": None if corpus is None else os.path.relpath(corpus.resolve(), REPO_ROOT),
+        "split_fractions": list(split),
         "counts": {s: {label: counts[s][label] for label in LABELS} for s in SPLITS},
         "by_origin": {o: {label: by_origin[o][label] for label in LABELS} for o in by_origin},
         "dropped": dict(sorted(dropped.items())),
         "total": sum(sum(c.values()) for c in counts.values()),
     }
-    atomic_write(args.out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    manifest = build_dataset(
+        args.source,
+        args.out,
+        corpus=args.corpus,
+        company=args.company_name,
+        per_heading=args.per_heading,
+        max_corpus_questions=args.max_corpus_questions,
+        generalisation_set=args.generalisation_set,
+        split=args.split,
+        seed=args.seed,
+    )
     json.dump(manifest, sys.stdout, indent=2)
     print()
 

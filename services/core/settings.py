@@ -261,9 +261,36 @@ class RouterSettings(Section):
 
 class PromptSettings(Section):
     templates_dir: Path | None = None
-    system_prompt: str = (
-        "You are the assistant of Larkspur Analytics' internal help desk. Answer briefly and precisely."
+    system_prompt: str = Field(
+        "You are the assistant of {{ org_name }}'s internal help desk. Answer briefly and precisely.",
+        description="a Jinja2 string; {{ org_name }} and {{ org_description }} come from the project section",
     )
+
+
+# The example handbook's organisation: the defaults of the project section, and nowhere else.
+EXAMPLE_ORG_NAME = "Larkspur Analytics"
+
+
+class ProjectSettings(Section):
+    """The documents and organisation this service answers for (`hybridllm init` writes one per folder).
+
+    A config file with a `project` section belongs to a project folder: its relative paths are read
+    relative to the file's own folder, so the folder can be moved (see `_resolve_project_paths`).
+    """
+
+    corpus: Path = Field(Path("corpus/handbook"), description="the folder of documents (markdown, HTML, PDF)")
+    org_name: str = Field(EXAMPLE_ORG_NAME, min_length=1, description="the organisation the templates name")
+    org_description: str = Field(
+        f"{EXAMPLE_ORG_NAME}' policies, tools and processes",
+        min_length=1,
+        description="what the assistant answers questions about; the refusal names it",
+    )
+    router_recipe: Path | None = Field(None, description="router training YAML; default the packaged recipe")
+    router_max_steps: int | None = Field(None, ge=1, description="caps router training steps (a quick trial)")
+
+    def template_variables(self) -> dict[str, str]:
+        """What the prompt templates may use besides their own variables."""
+        return {"org_name": self.org_name, "org_description": self.org_description}
 
 
 class PriceCard(Section):
@@ -387,6 +414,7 @@ class Settings(BaseSettings):
     rag: RagSettings = RagSettings()
     router: RouterSettings = RouterSettings()
     prompts: PromptSettings = PromptSettings()
+    project: ProjectSettings = ProjectSettings()
     prices: PriceCard = PriceCard()
     privacy: PrivacySettings = PrivacySettings()
     auth: AuthSettings = AuthSettings()
@@ -442,7 +470,48 @@ class _YamlFileSource(YamlConfigSettingsSource):
             raise ConfigError(f"config file {file_path} is not valid YAML: {exc}") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {file_path} must hold a mapping at the top level")
+        if "project" in raw:
+            return _resolve_project_paths(raw, Path(str(file_path)).resolve().parent)
         return raw
+
+
+# The path settings a project's config file may hold relative to its own folder. Other config files keep
+# relative paths relative to the working directory, as before projects existed.
+PROJECT_PATH_KEYS: tuple[tuple[str, ...], ...] = (
+    ("data_dir",),
+    ("rag", "index_dir"),
+    ("rag", "corpus_dirs"),
+    ("router", "model_dir"),
+    ("prompts", "templates_dir"),
+    ("project", "corpus"),
+    ("project", "router_recipe"),
+    ("server", "adapter_versions_dir"),
+)
+
+
+def _resolve_project_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """`raw` with each relative path of PROJECT_PATH_KEYS made absolute against `base`."""
+
+    def resolved(value: object) -> object:
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            return str(base / value)
+        if isinstance(value, list):
+            return [resolved(item) for item in value]
+        return value
+
+    out = dict(raw)
+    for *parents, leaf in PROJECT_PATH_KEYS:
+        section: Any = out
+        for key in parents:
+            if not isinstance(section.get(key), dict):
+                break
+            child = dict(section[key])  # a copy: the caller's mapping stays as read
+            section[key] = child
+            section = child
+        else:
+            if leaf in section and section[leaf] is not None:
+                section[leaf] = resolved(section[leaf])
+    return out
 
 
 def _generator_error(error: ErrorDetails) -> tuple[str, str, object]:
@@ -502,8 +571,11 @@ __all__ = [
     "ObservabilitySettings",
     "OnnxGeneratorSettings",
     "OpenAIGeneratorSettings",
+    "EXAMPLE_ORG_NAME",
+    "PROJECT_PATH_KEYS",
     "PriceCard",
     "PrivacySettings",
+    "ProjectSettings",
     "PromptSettings",
     "QdrantSettings",
     "RagSettings",

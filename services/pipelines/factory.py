@@ -71,7 +71,7 @@ def build_components(
     on_cache_store_failure: StoreFailureHook | None = None,
 ) -> ServiceComponents:
     """Create and warm up everything. Blocking (loads models): call from a thread at start-up."""
-    prompts = PromptLibrary(settings.prompts.templates_dir)
+    prompts = PromptLibrary(settings.prompts.templates_dir, settings.project.template_variables())
     primary, fallback = _build_generators(settings, on_circuit_change)
     internal = next((g for g in (primary, fallback) if g is not None and g.trust == "internal"), None)
     guard = PrivacyGuard(PrivacyGate(settings.privacy), internal=internal)

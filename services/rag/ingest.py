@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -204,12 +204,14 @@ def ingest(
     *,
     embedder: Embedder | None = None,
     progress: bool = True,
+    manifest_extra: Mapping[str, Any] | None = None,
 ) -> IngestReport:
     """Ingest `paths` (folders or files) into a new version of `settings.index_dir` and make it current.
 
     With several paths, sources are prefixed by each root's folder name (`handbook/people/x.md`) so they
     stay unique; with one path they are relative to it. Raises RetrievalError when another ingest holds the
-    lock or no readable document is found.
+    lock or no readable document is found. `manifest_extra` is recorded in the version's manifest.json
+    (a project records the fingerprint of what it ingested).
     """
     started = time.perf_counter()
     index_dir = Path(settings.index_dir)
@@ -238,6 +240,7 @@ def ingest(
             "chunk_tokens": chunk_tokens,
             "chunk_overlap": settings.chunking.overlap,
             "skipped_files": loaded.skipped,
+            **(manifest_extra or {}),
         }
         contents = VersionContents(
             corpus_hash_of(chunks), chunks, embeddings, vectors, sparse, manifest, units

@@ -133,7 +133,8 @@ def read_beir_corpus(path: Path) -> Iterator[Document]:
             )
 
 
-def _candidate_files(root: Path) -> list[Path]:
+def candidate_files(root: Path) -> list[Path]:
+    """Every file under `root` (a folder or one file), hidden ones excluded, in a stable order."""
     if root.is_file():
         return [root]
     return sorted(
@@ -163,7 +164,7 @@ def load_corpus(roots: Sequence[Path]) -> LoadResult:
         if not root.exists():
             raise RetrievalError(f"corpus path does not exist: {root}")
         base = root.parent if root.is_file() else root
-        for path in _candidate_files(root):
+        for path in candidate_files(root):
             relative = path.relative_to(base).as_posix()
             source = f"{name}/{relative}" if prefix_sources and root.is_dir() else relative
             try:

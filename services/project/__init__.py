@@ -1,0 +1,1 @@
+"""A project folder: one organisation's documents, templates, router data and served state."""

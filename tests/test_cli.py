@@ -82,7 +82,7 @@ def test_help_lists_the_contract_commands() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "--help"], capture_output=True, text=True, check=False
     )
-    for command in ("serve", "ingest", "route", "train-router", "soup-router", "eval", "bench"):
+    for command in ("serve", "ingest", "route", "train-router", "soup-router", "eval", "bench", "init", "plan"):
         assert command in done.stdout
 
 

@@ -588,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         retriever,
         args.out,
         corpus_dir=args.corpus,
-        prompts=PromptLibrary(settings.prompts.templates_dir),
+        prompts=PromptLibrary(settings.prompts.templates_dir, settings.project.template_variables()),
         system_prompt=settings.prompts.system_prompt,
         options=GroundingOptions(
             context=settings.rag.context.mode, evidence_candidates=settings.rag.evidence.candidates

@@ -35,6 +35,7 @@ from services.core.settings import (
     TransformersGeneratorSettings,
 )
 from services.core.types import ChatMessage, GenerationParams
+from services.llm.prompts import PromptLibrary
 
 # The engines compared here run in this process.
 LocalGeneratorSettings = OnnxGeneratorSettings | TransformersGeneratorSettings
@@ -108,7 +109,7 @@ async def measure_engine(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     generator.warm_up()
     load_s = time.perf_counter() - started
-    system = PromptSettings().system_prompt
+    system = PromptLibrary().render_text(PromptSettings().system_prompt)
     await generator.complete([ChatMessage("user", "Hello")], GenerationParams(max_tokens=4))  # warm caches
 
     speed = []

@@ -400,12 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the workload draw and the resampling")
     parser.add_argument(
         "--validate-limit", type=int, default=0,
-        help="requests of a separate concurrency-1 run per pipeline at --validate-mix (0: check the mix "
-        "sweep against the main run's own requests)",
+        help="requests of a separate concurrency-1 run per pipeline at --target-mix, to check the mix "
+        "sweep against (0: check it against the main run's own requests)",
     )  # fmt: skip
     parser.add_argument(
-        "--validate-mix", type=_mix_arg, default=parse_mix(DEFAULT_MIX_TEXT), help="mix of that run"
-    )
+        "--target-mix", type=_mix_arg, default=parse_mix(DEFAULT_MIX_TEXT),
+        help="the mix the sweep splits non-knowledge requests by, and the validation run's mix "
+        f"(default {DEFAULT_MIX_TEXT})",
+    )  # fmt: skip
     parser.add_argument(
         "--slo", type=_positive_ms, default=DEFAULT_SLO_MS,
         help=f"end-to-end latency SLO in ms for goodput (default {DEFAULT_SLO_MS:.0f})",
@@ -477,6 +479,12 @@ def merge_variant(results: dict[str, Any], variant: str, run: Mapping[str, Any])
         results["validation_measured"][variant] = run["validation_measured"]["rag"]
 
 
+def _mean_cost_per_1k(scores: Sequence[Mapping[str, Any]]) -> float | None:
+    """Mean cost per 1k of the answered requests among `scores` (the first level's, as results.json holds)."""
+    costs = [float(s["cost_usd"] or 0.0) for s in scores if s["ok"]]
+    return sum(costs) / len(costs) * 1000.0 if costs else None
+
+
 def bench_compare_main(argv: list[str]) -> int:
     """`hybridllm bench compare ...`; exit 2 on bad input, 1 when the service could not be run."""
     configure_logging()
@@ -484,13 +492,14 @@ def bench_compare_main(argv: list[str]) -> int:
     limit = args.limit if args.limit is not None else (QUICK_LIMIT if args.quick else None)
     concurrencies = tuple(sorted(args.concurrency or (1, 4)))
     max_tokens = args.max_tokens or (48 if args.quick else 64)
+    target_mix = args.target_mix or parse_mix(DEFAULT_MIX_TEXT)
     try:
         every = load_eval_items(args.data)
         items = spread_sample(every, limit) if args.mix is None else draw_workload(
             every, args.mix, limit or len(every), args.seed
         )  # fmt: skip
         validation_items = (
-            draw_workload(every, args.validate_mix, args.validate_limit, args.seed + 1)
+            draw_workload(every, target_mix, args.validate_limit, args.seed + 1)
             if args.validate_limit > 0
             else []
         )
@@ -532,12 +541,12 @@ def bench_compare_main(argv: list[str]) -> int:
     if same:
         low = str(concurrencies[0])
         measured = {
-            p: {"p95_ms": s["latency"][low]["p95"], "cost_per_1k_usd": s["cost_per_1k_usd"]["from_responses"]}
+            p: {"p95_ms": s["latency"][low]["p95"], "cost_per_1k_usd": _mean_cost_per_1k(results["items"][p])}
             for p, s in results["pipelines"].items()
         }
     results["mix_sweep"] = mix_sweep_results(
-        results["items"], args.mix or parse_mix(DEFAULT_MIX_TEXT), seed=args.seed, measured=measured,
-        validation_mix=args.validate_mix if validation_items else Mix(tuple(results["mix"]["drawn"].items())),
+        results["items"], target_mix, seed=args.seed, measured=measured,
+        validation_mix=target_mix if validation_items else Mix(tuple(results["mix"]["drawn"].items())),
         same_requests=same,
     )  # fmt: skip
     results["config"] = {

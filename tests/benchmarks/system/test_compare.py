@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.system.compare import bench_compare_main
+from benchmarks.system.compare import adapter_env, bench_compare_main, variant_skip_reason
 from benchmarks.system.compare_report import write_compare_report
 from tests.evaluation.e2e_fake_service import PRICES, SAMPLE_ROWS, serve_fake
 
@@ -76,7 +76,8 @@ def test_compare_at_a_mix_with_goodput_mix_sweep_regret_and_all_sections(eval_fi
         code = bench_compare_main(["--base-url", url, "--data", str(eval_file), "--concurrency", "1",
                                    "--mix", "knowledge=0.5,direct=0.5", "--limit", "8", "--seed", "3",
                                    "--open-loads", "2", "--slo", "5000", "--rag-variants", "chunks",
-                                   "--validate-limit", "4", "--out", str(out)])  # fmt: skip
+                                   "--validate-limit", "4", "--target-mix", "knowledge=0.5,direct=0.5",
+                                   "--out", str(out)])  # fmt: skip
     assert code == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(line["pipelines"]) == set(pipelines)
@@ -100,7 +101,8 @@ def test_compare_at_a_mix_with_goodput_mix_sweep_regret_and_all_sections(eval_fi
     assert sweep["points"][0]["pipelines"]["rag"]["cost_per_1k_usd"] == pytest.approx(PRICES["rag"] * 1000)
     validation = sweep["validation"]
     assert validation["same_requests"] is False
-    assert validation["pipelines"]["rag"]["measured_cost_per_1k_usd"] is not None
+    assert validation["pipelines"]["rag"]["measured_cost_per_1k_usd"] == pytest.approx(PRICES["rag"] * 1000)
+    assert validation["pipelines"]["rag"]["computed_cost_per_1k_usd"] == pytest.approx(PRICES["rag"] * 1000)
     regret = results["routing_regret"]
     # 8 requests drawn from 3 knowledge and 2 direct items: 5 distinct items, every one routed right.
     assert regret["n"] == 5 and regret["regret_quality_points"] == 0.0
@@ -113,3 +115,23 @@ def test_compare_at_a_mix_with_goodput_mix_sweep_regret_and_all_sections(eval_fi
         assert heading in markdown
     assert "Run: prompt, rag, tuned, hybrid." in markdown
     assert (rendered / "mix_sweep.png").exists() and (rendered / "p99_vs_load.png").exists()
+
+
+def test_a_started_service_gets_every_adapter_folder(tmp_path):
+    for name in ("tuned", "grounded"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text("{}")
+    (tmp_path / "half-written").mkdir()
+    env = adapter_env(tmp_path, {})
+    assert json.loads(env["HYBRID_GENERATOR__ADAPTERS"]) == {
+        "grounded": str(tmp_path / "grounded"), "tuned": str(tmp_path / "tuned")
+    }  # fmt: skip
+    assert adapter_env(tmp_path, {"HYBRID_GENERATOR__ADAPTERS": "{}"}) == {}  # the caller's setting wins
+    assert adapter_env(tmp_path / "missing", {}) == {}
+
+
+def test_rag_variants_say_why_they_are_skipped(tmp_path):
+    with_grounded = {"HYBRID_GENERATOR__ADAPTERS": json.dumps({"grounded": "x"})}
+    assert variant_skip_reason("rag+grounded", None, with_grounded) is None
+    assert variant_skip_reason("rag+grounded", None, {}) == "no 'grounded' adapter (make grounded)"
+    assert "service the bench starts" in variant_skip_reason("rag+chunks", "http://127.0.0.1:1", {})

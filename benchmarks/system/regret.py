@@ -7,12 +7,11 @@ Regret is what the router's choices lose against an oracle that takes, per item,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.system.compare_report import GOAL_KNOWLEDGE_GAP
-from benchmarks.system.sweep import SweepItem, cheapest_near_best, sweep
+from benchmarks.system.sweep import SweepItem, cheapest_near_best, point_record, sweep
 
 OUTCOMES: tuple[str, ...] = ("only_rag_correct", "only_prompt_correct", "both_correct", "neither_correct")
 
@@ -68,10 +67,5 @@ def routing_regret(items: Sequence[SweepItem], quality_drop: float = GOAL_KNOWLE
         "quality_floor": f"always-RAG quality - {quality_drop * 100:.0f} points",
         "recommended": None
         if best is None
-        else {
-            "threshold": None if math.isinf(best.threshold) else best.threshold,
-            "share_rag": best.share_rag,
-            "quality": best.quality,
-            "cost_per_1k_usd": best.mean_cost * 1000.0,
-        },
+        else {**point_record(best), "cost_per_1k_usd": best.mean_cost * 1000.0},
     }

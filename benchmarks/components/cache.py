@@ -34,6 +34,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.fixture_upstream import MODEL_NAME, FixtureBehaviour, running_fixture_upstream
 from benchmarks.harness.in_thread import serve_in_thread
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
@@ -310,6 +311,8 @@ def write_report(results: dict[str, Any], out_dir: Path) -> None:
     lines = [
         "# Response cache: correctness and effect",
         "",
+        environment_markdown(results.get("environment")),
+        "",
         f"Run: `python -m benchmarks.components.cache` on {results['machine']}. "
         "Other agents were loading the same two cores during the run: latencies are indicative.",
         "",
@@ -421,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--repeat-rate must be in [0, 1), got {args.repeat_rate}")
     if not args.eval.is_file():
         parser.error(f"--eval: file not found: {args.eval}")
-    results: dict[str, Any] = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}"}
+    results: dict[str, Any] = {
+        "environment": environment(),
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+    }
     results["quality"] = quality(args.eval.resolve())
     if args.requests > 0:
         threshold = results["quality"]["chosen_threshold"]

@@ -24,6 +24,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.harness.environment import environment, environment_markdown  # noqa: E402
 from benchmarks.harness.report import markdown_table, write_json  # noqa: E402
 from benchmarks.harness.stats import percentile  # noqa: E402
 from services.rag.embedder import SentenceTransformerEmbedder  # noqa: E402
@@ -163,6 +164,7 @@ def main() -> None:
         row["p50_speedup_vs_torch_1t"] = round(baseline["p50_ms"] / row["p50_ms"], 2)
         row["throughput_vs_torch_1t"] = round(row["batch_texts_per_s"] / baseline["batch_texts_per_s"], 2)
     results: dict[str, Any] = {
+        "environment": environment(),
         "machine": f"{os.cpu_count()} cores shared with other processes; load average {load_at_start:.1f} "
         f"at start, {os.getloadavg()[0]:.1f} at end",
         "model": onnx_engines[1].model_id,
@@ -202,6 +204,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     eq = results["equivalence"]
     first_warm_up = "export included" if results.get("onnx_exported") else "export already in the cache"
     text = f"""# Embedder: torch (sentence-transformers) vs ONNX Runtime
+
+{environment_markdown(results.get("environment"))}
 
 Model {results["model"]}, max_seq_length {results["max_seq_length"]}. Machine: {results["machine"]}.
 Single-query latency over {results["queries_per_engine"]} short queries per engine (tokenization included),

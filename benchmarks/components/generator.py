@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from services.core.settings import (
     OnnxGeneratorSettings,
@@ -244,6 +245,8 @@ def write_report(result: dict[str, Any], out_dir: Path) -> None:
     lines = [
         "# Generator engines side by side",
         "",
+        environment_markdown(result.get("environment")),
+        "",
         f"Machine: {os.cpu_count()} CPUs visible, threads={result['config']['threads']}; greedy; "
         f"decode over {result['config']['decode_tokens']} tokens; median of {result['config']['reps']} reps. "
         "Each engine ran in its own process (peak RSS is its own). "
@@ -399,6 +402,7 @@ def main() -> None:
             print(f"measuring {model} / {engine} ...", file=sys.stderr, flush=True)
             rows.append(run_worker(args, model, engine))
     result = {
+        "environment": environment(),
         "config": {
             "threads": args.threads,
             "prompt_tokens": args.prompt_tokens,

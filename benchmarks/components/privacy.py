@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from benchmarks.harness.stats import percentile
 from services.core.errors import PolicyViolation
@@ -180,6 +181,8 @@ def write_report(out: Path, result: dict[str, Any]) -> None:
     md = [
         "# Privacy gate benchmark",
         "",
+        environment_markdown(result.get("environment")),
+        "",
         f"Machine: {result['machine']}; gate: default `PrivacySettings`, external backend.",
         "",
         "## Gate latency (`inspect_messages`, one system + one user message)",
@@ -267,6 +270,7 @@ def main() -> None:
     except ValueError:
         eval_name = args.eval.name
     result = {
+        "environment": environment(),
         "machine": f"{platform.machine()} python {platform.python_version()}",
         "latency": latency,
         "output_filter": output_filter,

@@ -36,6 +36,7 @@ import numpy.typing as npt
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.harness.environment import environment, environment_markdown  # noqa: E402
 from benchmarks.harness.stats import percentile  # noqa: E402
 from services.core.protocols import Embedder  # noqa: E402
 from services.core.settings import RagSettings  # noqa: E402
@@ -416,6 +417,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     lines = [
         "# Retrieval benchmark",
         "",
+        environment_markdown(results.get("environment")),
+        "",
         f"Machine: {results['machine']}. Query embedding (real MiniLM, 1 query, "
         f"{results.get('query_engine', 'torch')} engine, used in the totals): "
         f"p50 {results['query_embed_p50_ms']} ms,"
@@ -573,6 +576,7 @@ def main() -> None:
             measured[engine].extend(measure_query_embedding(candidate, 25))
     embed_ms = measured[args.query_engine]
     results: dict[str, Any] = {
+        "environment": environment(),
         "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start, "
         f"{args.threads} thread(s) per query, builds and ingestion on {args.ingest_threads}",
         "query_engine": args.query_engine,

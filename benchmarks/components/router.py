@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.paths import RESULTS_ROOT
 from services.core.errors import ConfigError
 from services.router.classifier import Engine, IntentRouterModel
@@ -120,6 +121,7 @@ def run(
         row["p50_speedup_vs_first"] = base["p50_ms"]["median"] / row["p50_ms"]["median"]
         row["qps_ratio_vs_first"] = row["batch_qps"][largest]["median"] / base["batch_qps"][largest]["median"]
     return {
+        "environment": environment(),
         "models": {name: str(path) for name, path in models},
         "data": str(data),
         "examples": len(examples),
@@ -140,6 +142,8 @@ def markdown(result: dict[str, Any], plot_name: str) -> str:
     sizes = result["batch_sizes"]
     lines = [
         f"# Router benchmark ({result['examples']} examples of `{Path(result['data']).name}`)",
+        "",
+        environment_markdown(result.get("environment")),
         "",
         "| model | variant | threads | accuracy | macro-F1 | oos recall | p50 ms | p99 ms "
         + "".join(f"| q/s, batch {size} " for size in sizes)

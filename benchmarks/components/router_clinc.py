@@ -32,6 +32,7 @@ import numpy.typing as npt
 import yaml
 
 from benchmarks.components.router import parse_model
+from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.paths import RESULTS_ROOT
 from services.core.errors import ConfigError
 from services.router.artifacts import read_artifacts
@@ -254,6 +255,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# Router on CLINC150 (Full) vs Larson et al. 2019, Table 2",
         "",
+        environment_markdown(results.get("environment")),
+        "",
         "Test split: 4,500 in-scope + 1,000 oos queries; thresholds chosen on validation (3,000 + 100) only.",
         "Scored by the serving code (ONNX Runtime). In-scope accuracy counts a rejected in-scope query "
         "as wrong.",
@@ -349,7 +352,13 @@ def main() -> int:
     if not runs:
         print("error: give --class-model and/or --threshold-model", file=sys.stderr)
         return 2
-    results = {"data": str(args.data.name), "machine": args.machine, "published": PUBLISHED, "runs": runs}
+    results = {
+        "environment": environment(),
+        "data": str(args.data.name),
+        "machine": args.machine,
+        "published": PUBLISHED,
+        "runs": runs,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     # Compact: each model carries two 1,001-point curves, and indenting them triples the file.
     (args.out / "router_clinc150.json").write_text(json.dumps(results) + "\n", encoding="utf-8")

@@ -24,6 +24,7 @@ import httpx
 
 from benchmarks.harness import prom
 from benchmarks.harness.client import PromptItem, send_chat
+from benchmarks.harness.environment import environment
 from benchmarks.harness.paths import RESULTS_ROOT
 from benchmarks.harness.report import run_label, write_load_report
 from benchmarks.harness.stats import RequestRecord, parse_goodput, summarize_records
@@ -269,6 +270,7 @@ def bench_load_main(argv: list[str]) -> int:
         "name": args.name,
         "base_url": config.base_url,
         "started_at": started,
+        "environment": environment(),
         "load_generator": f"process {os.getpid()} ({os.cpu_count()} cores visible), httpx",
         "config": {
             "pipelines": list(config.pipelines),

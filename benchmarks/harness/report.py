@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.environment import environment_markdown
+
 STAGE_ORDER: tuple[str, ...] = ("privacy", "route", "embed", "search", "rerank", "select", "generate")
 
 
@@ -188,6 +190,8 @@ def write_load_report(results: Mapping[str, Any], out_dir: Path) -> dict[str, st
     config = results.get("config", {})
     parts = [
         f"# Load benchmark: {results.get('name', 'load')}",
+        "",
+        environment_markdown(results.get("environment")),
         "",
         f"Target `{results.get('base_url')}`, {config.get('stream') and 'streaming' or 'non-streaming'}, "
         f"max_tokens {config.get('max_tokens')}, started {results.get('started_at')}.",

@@ -30,6 +30,7 @@ import httpx
 
 from benchmarks.harness import prom
 from benchmarks.harness.client import PromptItem, send_chat
+from benchmarks.harness.environment import environment
 from benchmarks.harness.load import configure_logging, display_path, make_http_client, run_entry
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from benchmarks.harness.stats import RequestRecord, summarize_records
@@ -561,6 +562,7 @@ def bench_compare_main(argv: list[str]) -> int:
         "started_at": started,
         "adapters": json.loads(adapters.get("HYBRID_GENERATOR__ADAPTERS", "{}")),
     }
+    results["environment"] = environment()
     results["goals"] = goals(results["pipelines"], max(concurrencies))
     out_dir = args.out or RESULTS_ROOT / args.name
     files = write_compare_report(results, out_dir)

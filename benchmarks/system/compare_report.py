@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.environment import environment_markdown
 from benchmarks.harness.report import fmt, markdown_table, write_json, write_markdown_report, write_plots
 from benchmarks.system.compare_sections import (
     goodput_section,
@@ -361,6 +362,8 @@ def write_compare_report(results: Mapping[str, Any], out_dir: Path) -> dict[str,
     variants = results.get("skipped_variants") or {}
     parts = [
         "# Architecture comparison",
+        "",
+        environment_markdown(results.get("environment")),
         "",
         f"{config['items']} items of `{config['data']}`, concurrency {config['concurrency']}, max_tokens "
         f"{config['max_tokens']}, {'streaming' if config['stream'] else 'non-streaming'}, service "

@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.fixture_upstream import MODEL_NAME, FixtureProcess, gateway_env
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from benchmarks.harness.redis_server import RedisServer
@@ -724,6 +725,7 @@ def run(rows: Sequence[str], work: Path, corpus: Path) -> dict[str, Any]:
             logger.info("crash matrix: %s", name)
             results.append(ROWS[name](bench))
     return {
+        "environment": environment(),
         "rows": [asdict(r) | {"target_met": r.target_met} for r in results],
         "target_met": all(r.target_met for r in results),
         "load_average": list(os.getloadavg()),
@@ -779,6 +781,7 @@ def write_report(payload: dict[str, Any], out: Path) -> None:
     load = ", ".join(f"{x:.2f}" for x in payload["load_average"])
     text = (
         "# Crash matrix\n\n"
+        f"{environment_markdown(payload.get('environment'))}\n\n"
         "Written by `hybridllm bench faults` (benchmarks/system/crash_matrix.py). Each row injects one "
         "fault into a running service under a steady load of rag requests (2 clients). Target: nothing "
         "lost and no 5xx other than 503 with Retry-After. "

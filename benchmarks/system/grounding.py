@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.load import configure_logging
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from benchmarks.harness.report import markdown_table, write_json
@@ -199,6 +200,8 @@ def run_one(
         **summarise(result, dev_ids),
         "seconds": round(time.perf_counter() - started, 1),
         "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        # Runs are cached across sessions: each carries the stack it was measured on.
+        "environment": environment(),
     }
     write_json(cached, record)
     return record
@@ -306,13 +309,16 @@ def plot(records: Sequence[Mapping[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(records: Sequence[Mapping[str, Any]], out_dir: Path, started: str) -> None:
+def write_report(
+    records: Sequence[Mapping[str, Any]], out_dir: Path, started: str, env: Mapping[str, Any]
+) -> None:
     """Replace everything after TABLES_MARKER in the report; what is above it (the rule, the
     interpretation) is written by people."""
     text = REPORT.read_text(encoding="utf-8") if REPORT.exists() else "# Grounded answers\n"
     head = text.split(TABLES_MARKER)[0].rstrip() + "\n\n"
     body = (
         f"{TABLES_MARKER}\n\n## Measured (`python -m benchmarks.system.grounding`, started {started})\n\n"
+        f"{environment_markdown(env)} Each cached run's own record: `{out_dir.name}/runs/*.json`.\n\n"
         f"{os.cpu_count()} cores; load average before/after each run in `{out_dir.name}/grounding.json`. "
         f"![quality vs latency]({out_dir.name}/grounding.png)\n\n{tables(records)}\n"
     )
@@ -360,9 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     records = [
         json.loads(path.read_text(encoding="utf-8")) for path in sorted((args.out / "runs").glob("*.json"))
     ]
-    write_json(args.out / "grounding.json", {"started": started, "runs": records})
+    env = environment()
+    write_json(args.out / "grounding.json", {"environment": env, "started": started, "runs": records})
     plot(records, args.out / "grounding.png")
-    write_report(records, args.out, started)
+    write_report(records, args.out, started, env)
     print(json.dumps({"runs": len(records), "report": str(REPORT.relative_to(REPO_ROOT))}))
     return 0
 

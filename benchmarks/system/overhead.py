@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import prom
+from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.fixture_upstream import (
     MODEL_NAME,
     FixtureBehaviour,
@@ -235,6 +236,8 @@ def write_overhead_report(results: Mapping[str, Any], out_dir: Path) -> Path:
         [
             "# Gateway overhead",
             "",
+            environment_markdown(results.get("environment")),
+            "",
             f"Fixture upstream (a benchmark fixture, not a model): {config['delay_ms']:g} ms fixed delay, "
             f"{config['tokens']} tokens, {'streaming' if config['stream'] else 'non-streaming'}. "
             f"Open-loop Poisson arrivals, {config['duration_s']:g} s per run, direct and through the gateway "
@@ -372,6 +375,7 @@ def bench_overhead_main(argv: list[str]) -> int:
     results = {
         "name": args.name,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "environment": environment(),
         "machine": f"{os.cpu_count()} cores visible, shared by the fixture, the gateway and the load "
         "generator.",
         "config": {

@@ -30,6 +30,7 @@ from typing import Any
 
 from benchmarks.harness import prom
 from benchmarks.harness.client import PromptItem, send_chat
+from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.load import configure_logging, make_http_client
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from benchmarks.harness.report import markdown_table, write_json
@@ -166,6 +167,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     config = results["config"]
     lines = [
         "# Serving under load: batched generation in the embedded engine",
+        "",
+        environment_markdown(results.get("environment")),
         "",
         f"Run {results['started_at']} on {results['machine']}. Embedded defaults (SmolLM2 int8, ONNX Runtime "
         f"GenAI), streamed requests, {config['max_tokens']} max tokens, greedy, "
@@ -359,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = with_ratios(rows)
     results: dict[str, Any] = {
         "started_at": started,
+        "environment": environment(),
         "machine": f"{os.cpu_count()} cores",
         "config": {
             "workloads": workloads,

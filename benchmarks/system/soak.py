@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.fixture_upstream import MODEL_NAME, FixtureProcess
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from benchmarks.harness.report import markdown_table, write_json
@@ -351,6 +352,8 @@ def write_report(result: dict[str, Any], out_dir: Path) -> None:
     lines = [
         "# Soak benchmark",
         "",
+        environment_markdown(result.get("environment")),
+        "",
         f"Machine: {os.cpu_count()} cores (shared), load average {result['load_average']:.1f} at start. "
         f"`rag` pipeline, openai backend against the fixture upstream ({result['config']['delay_ms']:g} ms "
         f"delay, {result['config']['tokens']} tokens) with a second fixture as `fallback_generator`; "
@@ -428,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(samples, events, rss)
     result = {
         "benchmark": "soak",
+        "environment": environment(),
         "load_average": load_average,
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "capacity": capacity,

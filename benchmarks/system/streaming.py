@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from benchmarks.harness.report import markdown_table, write_json
 from services.core.settings import OnnxGeneratorSettings, PromptSettings
@@ -162,12 +162,14 @@ def write_report(result: dict[str, Any]) -> None:
     lines = [
         "# The streaming path: engine alone against the gateway",
         "",
+        environment_markdown(result.get("environment")),
+        "",
         f"SmolLM2 ONNX {config['precision']}, {config['threads']} intra-op threads on both sides, greedy, "
         f"at most {config['tokens']} new tokens; {len(PROMPTS)} prompts x {config['rounds']} rounds, each "
         "prompt on both sides back to back (alternating which goes first). Engine: onnxruntime-genai driven "
         "directly. Gateway: `hybridllm serve`, the `prompt` pipeline with the privacy output filter on, read "
         f"as SSE. Medians. Load average (1 min) {result['load_average']['start']:.2f} at start, "
-        f"{result['load_average']['end']:.2f} at end. Commit {result['commit']}.",
+        f"{result['load_average']['end']:.2f} at end.",
         "",
         markdown_table(["side", "TTFT ms (gateway: first visible text)", "decode tok/s"], rows),
         "",
@@ -184,13 +186,6 @@ def write_report(result: dict[str, Any]) -> None:
 
 def _verdict(goal: dict[str, Any]) -> str:
     return "met" if goal["met"] else "missed"
-
-
-def _commit() -> str:
-    done = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
-    )
-    return done.stdout.strip() or "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         measured = gateway_run(client, question, args.tokens)
                     samples.append(Sample(side, index, *measured))
     result = {
+        "environment": environment(),
         "config": {
             "rounds": args.rounds,
             "tokens": args.tokens,
@@ -237,7 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "precision": args.precision,
         },
         "load_average": {"start": load_start, "end": os.getloadavg()[0]},
-        "commit": _commit(),
         "summary": summarize(samples),
         "samples": [asdict(s) for s in samples],
     }

@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.in_thread import serve_in_thread
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from services.core.settings import Settings, load_settings
@@ -298,6 +299,8 @@ def write_report(payload: dict[str, Any], out: Path) -> None:
     lines = [
         "# Update cost: 10 changed facts",
         "",
+        environment_markdown(payload.get("environment")),
+        "",
         f"Run {payload['started']} on {payload['machine']}; generator SmolLM2-135M (transformers), "
         f"tuned retrain {payload['config']['tuned_steps']} steps, answers of at most "
         f"{payload['config']['max_tokens']} tokens. Quality: the answer contains the NEW value.",
@@ -377,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     payload = {
         "started": started,
+        "environment": environment(),
         "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end",
         "config": {"tuned_steps": args.tuned_steps, "max_tokens": args.max_tokens, "facts": len(CHANGES)},
         "changes": [

@@ -60,18 +60,19 @@ async def evaluate_e2e(
     limit: int | None = None,
     out: Path | None = None,
     timeout_s: float = 300.0,
+    allow_drafts: bool = False,
 ) -> dict[str, Any]:
     """Score every item of `data` against the service at `base_url` (with or without a trailing /v1).
 
     Returns {"route_accuracy", "hit@5", "answer_contains", "refusal_accuracy", "false_refusal_rate",
     "p50_ms", "p95_ms", "n", "errors", "per_route": {...}, "items": [...]}; with `out`, the per-item records
-    are also written there as JSONL.
+    are also written there as JSONL. Rows still marked `"draft": true` are refused unless `allow_drafts`.
     """
     if concurrency <= 0:
         raise ValueError(f"concurrency must be > 0, got {concurrency}")
     if max_tokens <= 0:
         raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
-    items = load_eval_items(data, limit)
+    items = load_eval_items(data, limit, allow_drafts=allow_drafts)
     api_base = base_url.rstrip("/")
     if not api_base.endswith("/v1"):
         api_base += "/v1"

@@ -21,6 +21,7 @@ import httpx
 
 from services.core.ports import free_port
 from services.evaluation.e2e import evaluate_e2e
+from services.evaluation.scoring import load_eval_items
 
 logger = logging.getLogger(__name__)
 
@@ -192,11 +193,13 @@ def running_service(
         yield handle.base_url
 
 
-def evaluate_e2e_local(data: Path, corpus: Path, **kw: Any) -> dict[str, Any]:
+def evaluate_e2e_local(data: Path, corpus: Path | None, **kw: Any) -> dict[str, Any]:
     """`hybridllm eval e2e` without --base-url: start the service on `corpus`, evaluate, stop it.
 
-    `extra_env` and `config` go to `running_service`; everything else to `evaluate_e2e`.
+    `extra_env`, `config` and `index_dir` go to `running_service`; everything else to `evaluate_e2e`.
+    The eval file is read first, so a bad row or an unchecked draft fails before anything starts.
     """
+    load_eval_items(data, kw.get("limit"), allow_drafts=kw.get("allow_drafts", False))
     service_kw = {key: kw.pop(key) for key in ("extra_env", "config", "index_dir") if key in kw}
     with running_service(corpus, **service_kw) as base_url:
         return asyncio.run(evaluate_e2e(data, base_url=base_url, **kw))

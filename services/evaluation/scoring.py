@@ -1,7 +1,8 @@
 """Scoring one answer of the e2e eval set, and aggregating scores. Pure functions, no I/O.
 
 Item format (JSONL): {"id", "route": "rag"|"direct"|"out_of_scope", "question", "gold_files",
-"answer_substrings"}.
+"answer_substrings"}. A row with `"draft": true` (written by `hybridllm eval scaffold`) is refused unless
+drafts are allowed: its question and gold files are proposals that nobody has checked yet.
 A score is None where it does not apply (no route reported, no gold files, no substrings), so aggregates
 average only over the items a metric applies to.
 """
@@ -80,8 +81,8 @@ class ItemScore:
         return asdict(self)
 
 
-def load_eval_items(path: Path, limit: int | None = None) -> list[EvalItem]:
-    """Read the e2e JSONL; InvalidRequest names the line of a bad row."""
+def load_eval_items(path: Path, limit: int | None = None, *, allow_drafts: bool = False) -> list[EvalItem]:
+    """Read the e2e JSONL; InvalidRequest names the line of a bad row, or the first unchecked draft."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -92,9 +93,15 @@ def load_eval_items(path: Path, limit: int | None = None) -> list[EvalItem]:
             continue
         try:
             row = json.loads(line)
-            items.append(item_from_row(row, default_id=f"line-{number}"))
+            item = item_from_row(row, default_id=f"line-{number}")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise InvalidRequest(f"{path}:{number}: not an e2e eval row: {exc}") from exc
+        if row.get("draft") is True and not allow_drafts:
+            raise InvalidRequest(
+                f"{path}:{number}: item {item.item_id!r} is still a draft: check it and delete its "
+                '"draft" field, or pass --allow-drafts'
+            )
+        items.append(item)
     if not items:
         raise InvalidRequest(f"{path} holds no e2e eval rows")
     if limit is not None:

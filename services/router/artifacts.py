@@ -11,7 +11,9 @@ Layout (written atomically by `training.train_router`):
     calibration.json         {"temperature": T}: softmax(logits / T) is calibrated on validation data
     threshold.json           {"oos_method": ..., "threshold": float|null, ...}
     router_config.yaml       the training configuration used
-    metrics.json, confusion_matrix.png, MODEL_CARD.md
+    metrics.json             evaluation, data sizes, and "train_data": the training file's absolute path
+    explain_cache.npz        training-data vectors of `hybridllm route --explain` (written on first use)
+    confusion_matrix.png, MODEL_CARD.md
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ CONFIG_FILE = "router_config.yaml"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
 MODEL_CARD_FILE = "MODEL_CARD.md"
+# metrics.json's key for the training data file (routers trained before it was recorded lack it).
+TRAIN_DATA_KEY = "train_data"
 
 HOW_TO_TRAIN = "train one with `make router` (or `hybridllm train-router --data FILE --out DIR`)"
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal, cast
+
 from services.core.errors import ConfigError
 from services.core.settings import RouterSettings
 from services.core.types import IntentPrediction, RouteDecision
 
 KNOWN_PIPELINES: frozenset[str] = frozenset({"prompt", "rag", "tuned", "refuse"})
 DEFAULT_OOS_INTENT = "out_of_scope"
+# argmax: the top intent's target; low_confidence / unmapped_intent: low_confidence_target;
+# oos_threshold: below a threshold-method router's calibrated threshold, out of scope.
+RoutingRule = Literal["argmax", "low_confidence", "unmapped_intent", "oos_threshold"]
 
 
 def apply_oos_threshold(prediction: IntentPrediction, threshold: float, oos_label: str) -> IntentPrediction:
@@ -60,16 +65,35 @@ class RoutingPolicy:
     def threshold(self) -> float | None:
         return self._threshold
 
-    def decide(self, prediction: IntentPrediction) -> RouteDecision:
+    @property
+    def min_confidence(self) -> float:
+        return self._min_confidence
+
+    @property
+    def low_confidence_target(self) -> str:
+        return self._low_confidence_target
+
+    def rule_for(self, prediction: IntentPrediction) -> RoutingRule:
+        """Which rule of this policy decides `prediction` (what `hybridllm route --explain` reports)."""
         if self._threshold is not None and prediction.confidence < self._threshold:
+            return "oos_threshold"
+        if prediction.intent not in self._targets:
+            return "unmapped_intent"
+        if prediction.confidence < self._min_confidence:
+            return "low_confidence"
+        return "argmax"
+
+    def decide(self, prediction: IntentPrediction) -> RouteDecision:
+        rule = self.rule_for(prediction)
+        if rule == "oos_threshold":
             # The calibrated threshold is the out-of-scope decision itself: min_confidence does not apply.
-            prediction = apply_oos_threshold(prediction, self._threshold, self._oos_intent)
+            prediction = apply_oos_threshold(prediction, cast(float, self._threshold), self._oos_intent)
             target = self._targets[self._oos_intent]
+        elif rule == "argmax":
+            target = self._targets[prediction.intent]
         else:
-            mapped = self._targets.get(prediction.intent)
-            # An intent with no mapping (a model trained on other labels) is treated like an unsure one.
-            unsure = mapped is None or prediction.confidence < self._min_confidence
-            target = self._low_confidence_target if unsure or mapped is None else mapped
+            # Unsure, or an intent with no mapping (a model trained on other labels): the fallback target.
+            target = self._low_confidence_target
         return RouteDecision(
             intent=prediction.intent,
             confidence=prediction.confidence,

@@ -1,0 +1,1 @@
+"""`hybridllm plan`: capacity from the comparison's measured per-stage costs (benchmarks/results/compare)."""

@@ -467,13 +467,25 @@ def variant_skip_reason(variant: str, base_url: str | None, adapters: Mapping[st
     return None
 
 
+def _renamed_server(server: Mapping[str, Any], variant: str) -> dict[str, Any]:
+    """A run's /metrics summary with the `rag` label of its per-pipeline tables read as the variant's."""
+    return {
+        key: {variant if k == "rag" else k: v for k, v in value.items()}
+        if key.endswith("_by_pipeline") or key == "stages"
+        else value
+        for key, value in server.items()
+    }
+
+
 def merge_variant(results: dict[str, Any], variant: str, run: Mapping[str, Any]) -> None:
     """A variant service's `rag` results, renamed to the variant's row."""
     if "rag" not in run["pipelines"]:
         results["skipped_variants"][variant] = "its service did not list rag"
         return
     results["pipelines"][variant] = {**run["pipelines"]["rag"], "pipeline": variant}
-    results["runs"] += [{**r, "pipeline": variant} for r in run["runs"]]
+    results["runs"] += [
+        {**r, "pipeline": variant, "server": _renamed_server(r["server"], variant)} for r in run["runs"]
+    ]
     results["items"][variant] = [{**row, "pipeline": variant} for row in run["items"]["rag"]]
     results["goodput"] += [{**row, "pipeline": variant} for row in run["goodput"]]
     if "rag" in run["validation_measured"]:

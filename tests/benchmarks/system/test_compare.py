@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.system.compare import adapter_env, bench_compare_main, variant_skip_reason
+from benchmarks.system.compare import adapter_env, bench_compare_main, merge_variant, variant_skip_reason
 from benchmarks.system.compare_report import write_compare_report
 from tests.evaluation.e2e_fake_service import PRICES, SAMPLE_ROWS, serve_fake
 
@@ -135,3 +135,25 @@ def test_rag_variants_say_why_they_are_skipped(tmp_path):
     assert variant_skip_reason("rag+grounded", None, with_grounded) is None
     assert variant_skip_reason("rag+grounded", None, {}) == "no 'grounded' adapter (make grounded)"
     assert "service the bench starts" in variant_skip_reason("rag+chunks", "http://127.0.0.1:1", {})
+
+
+def test_a_variant_row_reads_its_services_rag_metrics_as_its_own():
+    results = {"pipelines": {}, "runs": [], "items": {}, "goodput": [], "validation_measured": {},
+               "skipped_variants": {}}  # fmt: skip
+    server = {
+        "stages": {"rag": {"generate": {}}},
+        "cost_usd_by_pipeline": {"rag": 0.1},
+        "egress_tokens": {"rag": 1},
+    }
+    run = {"pipelines": {"rag": {"pipeline": "rag"}}, "runs": [{"pipeline": "rag", "server": server}],
+           "items": {"rag": [{"pipeline": "rag"}]}, "goodput": [{"pipeline": "rag"}],
+           "validation_measured": {}}  # fmt: skip
+    merge_variant(results, "rag+grounded", run)
+    assert results["pipelines"]["rag+grounded"]["pipeline"] == "rag+grounded"
+    merged = results["runs"][0]
+    assert merged["pipeline"] == "rag+grounded"
+    assert merged["server"]["stages"] == {"rag+grounded": {"generate": {}}}
+    assert merged["server"]["cost_usd_by_pipeline"] == {"rag+grounded": 0.1}
+    assert merged["server"]["egress_tokens"] == {"rag": 1}  # not a per-pipeline table
+    assert results["items"]["rag+grounded"] == [{"pipeline": "rag+grounded"}]
+    assert results["goodput"] == [{"pipeline": "rag+grounded"}]

@@ -522,6 +522,8 @@ def bench_compare_main(argv: list[str]) -> int:
     pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
     started = datetime.now(UTC).isoformat(timespec="seconds")
     adapters = adapter_env(args.adapters_dir, os.environ) if args.base_url is None else {}
+    # The adapters a started service gets: the caller's HYBRID_GENERATOR__ADAPTERS, else the folders found.
+    served = {"HYBRID_GENERATOR__ADAPTERS": os.environ.get("HYBRID_GENERATOR__ADAPTERS", "{}"), **adapters}
     options: dict[str, Any] = {
         "concurrencies": concurrencies, "max_tokens": max_tokens, "stream": not args.no_stream,
         "api_key": args.api_key, "shadow_sample": args.shadow_sample, "slo_ms": args.slo,
@@ -532,7 +534,7 @@ def bench_compare_main(argv: list[str]) -> int:
             results = asyncio.run(compare(base_url, items, pipelines=pipelines, **options))
         results["skipped_variants"] = {}
         for variant in args.rag_variants:
-            reason = variant_skip_reason(variant, args.base_url, adapters)
+            reason = variant_skip_reason(variant, args.base_url, served)
             if reason is not None:
                 results["skipped_variants"][variant] = reason
                 continue
@@ -572,7 +574,7 @@ def bench_compare_main(argv: list[str]) -> int:
         "max_tokens": max_tokens,
         "stream": not args.no_stream,
         "started_at": started,
-        "adapters": json.loads(adapters.get("HYBRID_GENERATOR__ADAPTERS", "{}")),
+        "adapters": None if args.base_url else json.loads(served["HYBRID_GENERATOR__ADAPTERS"]),
     }
     results["environment"] = environment()
     results["goals"] = goals(results["pipelines"], max(concurrencies))

@@ -7,6 +7,7 @@ terminal) a bar would be carriage-return noise in a log, and nothing at all woul
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -87,3 +88,17 @@ class EmbeddingProgress:
                 self._done / max(elapsed, 1e-9),
                 self._what,
             )
+
+
+def progress_bars_or_log_lines() -> bool:
+    """For a command: True (draw bars) when stderr is a terminal; otherwise the progress lines of this module
+    are logged to stderr (once set up), since a command that configures no logging would show nothing."""
+    if sys.stderr.isatty():
+        return True
+    if not any(getattr(h, "hybridllm_progress", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        handler.hybridllm_progress = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return False

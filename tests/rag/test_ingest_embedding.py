@@ -14,10 +14,11 @@ import pytest
 from services.core.cpus import available_cpu_count
 from services.core.settings import load_settings
 from services.rag import ingest as ingest_module
+from services.rag import progress as progress_module
 from services.rag.embedder import SentenceTransformerEmbedder, build_ingest_embedder
 from services.rag.ingest import embed_texts
 from services.rag.onnx_embedder import OnnxEmbedder
-from services.rag.progress import EmbeddingProgress
+from services.rag.progress import EmbeddingProgress, progress_bars_or_log_lines
 from tests.rag.conftest import HashingEmbedder, rag_settings
 
 pytestmark = pytest.mark.unit
@@ -98,6 +99,19 @@ def test_on_a_terminal_the_bar_shows_rate_and_time_left(capsys: pytest.CaptureFi
         progress.update(50)
     drawn = capsys.readouterr().err
     assert "embedding chunks" in drawn and "50/50" in drawn and "chunks/s" in drawn and "<" in drawn
+
+
+def test_a_command_off_a_terminal_gets_the_log_lines_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(progress_module.logger, "handlers", [])
+    monkeypatch.setattr(progress_module.logger, "level", logging.NOTSET)
+    assert progress_bars_or_log_lines() is False  # pytest's captured stderr is not a terminal
+    assert progress_bars_or_log_lines() is False  # and a second call adds no second handler
+    assert len(progress_module.logger.handlers) == 1
+    with EmbeddingProgress(3, "chunks", bar=False) as progress:
+        progress.update(3)
+    assert capsys.readouterr().err.count("embedded 3 chunks in 0 s") == 1
 
 
 def test_ingestion_engine_is_onnx_on_every_usable_core_by_default(tmp_path: Path) -> None:

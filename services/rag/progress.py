@@ -15,6 +15,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from services.core.stderr_log import log_to_stderr
+
 logger = logging.getLogger(__name__)
 
 LOG_EVERY_S = 30.0
@@ -95,10 +97,5 @@ def progress_bars_or_log_lines() -> bool:
     are logged to stderr (once set up), since a command that configures no logging would show nothing."""
     if sys.stderr.isatty():
         return True
-    if not any(getattr(h, "hybridllm_progress", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        handler.hybridllm_progress = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    log_to_stderr(logger)
     return False

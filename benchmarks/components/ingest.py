@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from services.rag.evidence import units_for_embedding
 from services.rag.index_store import VERSIONS_DIR, read_chunks, read_current
 from services.rag.ingest import EMBED_BATCH, embed_texts, ingest
 from services.rag.onnx_embedder import OnnxEmbedder
+from services.rag.progress import progress_bars_or_log_lines
 
 Vectors = npt.NDArray[np.float32]
 EmbedFn = Callable[[Sequence[str]], Vectors]
@@ -94,8 +96,11 @@ def int8_onnx(fp32: OnnxEmbedder, workdir: Path, threads: int, batch: int) -> Em
 
     from services.core.encoding import pad_encodings
 
+    # Quantize a copy: the quantizer writes a shape-inferred file beside its input, which is a shared cache.
+    source = workdir / "model.fp32.onnx"
+    shutil.copyfile(fp32.export_dir / "model.onnx", source)
     target = workdir / "model.int8.onnx"
-    quantize_dynamic(str(fp32.export_dir / "model.onnx"), str(target), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(target), sess_options=options, providers=["CPUExecutionProvider"])
@@ -154,7 +159,7 @@ def full_ingest(corpus: Path, settings: Settings, cache_dir: Path) -> dict[str, 
         (Path(tmp) / "embedder-cache").symlink_to(cache_dir.resolve())
         rag = settings.rag.model_copy(update={"index_dir": index_dir})
         load_before = os.getloadavg()[0]
-        report = ingest([corpus], rag, progress=False)
+        report = ingest([corpus], rag, progress=progress_bars_or_log_lines())
     values = report.as_dict()
     values["minutes"] = round(report.seconds / 60, 2)
     values["stage_minutes"] = {k: round(v / 60, 2) for k, v in report.stage_seconds.items()}

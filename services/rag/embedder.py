@@ -144,7 +144,7 @@ def build_query_embedder(settings: RagSettings) -> Embedder:
 
 
 # Texts per ONNX Runtime call at ingestion (benchmarks/results/ingest.md compares 32, 64 and 128).
-INGEST_BATCH_SIZE = 64
+INGEST_BATCH_SIZE = 32
 
 
 def build_ingest_embedder(settings: RagSettings) -> Embedder:

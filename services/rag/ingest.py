@@ -62,7 +62,7 @@ class IngestReport:
     embedded_units: int
     skipped_files: tuple[str, ...]
     seconds: float
-    # Seconds per stage (load, chunk, embed_chunks, embed_units, write): where a slow ingest spends its time.
+    # Seconds per stage (load, embedder_warm_up, chunk, embed_chunks, index, embed_units, write), in order.
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

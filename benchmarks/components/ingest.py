@@ -151,16 +151,16 @@ def measure(
     return {name: len(texts) / seconds[name] for name in configs}, vectors
 
 
-def full_ingest(corpus: Path, settings: Settings, cache_dir: Path) -> dict[str, Any]:
-    """One ingest of `corpus` into a fresh temp index with the default (ONNX) ingest embedder."""
+def full_ingest(corpus: Path, settings: Settings, cache_dir: Path, engine: str) -> dict[str, Any]:
+    """One ingest of `corpus` into a fresh temp index with the `engine` ingest embedder."""
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmp:
         index_dir = Path(tmp) / "index"
         # The ONNX export cache sits beside the index: link the existing one, so no export is timed.
         (Path(tmp) / "embedder-cache").symlink_to(cache_dir.resolve())
-        rag = settings.rag.model_copy(update={"index_dir": index_dir})
+        rag = settings.rag.model_copy(update={"index_dir": index_dir, "ingest_embedder_engine": engine})
         load_before = os.getloadavg()[0]
         report = ingest([corpus], rag, progress=progress_bars_or_log_lines())
-    values = report.as_dict()
+    values = {"engine": engine, **report.as_dict()}
     values["minutes"] = round(report.seconds / 60, 2)
     values["stage_minutes"] = {k: round(v / 60, 2) for k, v in report.stage_seconds.items()}
     values["load_average_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
@@ -178,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="32,64,128")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 configuration")
     parser.add_argument("--full-corpus", type=Path, default=None, help="also time one full ingest of it")
+    parser.add_argument("--full-engines", default="onnx", help="ingest engines of the full ingest, in turn")
     parser.add_argument(
         "--full-only", action="store_true", help="only the full ingest, added to the existing ingest.json"
     )
@@ -192,9 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.full_corpus is None:
             raise SystemExit("--full-only needs --full-corpus")
         previous: dict[str, Any] = json.loads((args.out / "ingest.json").read_text(encoding="utf-8"))
-        previous["full_ingest"] = full_ingest(args.full_corpus, settings, args.cache_dir)
+        runs = {run["engine"]: run for run in previous.get("full_ingests", [])}
+        for engine in args.full_engines.split(","):
+            runs[engine] = full_ingest(args.full_corpus, settings, args.cache_dir, engine)
+        previous["full_ingests"] = list(runs.values())
         write_report(previous, args.out)
-        print(json.dumps(previous["full_ingest"]))
+        print(json.dumps(previous["full_ingests"]))
         return 0
     threads = available_cpu_count()
     batches = [int(b) for b in args.batch_sizes.split(",")]
@@ -258,7 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "configs": rows,
     }
     if args.full_corpus is not None:
-        results["full_ingest"] = full_ingest(args.full_corpus, settings, args.cache_dir)
+        results["full_ingests"] = [
+            full_ingest(args.full_corpus, settings, args.cache_dir, engine)
+            for engine in args.full_engines.split(",")
+        ]
     write_report(results, args.out)
     print(json.dumps(results))
     return 0
@@ -294,15 +301,30 @@ batches in input order. The last column: share of unit texts whose own chunk is 
 
 {table}
 """
-    full = results.get("full_ingest")
-    if full:
-        stages = ", ".join(f"{k} {v}" for k, v in full["stage_minutes"].items())
+    runs = results.get("full_ingests", [])
+    if runs:
+        stage_names = list(runs[0]["stage_minutes"])
+        full_table = markdown_table(
+            ["engine", "minutes", *stage_names, "load average before/after"],
+            [
+                [
+                    r["engine"],
+                    r["minutes"],
+                    *(r["stage_minutes"].get(k, "") for k in stage_names),
+                    "/".join(str(x) for x in r["load_average_before_after"]),
+                ]
+                for r in runs
+            ],  # fmt: skip
+            digits=2,
+        )
+        first = runs[0]
         text += f"""
-## One full ingest with the default (ONNX, all usable cores, length-sorted)
+## Full ingests, minutes per stage
 
-`{full["corpus"]}`: {full["files"]} files, {full["chunks"]} chunks, {full["embedded_units"]} units embedded,
-{full["minutes"]} minutes in all (load average {full["load_average_before_after"][0]} before,
-{full["load_average_before_after"][1]} after). Minutes per stage: {stages}.
+`{first["corpus"]}`: {first["files"]} files, {first["chunks"]} chunks, {first["embedded_units"]} evidence
+units, each run into a fresh temporary index (nothing reused), engines one after the other.
+
+{full_table}
 """
     (out / "ingest.md").write_text(text, encoding="utf-8")
 

@@ -65,19 +65,22 @@ def test_report_lists_every_configuration_and_the_full_ingest(tmp_path: Path) ->
         "rounds": 2,
         "torch_threads": 2,
         "configs": [{"config": "torch (before)", **row}, {"config": "onnx fp32 2t b64 sorted", **row}],
-        "full_ingest": {
-            "corpus": "c",
-            "files": 3,
-            "chunks": 9,
-            "embedded_units": 30,
-            "minutes": 1.5,
-            "load_average_before_after": [1.0, 2.0],
-            "stage_minutes": {"load": 0.1, "embed_units": 1.0},
-        },
+        "full_ingests": [
+            {
+                "engine": "onnx",
+                "corpus": "c",
+                "files": 3,
+                "chunks": 9,
+                "embedded_units": 30,
+                "minutes": 1.5,
+                "load_average_before_after": [1.0, 2.0],
+                "stage_minutes": {"load": 0.1, "embed_units": 1.0},
+            }
+        ],
     }
     write_report(results, tmp_path)
     text = (tmp_path / "ingest.md").read_text(encoding="utf-8")
-    assert "| onnx fp32 2t b64 sorted |" in text and "embed_units 1.0" in text
+    assert "| onnx fp32 2t b64 sorted |" in text and "| onnx | 1.50 | 0.10 | 1.00 | 1.0/2.0 |" in text
     assert (
         json.loads((tmp_path / "ingest.json").read_text(encoding="utf-8"))["configs"][0]["vs_before"] == 1.0
     )

@@ -310,7 +310,7 @@ batches in input order. The last column: share of unit texts whose own chunk is 
                 [
                     r["engine"],
                     r["minutes"],
-                    *(r["stage_minutes"].get(k, "") for k in stage_names),
+                    *(r.get("stage_minutes", {}).get(k, "") for k in stage_names),
                     "/".join(str(x) for x in r["load_average_before_after"]),
                 ]
                 for r in runs

@@ -313,12 +313,11 @@ def _e2e_corpus_and_index(args: argparse.Namespace) -> tuple[Path | None, Path |
     settings = settings_from(args)
     if corpus is None and read_current(settings.rag.index_dir) is not None:
         return None, settings.rag.index_dir
-    project_corpus = getattr(getattr(settings, "project", None), "corpus", None)
-    corpus = corpus or (Path(project_corpus) if project_corpus else None)
-    if corpus is None:
+    corpus = corpus or settings.project.corpus
+    if not corpus.is_dir():
         raise ValueError(
-            f"{args.config}: rag.index_dir {settings.rag.index_dir} holds no index and no corpus is set: "
-            "pass --corpus DIR"
+            f"{args.config}: rag.index_dir {settings.rag.index_dir} holds no index and the corpus {corpus} "
+            "is not a folder: set project.corpus or pass --corpus DIR"
         )
     return corpus, None
 

@@ -43,9 +43,11 @@ def test_eval_e2e_refuses_drafts_in_one_line_before_starting_anything(tmp_path, 
 
 def test_eval_e2e_with_a_config_but_no_index_or_corpus_names_what_to_pass(tmp_path, capsys):
     config = tmp_path / "config.yaml"
-    config.write_text(f"rag:\n  index_dir: {tmp_path / 'var' / 'index'}\n")
+    index_dir = tmp_path / "var" / "index"
+    config.write_text(f"rag:\n  index_dir: {index_dir}\nproject:\n  corpus: no-such-folder\n")
     data = _write(tmp_path / "q.jsonl", [CHECKED])
     with pytest.raises(SystemExit):
         main(["eval", "e2e", "--config", str(config), "--data", str(data)])
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds no index" in err and "--corpus" in err
+    assert "no-such-folder" in err

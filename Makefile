@@ -137,7 +137,9 @@ lint: install-dev
 	$(BIN)/mypy services training benchmarks
 
 # The comparison of the four architectures (and the grounded-adapter rag row when `make grounded` has run) at
-# the default traffic mix. tuned needs its adapter: trained here first when missing.
+# the default traffic mix (benchmarks/system/mix.py says why that mix), plus hybrid with the response cache off
+# and on at a 30 % repeat rate. tuned needs its adapter: trained here first when missing.
+BENCH_MIX ?= knowledge=0.5,direct=0.33,out_of_scope=0.17
 TUNED_ADAPTER := $(DATA_DIR)/adapters/tuned/adapter_config.json
 COMPARE := $(BIN)/python -m benchmarks.system.compare --adapters-dir $(DATA_DIR)/adapters
 
@@ -146,7 +148,7 @@ $(TUNED_ADAPTER):
 	$(MAKE) tuned
 
 bench: prepare index router $(TUNED_ADAPTER)
-	$(COMPARE) --quick --rag-variants grounded
+	$(COMPARE) --quick --mix $(BENCH_MIX) --rag-variants grounded --cache-repeat 0.3
 
 # Cost, p95 and quality against the knowledge share, from 40 requests per class at concurrency 1, checked
 # against a separate 30-request run at the default mix.

@@ -35,6 +35,7 @@ from benchmarks.harness.load import configure_logging, display_path, make_http_c
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from benchmarks.harness.stats import RequestRecord, summarize_records
 from benchmarks.harness.workload import Bounds, run_closed_loop, run_open_loop
+from benchmarks.system.cache_effect import CACHE_ON_ENV, WARMUP_QUESTION, cache_effect, repeated_workload
 from benchmarks.system.compare_report import goals, write_compare_report
 from benchmarks.system.goodput import DEFAULT_SLO_MS, goodput_table, offered_rates, parse_load_factors
 from benchmarks.system.mix import DEFAULT_MIX_TEXT, MIX_REASON, Mix, draw_workload, measured_mix, parse_mix
@@ -113,6 +114,7 @@ async def run_pipeline(
     headers: dict[str, str] | None,
     slos: dict[str, float],
     load_factors: Sequence[float] = (),
+    warmup: PromptItem | None = None,
 ) -> PipelineRun:
     """Each concurrency level once over the whole workload; then, per load factor, one open-loop run at
     that multiple of the first level's throughput."""
@@ -122,7 +124,7 @@ async def run_pipeline(
             client, base_url, item, pipeline=pipeline, max_tokens=max_tokens, stream=stream, headers=headers
         )
 
-    await send(prompts[0])  # warm-up: lazy loads and caches are not what we measure
+    await send(warmup or prompts[0])  # warm-up: lazy loads and caches are not what we measure
     result = PipelineRun()
     before_all = await prom.scrape(client, base_url)
     for concurrency in concurrencies:
@@ -278,6 +280,7 @@ async def compare(
     slo_ms: float = DEFAULT_SLO_MS,
     load_factors: Sequence[float] = (),
     validation_items: Sequence[EvalItem] = (),
+    warmup: PromptItem | None = None,
 ) -> dict[str, Any]:
     prompts = [PromptItem(i.item_id, i.question, {}) for i in items]
     validation_prompts = [PromptItem(i.item_id, i.question, {}) for i in validation_items]
@@ -297,7 +300,7 @@ async def compare(
         for pipeline in chosen:
             run = await run_pipeline(
                 client, base_url, pipeline, prompts, concurrencies, max_tokens=max_tokens, stream=stream,
-                headers=headers, slos=slos, load_factors=load_factors,
+                headers=headers, slos=slos, load_factors=load_factors, warmup=warmup,
             )  # fmt: skip
             all_runs += run.runs
             scores[pipeline] = score_records(items_by_id, run.first_records, pipeline)
@@ -361,6 +364,16 @@ def _factors_arg(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _repeat_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"repeat rate must be a number, got {text!r}") from exc
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"repeat rate must be in [0, 1), got {text!r}")
+    return value
+
+
 def _positive_ms(text: str) -> float:
     try:
         value = float(text)
@@ -420,6 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rag-variants", type=_variants_arg, default=(),
         help=f"extra rag rows, each on a service of its own: {', '.join(v[4:] for v in RAG_VARIANTS)}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cache-repeat", type=_repeat_rate, default=0.0,
+        help="also run hybrid with the response cache off and on over a workload where this share of "
+        "requests repeats an earlier one (0: not run)",
     )  # fmt: skip
     parser.add_argument(
         "--adapters-dir", type=Path, default=ADAPTERS_DIR,
@@ -498,6 +516,30 @@ def _mean_cost_per_1k(scores: Sequence[Mapping[str, Any]]) -> float | None:
     return sum(costs) / len(costs) * 1000.0 if costs else None
 
 
+def _cache_effect_run(
+    args: argparse.Namespace,
+    items: Sequence[EvalItem],
+    adapters: Mapping[str, str],
+    options: Mapping[str, Any],
+) -> dict[str, Any]:
+    """hybrid with the cache off, then on, over one seeded workload with repeats (benchmarks/system/
+    cache_effect.py); concurrency 1 only, since a second level would find every answer cached."""
+    if args.base_url is not None:
+        return {"skipped": "needs services the bench starts (the cache is a service setting)"}
+    if "hybrid" not in args.pipelines.split(","):
+        return {"skipped": "hybrid is not among --pipelines"}
+    workload = repeated_workload(items, args.cache_repeat, args.seed)
+    single = {
+        **options, "concurrencies": (1,), "load_factors": (), "validation_items": (),
+        "warmup": PromptItem("cache-warmup", WARMUP_QUESTION, {}),
+    }  # fmt: skip
+    runs = {}
+    for name, env in (("off", {}), ("on", CACHE_ON_ENV)):
+        with _service(None, args.corpus, {**adapters, **env}) as url:
+            runs[name] = asyncio.run(compare(url, workload, pipelines=["hybrid"], **single))
+    return cache_effect(args.cache_repeat, workload, runs["off"], runs["on"])
+
+
 def bench_compare_main(argv: list[str]) -> int:
     """`hybridllm bench compare ...`; exit 2 on bad input, 1 when the service could not be run."""
     configure_logging()
@@ -542,6 +584,8 @@ def bench_compare_main(argv: list[str]) -> int:
                 merge_variant(
                     results, variant, asyncio.run(compare(variant_url, items, pipelines=["rag"], **options))
                 )
+        if args.cache_repeat > 0:
+            results["cache_effect"] = _cache_effect_run(args, items, adapters, options)
     except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}))
         return 1

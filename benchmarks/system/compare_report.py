@@ -8,6 +8,7 @@ from typing import Any
 
 from benchmarks.harness.environment import environment_markdown
 from benchmarks.harness.report import fmt, markdown_table, write_json, write_markdown_report, write_plots
+from benchmarks.system.cache_effect import cache_effect_section
 from benchmarks.system.compare_sections import (
     goodput_section,
     mix_section,
@@ -406,4 +407,8 @@ def write_compare_report(results: Mapping[str, Any], out_dir: Path) -> dict[str,
         parts += ["## Goodput", "", goodput_section(results["goodput"], config.get("slo_ms", 0.0)), ""]
     if "routing_regret" in results:
         parts += ["## Routing regret", "", regret_section(results["routing_regret"]), ""]
+    effect = results.get("cache_effect")
+    if effect:
+        text = effect["skipped"] if "skipped" in effect else cache_effect_section(effect)
+        parts += ["## Response cache at a repeat rate", "", text, ""]
     return write_markdown_report(out_dir, parts, plots, json_path)

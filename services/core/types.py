@@ -93,6 +93,8 @@ class RetrievalOutcome:
     max_dense_score: float
     relevant: bool
     query_vector: npt.NDArray[np.float32]
+    # The query of a second search when rag.query_rewrite fired; None when the first one was used.
+    rewritten_query: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,10 @@ def bench_command(args: argparse.Namespace) -> None:
         from benchmarks.system.streaming import main as bench_streaming_main
 
         raise SystemExit(bench_streaming_main(rest))
+    if args.kind == "retrieval-options":
+        from benchmarks.components.retrieval_options import main as bench_retrieval_options_main
+
+        raise SystemExit(bench_retrieval_options_main(rest))
     from benchmarks.system.compare import bench_compare_main
 
     raise SystemExit(bench_compare_main(rest))
@@ -41,7 +45,9 @@ def register_bench(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench", help="load generator and architecture comparison (benchmarks/)"
     )
-    parser.add_argument("kind", choices=["load", "compare", "overhead", "serving", "streaming", "faults"])
+    parser.add_argument(
+        "kind", choices=["load", "compare", "overhead", "serving", "streaming", "faults", "retrieval-options"]
+    )
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     parser.set_defaults(handler=bench_command, config=None)
     return parser

@@ -223,6 +223,12 @@ class QueryRewriteSettings(Section):
     feedback_chunks: int = Field(3, ge=1, description="top chunks the expansion terms come from")
     terms: int = Field(5, ge=1, description="expansion terms added to the query")
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `off` as false.
+        return "off" if value is False else value
+
 
 class RagSettings(Section):
     index_dir: Path = Path("var/index")

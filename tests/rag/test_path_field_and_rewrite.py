@@ -173,3 +173,9 @@ def test_settings_validate_and_read_env(monkeypatch: pytest.MonkeyPatch) -> None
             load_settings(rag=bad)
     with pytest.raises(ValueError, match="path_files must be > 0"):
         RetrievalParams(path_files=0)
+
+
+def test_a_bare_yaml_off_is_the_off_method(tmp_path: Path) -> None:
+    config = tmp_path / "s.yaml"
+    config.write_text("rag:\n  query_rewrite:\n    method: off\n", encoding="utf-8")
+    assert load_settings(config).rag.query_rewrite.method == "off"

@@ -206,7 +206,9 @@ class PathFieldSettings(Section):
     """The file path's words (`dev/pull-requests.md` -> "dev pull requests") as a BM25 field of its own."""
 
     enabled: bool = Field(False, description="search the path words too and fuse that ranking in")
-    weight: float = Field(1.0, gt=0, description="weight of the path ranking in the fusion")
+    weight: float = Field(
+        0.1, gt=0, description="weight of the path ranking in the fusion (chosen on the corpus/eval dev half)"
+    )
     files: int = Field(5, ge=1, description="best-matching files whose chunks enter the path ranking")
     chunks_per_file: int = Field(2, ge=1, description="chunks per file, most similar to the query first")
 

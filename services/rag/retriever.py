@@ -36,7 +36,7 @@ class RetrievalParams:
     rerank_candidates: int = 20
     top_k: int = 5
     path_field: bool = False
-    path_weight: float = 1.0
+    path_weight: float = 0.1
     path_files: int = 5
     path_chunks_per_file: int = 2
     query_rewrite: QueryRewrite = "off"

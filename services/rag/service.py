@@ -140,6 +140,7 @@ class RetrievalService:
             relevant=ranked.max_dense_score >= self._settings.relevance.min_dense_score,
             query_vector=query_vector,
             rewritten_query=ranked.rewritten_query,
+            rewrite_ms=ranked.rewrite_ms,
         )
 
     def select_context(

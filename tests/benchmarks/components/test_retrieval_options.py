@@ -33,7 +33,7 @@ def test_options_are_scored_per_set_and_reported(tmp_path: Path) -> None:
     embedder = HashingEmbedder()
     options = [Option("baseline"), Option("both", path_weight=1.0, rewrite_below=2.0)]
     rows = run_set(settings, embedder, items, options)
-    baseline = summarise(rows["baseline"], rows["baseline"])
+    baseline = summarise(rows["baseline"])
     assert (baseline["n"], baseline["hit@1"], baseline["prompt_hit"], baseline["rewrite_rate"]) == (
         2,
         0.5,
@@ -41,10 +41,10 @@ def test_options_are_scored_per_set_and_reported(tmp_path: Path) -> None:
         0,
     )
     assert baseline["extra_ms_when_fired_p50"] is None
-    both = summarise(rows["both"], rows["baseline"])
+    both = summarise(rows["both"])
     assert both["rewrite_rate"] == 1.0 and both["extra_ms_when_fired_p50"] is not None
     grid, weight, threshold = tune_on_dev(settings, embedder, items)
-    assert len(grid) == 7 and weight > 0 and -1 <= threshold <= 1
+    assert len(grid) == 10 and weight > 0 and -1 <= threshold <= 1
     results = {
         "environment": None,
         "load_average_after": [0.5, 0.5, 0.5],
@@ -58,4 +58,5 @@ def test_options_are_scored_per_set_and_reported(tmp_path: Path) -> None:
     write_report(results, tmp_path / "report")
     text = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "| baseline | 2 | 0.500 | 0.500 |" in text and "corpus/eval, dev half" in text
+    assert "- both: prompt hit@5 vs baseline dev +0.000: keep off" in text
     assert "path field build" in text and (tmp_path / "report.json").is_file()

@@ -246,10 +246,14 @@ def write_report(results: Mapping[str, Any], out: Path) -> None:
 
 def verdict(sets: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
     """The issue's rule, quality first: an option is worth turning on when it raises prompt hit@5 on
-    corpus/eval (both halves together) and lowers it on no set; latency decides only between equals."""
+    corpus/eval (both halves together) and lowers it on no set; latency decides only between equals.
+    Rows whose setting was not chosen on the dev half are not candidates."""
     lines = []
     for option in next(iter(sets.values())):
         if option == "baseline":
+            continue
+        if "not chosen" in option:
+            lines.append(f"- {option}: reported only, its threshold was not chosen on the dev half")
             continue
         gains = {
             name: round(rows[option]["prompt_hit"] - rows["baseline"]["prompt_hit"], 3)

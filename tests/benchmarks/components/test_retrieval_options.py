@@ -12,6 +12,7 @@ from benchmarks.components.retrieval_options import (
     summarise,
     synthetic_search_cost,
     tune_on_dev,
+    verdict,
     write_report,
 )
 from services.evaluation.scoring import EvalItem
@@ -60,3 +61,22 @@ def test_options_are_scored_per_set_and_reported(tmp_path: Path) -> None:
     assert "| baseline | 2 | 0.500 | 0.500 |" in text and "corpus/eval, dev half" in text
     assert "- both: prompt hit@5 vs baseline dev +0.000: keep off" in text
     assert "path field build" in text and (tmp_path / "report.json").is_file()
+
+
+def test_the_default_rule_needs_a_corpus_eval_gain_and_no_loss_and_a_dev_chosen_setting() -> None:
+    def scores(prompt_hit: float) -> dict[str, float]:
+        return {"prompt_hit": prompt_hit}
+
+    sets = {
+        "dev": {"baseline": scores(0.5), "a": scores(0.6), "b": scores(0.6), "c (not chosen)": scores(0.9)},
+        "sourcegraph": {
+            "baseline": scores(0.5),
+            "a": scores(0.5),
+            "b": scores(0.4),
+            "c (not chosen)": scores(0.9),
+        },
+    }
+    lines = verdict(sets)
+    assert lines[0] == "- a: prompt hit@5 vs baseline dev +0.100, sourcegraph +0.000: turn on"
+    assert lines[1].endswith("sourcegraph -0.100: keep off")
+    assert lines[2] == "- c (not chosen): reported only, its threshold was not chosen on the dev half"

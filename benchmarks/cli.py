@@ -7,52 +7,36 @@ throughput, and the architecture comparison. The bench modules load when the com
 from __future__ import annotations
 
 import argparse
+import importlib
+from collections.abc import Callable
 
 from services.cli import Subparsers, add_command
 
+# `hybridllm bench KIND`: the module and function that run each bench, imported only when it runs.
+BENCHES: dict[str, tuple[str, str]] = {
+    "load": ("benchmarks.harness.load", "bench_load_main"),
+    "compare": ("benchmarks.system.compare", "bench_compare_main"),
+    "overhead": ("benchmarks.system.overhead", "bench_overhead_main"),
+    "serving": ("benchmarks.system.serving", "main"),
+    "streaming": ("benchmarks.system.streaming", "main"),
+    "ttft": ("benchmarks.system.ttft", "main"),
+    "faults": ("benchmarks.system.crash_matrix", "main"),
+    "ingest": ("benchmarks.components.ingest", "main"),
+    "retrieval-options": ("benchmarks.components.retrieval_options", "main"),
+}
+
 
 def bench_command(args: argparse.Namespace) -> None:
-    rest: list[str] = list(args.rest)
-    if args.kind == "load":
-        from benchmarks.harness.load import bench_load_main
-
-        raise SystemExit(bench_load_main(rest))
-    if args.kind == "overhead":
-        from benchmarks.system.overhead import bench_overhead_main
-
-        raise SystemExit(bench_overhead_main(rest))
-    if args.kind == "serving":
-        from benchmarks.system.serving import main as bench_serving_main
-
-        raise SystemExit(bench_serving_main(rest))
-    if args.kind == "faults":
-        from benchmarks.system.crash_matrix import main as bench_faults_main
-
-        raise SystemExit(bench_faults_main(rest))
-    if args.kind == "streaming":
-        from benchmarks.system.streaming import main as bench_streaming_main
-
-        raise SystemExit(bench_streaming_main(rest))
-    if args.kind == "ttft":
-        from benchmarks.system.ttft import main as bench_ttft_main
-
-        raise SystemExit(bench_ttft_main(rest))
-    if args.kind == "ingest":
-        from benchmarks.components.ingest import main as bench_ingest_main
-
-        raise SystemExit(bench_ingest_main(rest))
-    from benchmarks.system.compare import bench_compare_main
-
-    raise SystemExit(bench_compare_main(rest))
+    module, function = BENCHES[args.kind]
+    run: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
+    raise SystemExit(run(list(args.rest)))
 
 
 def register_bench(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench", help="load generator and architecture comparison (benchmarks/)"
     )
-    parser.add_argument(
-        "kind", choices=["load", "compare", "overhead", "serving", "streaming", "ttft", "faults", "ingest"]
-    )
+    parser.add_argument("kind", choices=list(BENCHES))
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     parser.set_defaults(handler=bench_command, config=None)
     return parser

@@ -219,6 +219,36 @@ class RelevanceSettings(Section):
     no_answer: Literal["say_so", "generate"] = "say_so"
 
 
+class PathFieldSettings(Section):
+    """The file path's words (`dev/pull-requests.md` -> "dev pull requests") as a BM25 field of its own."""
+
+    enabled: bool = Field(False, description="search the path words too and fuse that ranking in")
+    weight: float = Field(
+        0.1, gt=0, description="weight of the path ranking in the fusion (chosen on the corpus/eval dev half)"
+    )
+    files: int = Field(5, ge=1, description="best-matching files whose chunks enter the path ranking")
+    chunks_per_file: int = Field(2, ge=1, description="chunks per file, most similar to the query first")
+
+
+class QueryRewriteSettings(Section):
+    """A second retrieval with a rewritten query when the first one is not confident."""
+
+    method: Literal["off", "prf"] = Field(
+        "off", description="off, or prf: add the top chunks' heading and path terms (relevance feedback)"
+    )
+    below: float = Field(
+        0.5, ge=-1, le=1, description="rewrite when the best chunk's cosine to the query is below this"
+    )
+    feedback_chunks: int = Field(3, ge=1, description="top chunks the expansion terms come from")
+    terms: int = Field(5, ge=1, description="expansion terms added to the query")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `off` as false.
+        return "off" if value is False else value
+
+
 class RagSettings(Section):
     index_dir: Path = Path("var/index")
     corpus_dirs: list[Path] = Field(default_factory=lambda: [Path("corpus/handbook")])
@@ -248,6 +278,8 @@ class RagSettings(Section):
     evidence: EvidenceSettings = EvidenceSettings()
     grounding: GroundingSettings = GroundingSettings()
     relevance: RelevanceSettings = RelevanceSettings()
+    path_field: PathFieldSettings = PathFieldSettings()
+    query_rewrite: QueryRewriteSettings = QueryRewriteSettings()
 
 
 class RouterSettings(Section):

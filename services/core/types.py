@@ -93,6 +93,9 @@ class RetrievalOutcome:
     max_dense_score: float
     relevant: bool
     query_vector: npt.NDArray[np.float32]
+    # The query of a second search when rag.query_rewrite fired; None when the first one was used.
+    rewritten_query: str | None = None
+    rewrite_ms: float = 0.0  # the rewrite and its second search, inside timings_ms["search"]
 
 
 @dataclass(frozen=True, slots=True)

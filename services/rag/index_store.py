@@ -39,6 +39,7 @@ import numpy.typing as npt
 from services.core.atomic import atomic_write, staged_dir
 from services.core.errors import IndexCorrupted, RetrievalError
 from services.core.types import Chunk
+from services.rag.path_field import PathFieldIndex
 from services.rag.sparse import Bm25Index
 from services.rag.store import VectorStore, load_vector_store, release_vector_store
 
@@ -94,6 +95,11 @@ class IndexSnapshot:
     @property
     def created_at(self) -> datetime:
         return datetime.fromisoformat(str(self.manifest["created_at"]))
+
+    @cached_property
+    def path_field(self) -> PathFieldIndex:
+        """BM25 over the chunks' file paths (rag.path_field), built on first use from the chunks."""
+        return PathFieldIndex(self.chunks)
 
     @cached_property
     def rows_by_chunk_id(self) -> dict[str, int]:

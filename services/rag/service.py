@@ -93,6 +93,7 @@ class RetrievalService:
         self._embedder.warm_up()
         self._reranker.warm_up()
         self._check_compatible(snapshot)
+        self._prepare(snapshot)
         self._snapshot = snapshot
         # One throwaway query pays the first-call costs (lazy imports, allocator growth) here, not on a user.
         self.retrieve("warm up")
@@ -107,6 +108,11 @@ class RetrievalService:
                 f"({self._embedder.dimensions}); re-ingest the corpus",
                 code="embedder_mismatch",
             )
+
+    def _prepare(self, snapshot: IndexSnapshot) -> None:
+        """Build what the enabled options derive from the index before it serves, not on a user's query."""
+        if self._settings.path_field.enabled:
+            _ = snapshot.path_field
 
     def _current(self) -> IndexSnapshot:
         snapshot = self._snapshot
@@ -133,6 +139,8 @@ class RetrievalService:
             max_dense_score=ranked.max_dense_score,
             relevant=ranked.max_dense_score >= self._settings.relevance.min_dense_score,
             query_vector=query_vector,
+            rewritten_query=ranked.rewritten_query,
+            rewrite_ms=ranked.rewrite_ms,
         )
 
     def select_context(
@@ -167,6 +175,7 @@ class RetrievalService:
             try:
                 snapshot = load_version(self._index_dir, version)
                 self._check_compatible(snapshot)
+                self._prepare(snapshot)
             except RetrievalError as exc:
                 # Remember the refusal so a periodic caller does not reload a broken version every tick.
                 self._refused_version = version

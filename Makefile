@@ -20,7 +20,7 @@ CLINC_SEEDS ?= 13 29
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev lock prepare index router tuned grounded run test test-fast lint bench clean qwen qwen15 clinc150
+.PHONY: help install install-dev lock prepare index router tuned grounded run test test-fast lint bench bench-sweep bench-load clean qwen qwen15 clinc150
 
 help:
 	@echo "make run    - install, convert models, ingest $(CORPUS), train the router if needed, serve on 127.0.0.1:8000"
@@ -29,7 +29,9 @@ help:
 	@echo "make test   - install with dev extras and run the whole test suite"
 	@echo "make lint   - ruff + mypy"
 	@echo "make lock   - rewrite constraints.txt (the pins every install uses) from what .venv has installed"
-	@echo "make bench  - the default architecture comparison (benchmarks/results/)"
+	@echo "make bench  - the four architectures compared at the default traffic mix (benchmarks/results/compare/)"
+	@echo "make bench-sweep - cost, p95 and quality against the knowledge share (benchmarks/results/compare-sweep/)"
+	@echo "make bench-load  - goodput and p99 against offered load (benchmarks/results/compare-load/)"
 	@echo "make tuned  - train the generator's LoRA adapter for the tuned pipeline"
 	@echo "make grounded - train the generator's LoRA adapter for grounded rag answers (rag.adapter; ~25 min on 2 cores)"
 	@echo "make clinc150 - the router on CLINC150: one run per seed in CLINC_SEEDS and the report (~40-65 min a run)"
@@ -134,8 +136,27 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy services training benchmarks
 
-bench: prepare index router
-	$(BIN)/python -m benchmarks.system.compare --quick
+# The comparison of the four architectures (and the grounded-adapter rag row when `make grounded` has run) at
+# the default traffic mix. tuned needs its adapter: trained here first when missing.
+TUNED_ADAPTER := $(DATA_DIR)/adapters/tuned/adapter_config.json
+COMPARE := $(BIN)/python -m benchmarks.system.compare --adapters-dir $(DATA_DIR)/adapters
+
+$(TUNED_ADAPTER):
+	@echo "bench: no tuned adapter in $(DATA_DIR)/adapters/tuned; training it first (make tuned, about 5 min on 2 cores)"
+	$(MAKE) tuned
+
+bench: prepare index router $(TUNED_ADAPTER)
+	$(COMPARE) --quick --rag-variants grounded
+
+# Cost, p95 and quality against the knowledge share, from 40 requests per class at concurrency 1, checked
+# against a separate 30-request run at the default mix.
+bench-sweep: prepare index router $(TUNED_ADAPTER)
+	$(COMPARE) --mix knowledge=0.34,direct=0.33,out_of_scope=0.33 --limit 120 --concurrency 1 \
+		--validate-limit 30 --max-tokens 48 --name compare-sweep
+
+# Goodput and p99 against offered load: concurrency 1, then open-loop arrivals at 2, 4 and 8 times its throughput.
+bench-load: prepare index router $(TUNED_ADAPTER)
+	$(COMPARE) --quick --concurrency 1 --open-loads 2,4,8 --name compare-load
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) .mypy_cache .ruff_cache .pytest_cache

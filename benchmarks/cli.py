@@ -1,7 +1,8 @@
 """`hybridllm bench` (an entry point in the `hybridllm.commands` group, extra `bench`): the load generator,
-the gateway overhead, serving (batching), streaming and TTFT benches, the crash matrix, and the architecture
-comparison. The bench modules load when the command runs. `hybridllm plan` (entry point `plan`, same extra):
-capacity per architecture from the comparison's measured costs (benchmarks/planning)."""
+the gateway overhead, serving (batching), streaming and TTFT benches, the crash matrix, ingestion's embedding
+throughput, and the architecture comparison. The bench modules load when the command runs. `hybridllm plan`
+(entry point `plan`, same extra): capacity per architecture from the comparison's measured costs
+(benchmarks/planning)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ def bench_command(args: argparse.Namespace) -> None:
         from benchmarks.system.ttft import main as bench_ttft_main
 
         raise SystemExit(bench_ttft_main(rest))
+    if args.kind == "ingest":
+        from benchmarks.components.ingest import main as bench_ingest_main
+
+        raise SystemExit(bench_ingest_main(rest))
     from benchmarks.system.compare import bench_compare_main
 
     raise SystemExit(bench_compare_main(rest))
@@ -46,7 +51,7 @@ def register_bench(subparsers: Subparsers) -> argparse.ArgumentParser:
         "bench", help="load generator and architecture comparison (benchmarks/)"
     )
     parser.add_argument(
-        "kind", choices=["load", "compare", "overhead", "serving", "streaming", "ttft", "faults"]
+        "kind", choices=["load", "compare", "overhead", "serving", "streaming", "ttft", "faults", "ingest"]
     )
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     parser.set_defaults(handler=bench_command, config=None)

@@ -212,9 +212,10 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> None:
     from services.rag.ingest import ingest
+    from services.rag.progress import progress_bars_or_log_lines
 
     settings = settings_from(args, **_index_override(args.index))
-    report = ingest(list(args.paths), settings.rag, progress=sys.stderr.isatty())
+    report = ingest(list(args.paths), settings.rag, progress=progress_bars_or_log_lines())
     emit(report.as_dict())
 
 

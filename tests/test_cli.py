@@ -82,7 +82,8 @@ def test_help_lists_the_contract_commands() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "--help"], capture_output=True, text=True, check=False
     )
-    for command in ("serve", "ingest", "route", "train-router", "soup-router", "eval", "bench", "init", "plan"):
+    commands = ("serve", "ingest", "route", "train-router", "soup-router", "eval", "bench", "init", "plan")
+    for command in commands:
         assert command in done.stdout
 
 

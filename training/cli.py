@@ -21,6 +21,7 @@ from services.cli import (
     settings_from,
 )
 from services.core.settings import OnnxGeneratorSettings, load_settings
+from services.core.stderr_log import log_to_stderr
 from services.router.artifacts import OOS_METHODS
 
 
@@ -31,13 +32,7 @@ def training_progress() -> bool:
     """
     if sys.stderr.isatty():
         return True
-    training = logging.getLogger("training")
-    if not any(getattr(h, "hybridllm_progress", False) for h in training.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-        handler.hybridllm_progress = True  # type: ignore[attr-defined]
-        training.addHandler(handler)
-    training.setLevel(logging.INFO)
+    log_to_stderr(logging.getLogger("training"))
     return False
 
 

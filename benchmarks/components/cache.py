@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import platform
-import random
 import tempfile
 import time
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from benchmarks.harness.in_thread import serve_in_thread
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from benchmarks.harness.report import markdown_table, write_json
 from benchmarks.harness.stats import percentile
+from benchmarks.harness.workload import with_repeats
 from services.cache.entry import CachedAnswer
 from services.cache.key import CacheKey, cache_key
 from services.cache.service import ResponseCache
@@ -224,18 +224,7 @@ def _questions(limit: int) -> list[str]:
 
 def request_sequence(requests: int, repeat_rate: float, seed: int = 7) -> list[str]:
     """`requests` questions; each, with probability `repeat_rate`, repeats one asked before."""
-    rng = random.Random(seed)
-    fresh = iter(_questions(requests))
-    asked: list[str] = []
-    sequence = []
-    for _ in range(requests):
-        if asked and rng.random() < repeat_rate:
-            sequence.append(rng.choice(asked))
-        else:
-            question = next(fresh)
-            asked.append(question)
-            sequence.append(question)
-    return sequence
+    return with_repeats(_questions(requests), requests, repeat_rate, seed)
 
 
 def _run_sequence(base_url: str, sequence: Sequence[str]) -> dict[str, Any]:

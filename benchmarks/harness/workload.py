@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks.harness.client import PromptItem
 from benchmarks.harness.stats import RequestRecord
@@ -27,6 +27,30 @@ BUILTIN_PROMPTS: tuple[str, ...] = (
     "What's the weather like on Mars today?",
     "How do I request a new laptop?",
 )
+
+T = TypeVar("T")
+
+
+def with_repeats(pool: Sequence[T], requests: int, repeat_rate: float, seed: int) -> list[T]:
+    """`requests` entries from `pool` in order; each, with probability `repeat_rate`, instead repeats one
+    already sent (seeded). Raises ValueError when the pool runs out of fresh entries."""
+    if not 0.0 <= repeat_rate < 1.0:
+        raise ValueError(f"repeat rate must be in [0, 1), got {repeat_rate:g}")
+    rng = random.Random(seed)
+    fresh = iter(pool)
+    sent: list[T] = []
+    sequence: list[T] = []
+    for _ in range(requests):
+        if sent and rng.random() < repeat_rate:
+            sequence.append(rng.choice(sent))
+            continue
+        entry = next(fresh, None)
+        if entry is None:
+            raise ValueError(f"{len(pool)} distinct entries are too few for {requests} requests")
+        sent.append(entry)
+        sequence.append(entry)
+    return sequence
+
 
 SendFn = Callable[[PromptItem], Coroutine[Any, Any, RequestRecord]]
 

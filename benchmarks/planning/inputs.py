@@ -13,34 +13,21 @@ import yaml
 from pydantic import ValidationError
 
 from benchmarks.planning.capacity import GpuType
-from benchmarks.planning.costs import IDEAL_ROUTES, PlanInputError
+from benchmarks.planning.costs import PlanInputError
+from benchmarks.system import mix
 from services.core.settings import PriceCard
 
-MIX_CLASSES = tuple(IDEAL_ROUTES)
-MIX_TOLERANCE = 0.01
 GPU_FIELDS = ("prefill_tok_s", "decode_tok_s", "batch_size", "max_concurrent_seqs", "usd_per_hour")
 _SLO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$")
 
 
 def parse_mix(text: str) -> dict[str, float]:
-    """`knowledge=0.5,direct=0.33,out_of_scope=0.17` -> shares; classes left out get 0."""
-    mix = dict.fromkeys(MIX_CLASSES, 0.0)
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        name = name.strip()
-        if name not in mix:
-            raise PlanInputError(f"--mix: unknown class {name!r} (classes: {', '.join(MIX_CLASSES)})")
-        try:
-            share = float(value) if sep else float("nan")
-        except ValueError:
-            share = float("nan")
-        if not 0 <= share <= 1:
-            raise PlanInputError(f"--mix: share of {name} must be a number in [0, 1], got {value.strip()!r}")
-        mix[name] = share
-    total = sum(mix.values())
-    if abs(total - 1.0) > MIX_TOLERANCE:
-        raise PlanInputError(f"--mix: shares sum to {total:g}, not 1 (+/- {MIX_TOLERANCE})")
-    return mix
+    """`knowledge=0.5,direct=0.33,out_of_scope=0.17` -> shares (the comparison's parser); classes left out
+    get 0."""
+    try:
+        return mix.parse_mix(text).as_dict()
+    except ValueError as exc:
+        raise PlanInputError(f"--mix: {exc}") from exc
 
 
 def parse_slo_ms(text: str) -> float:

@@ -3,9 +3,11 @@
     python -m benchmarks.system.compare --quick        # starts the service itself on corpus/handbook
     python -m benchmarks.system.compare --base-url http://127.0.0.1:8000 --concurrency 1,4,8
 
-Per pipeline: quality (route accuracy, hit@5, answer_contains, refusals), latency under load, cost per 1,000
+The workload is drawn from the eval set at a traffic mix (`--mix`, seeded). Per pipeline: quality (route
+accuracy, hit@5, answer_contains, refusals), latency under load, goodput within a latency SLO, cost per 1,000
 requests (from the `hybrid` extension and from /metrics deltas), context and egress tokens, update cost;
-then a six-dimension scorecard, a router-threshold sweep and shadow-mode counts from the answers collected.
+then a six-dimension scorecard, cost/p95/quality against the knowledge share (computed from the per-class
+requests), a router-threshold sweep, shadow-mode counts and routing regret from the answers collected.
 Prints one JSON object as the last stdout line; writes results.json, report.md and plots to --out.
 """
 
@@ -18,7 +20,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,9 +33,13 @@ from benchmarks.harness.client import PromptItem, send_chat
 from benchmarks.harness.environment import environment
 from benchmarks.harness.load import configure_logging, display_path, make_http_client, run_entry
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
-from benchmarks.harness.stats import RequestRecord
-from benchmarks.harness.workload import Bounds, run_closed_loop
+from benchmarks.harness.stats import RequestRecord, summarize_records
+from benchmarks.harness.workload import Bounds, run_closed_loop, run_open_loop
 from benchmarks.system.compare_report import goals, write_compare_report
+from benchmarks.system.goodput import DEFAULT_SLO_MS, goodput_table, offered_rates, parse_load_factors
+from benchmarks.system.mix import DEFAULT_MIX_TEXT, MIX_REASON, Mix, draw_workload, measured_mix, parse_mix
+from benchmarks.system.mix_sweep import mix_sweep_results
+from benchmarks.system.regret import routing_regret
 from benchmarks.system.sweep import SweepItem, analyse, p_knowledge
 from services.core.errors import HybridError
 from services.evaluation.scoring import EvalItem, ItemScore, aggregate, load_eval_items, score_answer
@@ -45,6 +51,15 @@ DEFAULT_CORPUS = REPO_ROOT / "corpus" / "handbook"
 DEFAULT_PIPELINES = ("prompt", "rag", "tuned", "hybrid")
 QUICK_LIMIT = 30
 UPDATE_COST_FILE = RESULTS_ROOT / "update_cost.json"
+ADAPTERS_DIR = REPO_ROOT / "var" / "adapters"
+OPEN_LOOP_DRAIN_S = 120.0
+# rag variants of the grounding work (benchmarks/results/grounding.md), each served by a service of its own:
+# row name -> (the service settings that make it, the adapter it needs, if any).
+RAG_VARIANTS: dict[str, tuple[dict[str, str], str | None]] = {
+    "rag+grounded": ({"HYBRID_RAG__ADAPTER": "grounded"}, "grounded"),
+    "rag+chunks": ({"HYBRID_RAG__CONTEXT__MODE": "chunks"}, None),
+    "rag+pass": ({"HYBRID_RAG__GROUNDING__UNSUPPORTED_ANSWER": "pass"}, None),
+}
 
 
 def spread_sample(items: Sequence[EvalItem], n: int | None) -> list[EvalItem]:
@@ -96,8 +111,11 @@ async def run_pipeline(
     max_tokens: int,
     stream: bool,
     headers: dict[str, str] | None,
+    slos: dict[str, float],
+    load_factors: Sequence[float] = (),
 ) -> PipelineRun:
-    """Each concurrency level once over the whole workload."""
+    """Each concurrency level once over the whole workload; then, per load factor, one open-loop run at
+    that multiple of the first level's throughput."""
 
     async def send(item: PromptItem) -> RequestRecord:
         return await send_chat(
@@ -111,7 +129,7 @@ async def run_pipeline(
         before = await prom.scrape(client, base_url)
         records, duration = await run_closed_loop(send, prompts, concurrency, Bounds(len(prompts), None))
         after = await prom.scrape(client, base_url)
-        entry = run_entry(pipeline, "closed", concurrency, records, duration, {}, prom.delta(before, after))
+        entry = run_entry(pipeline, "closed", concurrency, records, duration, slos, prom.delta(before, after))
         result.runs.append(entry)
         result.all_records += records
         if not result.first_records:
@@ -122,9 +140,46 @@ async def run_pipeline(
             pipeline, concurrency, s["completed"], s["failed"],
             s["e2e_ms"].get("p50", float("nan")), s["e2e_ms"].get("p95", float("nan")),
         )  # fmt: skip
+    if load_factors and result.runs and result.runs[0]["summary"]["request_throughput"] > 0:
+        for rate in offered_rates(result.runs[0]["summary"]["request_throughput"], load_factors):
+            before = await prom.scrape(client, base_url)
+            records, duration = await run_open_loop(
+                send, prompts, rate, Bounds(len(prompts), None), drain_timeout_s=OPEN_LOOP_DRAIN_S
+            )
+            after = await prom.scrape(client, base_url)
+            entry = run_entry(pipeline, "open", rate, records, duration, slos, prom.delta(before, after))
+            result.runs.append(entry)
+            result.all_records += records
+            logger.info("%s @ %.2f req/s offered: %d failed", pipeline, rate, entry["summary"]["failed"])
     result.last_scrape = await prom.scrape(client, base_url)
     result.server_delta = prom.delta(before_all, result.last_scrape)
     return result
+
+
+async def measure_at_mix(
+    client: httpx.AsyncClient,
+    base_url: str,
+    pipeline: str,
+    prompts: Sequence[PromptItem],
+    *,
+    max_tokens: int,
+    stream: bool,
+    headers: dict[str, str] | None,
+) -> dict[str, Any]:
+    """p95 and cost per 1k of one real concurrency-1 run over a workload (the mix sweep's validation)."""
+
+    async def send(item: PromptItem) -> RequestRecord:
+        return await send_chat(
+            client, base_url, item, pipeline=pipeline, max_tokens=max_tokens, stream=stream, headers=headers
+        )
+
+    records, duration = await run_closed_loop(send, prompts, 1, Bounds(len(prompts), None))
+    costs = [c for r in records if (c := _response_cost(r)) is not None]
+    return {
+        "p95_ms": summarize_records(records, duration)["e2e_ms"].get("p95"),
+        "cost_per_1k_usd": sum(costs) / len(costs) * 1000.0 if costs else None,
+        "requests": len(records),
+    }
 
 
 def _response_cost(record: RequestRecord) -> float | None:
@@ -220,8 +275,13 @@ async def compare(
     stream: bool,
     api_key: str | None,
     shadow_sample: int | None,
+    slo_ms: float = DEFAULT_SLO_MS,
+    load_factors: Sequence[float] = (),
+    validation_items: Sequence[EvalItem] = (),
 ) -> dict[str, Any]:
     prompts = [PromptItem(i.item_id, i.question, {}) for i in items]
+    validation_prompts = [PromptItem(i.item_id, i.question, {}) for i in validation_items]
+    slos = {"e2e": slo_ms / 1000.0}
     items_by_id = {i.item_id: i for i in items}
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     async with make_http_client(max(concurrencies), timeout_s=600.0) as client:
@@ -233,14 +293,20 @@ async def compare(
         all_runs: list[dict[str, Any]] = []
         summaries: dict[str, dict[str, Any]] = {}
         scores: dict[str, list[ItemScore]] = {}
+        measured: dict[str, dict[str, Any]] = {}
         for pipeline in chosen:
             run = await run_pipeline(
                 client, base_url, pipeline, prompts, concurrencies, max_tokens=max_tokens, stream=stream,
-                headers=headers,
+                headers=headers, slos=slos, load_factors=load_factors,
             )  # fmt: skip
             all_runs += run.runs
             scores[pipeline] = score_records(items_by_id, run.first_records, pipeline)
             summaries[pipeline] = pipeline_summary(pipeline, run, scores[pipeline])
+            if validation_prompts:
+                measured[pipeline] = await measure_at_mix(
+                    client, base_url, pipeline, validation_prompts, max_tokens=max_tokens, stream=stream,
+                    headers=headers,
+                )  # fmt: skip
     sweep_input = sweep_items(scores)
     if shadow_sample is not None:
         sweep_input = sweep_input[:shadow_sample]
@@ -250,7 +316,10 @@ async def compare(
         "runs": all_runs,
         "items": {p: [s.to_dict() for s in per] for p, per in scores.items()},
         "sweep": analyse(sweep_input),
+        "routing_regret": routing_regret(sweep_input),
+        "goodput": goodput_table(all_runs, slo_ms),
         "update_cost": read_update_cost(),
+        "validation_measured": measured,
     }
 
 
@@ -275,6 +344,42 @@ def _int_list(text: str) -> tuple[int, ...]:
     return levels
 
 
+def _mix_arg(text: str) -> Mix | None:
+    """`file` keeps the eval file's own mix (items evenly spaced over it); anything else is a mix."""
+    if text.strip() == "file":
+        return None
+    try:
+        return parse_mix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _factors_arg(text: str) -> tuple[float, ...]:
+    try:
+        return parse_load_factors(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive_ms(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"SLO must be milliseconds, got {text!r}") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"SLO must be > 0 ms, got {text!r}")
+    return value
+
+
+def _variants_arg(text: str) -> tuple[str, ...]:
+    names = tuple(f"rag+{part.strip()}" for part in text.split(",") if part.strip())
+    for name in names:
+        if name not in RAG_VARIANTS:
+            known = ", ".join(v.removeprefix("rag+") for v in RAG_VARIANTS)
+            raise argparse.ArgumentTypeError(f"rag variant must be one of {known}, got {name[4:]!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridllm bench compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-url", default=None, help="a running service; without it one is started")
@@ -286,7 +391,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--concurrency", type=_int_list, default=None, help="closed-loop levels (default 1,4)"
     )
-    parser.add_argument("--limit", type=int, default=None, help="N items evenly spaced over --data")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="workload size (default: the eval file's size)"
+    )
+    parser.add_argument(
+        "--mix", type=_mix_arg, default=parse_mix(DEFAULT_MIX_TEXT),
+        help=f"traffic mix to draw the workload at, or `file` (default {DEFAULT_MIX_TEXT})",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of the workload draw and the resampling")
+    parser.add_argument(
+        "--validate-limit", type=int, default=0,
+        help="requests of a separate concurrency-1 run per pipeline at --target-mix, to check the mix "
+        "sweep against (0: check it against the main run's own requests)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--target-mix", type=_mix_arg, default=parse_mix(DEFAULT_MIX_TEXT),
+        help="the mix the sweep splits non-knowledge requests by, and the validation run's mix "
+        f"(default {DEFAULT_MIX_TEXT})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--slo", type=_positive_ms, default=DEFAULT_SLO_MS,
+        help=f"end-to-end latency SLO in ms for goodput (default {DEFAULT_SLO_MS:.0f})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--open-loads", type=_factors_arg, default=(),
+        help="open-loop runs at these multiples of the first level's throughput, e.g. 2,4,8",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rag-variants", type=_variants_arg, default=(),
+        help=f"extra rag rows, each on a service of its own: {', '.join(v[4:] for v in RAG_VARIANTS)}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--adapters-dir", type=Path, default=ADAPTERS_DIR,
+        help="where a started service finds the tuned and grounded adapters (default var/adapters)",
+    )  # fmt: skip
     parser.add_argument("--max-tokens", type=int, default=None, help="default 64 (48 with --quick)")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_LIMIT} items, c=1,4, 48 tokens")
     parser.add_argument("--no-stream", action="store_true")
@@ -299,15 +437,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def adapter_env(adapters_dir: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """HYBRID_GENERATOR__ADAPTERS for a started service: every adapter folder under `adapters_dir` by its
+    name (`tuned` makes the tuned pipeline listed), unless the caller set that variable already."""
+    if "HYBRID_GENERATOR__ADAPTERS" in environ or not adapters_dir.is_dir():
+        return {}
+    found = {p.name: str(p) for p in sorted(adapters_dir.iterdir()) if (p / "adapter_config.json").exists()}
+    return {"HYBRID_GENERATOR__ADAPTERS": json.dumps(found)} if found else {}
+
+
 @contextlib.contextmanager
-def _service(base_url: str | None, corpus: Path) -> Iterator[str]:
+def _service(base_url: str | None, corpus: Path, extra_env: Mapping[str, str]) -> Iterator[str]:
     if base_url is not None:
         yield base_url
         return
     from services.evaluation.local_server import running_service
 
-    with running_service(corpus) as started:
+    with running_service(corpus, extra_env=extra_env) as started:
         yield started
+
+
+def variant_skip_reason(variant: str, base_url: str | None, adapters: Mapping[str, str]) -> str | None:
+    """Why a rag variant cannot run here, or None."""
+    if base_url is not None:
+        return "needs a service the bench starts (its setting is served, not per request)"
+    needed = RAG_VARIANTS[variant][1]
+    if needed is not None and needed not in json.loads(adapters.get("HYBRID_GENERATOR__ADAPTERS", "{}")):
+        return f"no '{needed}' adapter (make {needed})"
+    return None
+
+
+def _renamed_server(server: Mapping[str, Any], variant: str) -> dict[str, Any]:
+    """A run's /metrics summary with the `rag` label of its per-pipeline tables read as the variant's."""
+    return {
+        key: {variant if k == "rag" else k: v for k, v in value.items()}
+        if key.endswith("_by_pipeline") or key == "stages"
+        else value
+        for key, value in server.items()
+    }
+
+
+def merge_variant(results: dict[str, Any], variant: str, run: Mapping[str, Any]) -> None:
+    """A variant service's `rag` results, renamed to the variant's row."""
+    if "rag" not in run["pipelines"]:
+        results["skipped_variants"][variant] = "its service did not list rag"
+        return
+    results["pipelines"][variant] = {**run["pipelines"]["rag"], "pipeline": variant}
+    results["runs"] += [
+        {**r, "pipeline": variant, "server": _renamed_server(r["server"], variant)} for r in run["runs"]
+    ]
+    results["items"][variant] = [{**row, "pipeline": variant} for row in run["items"]["rag"]]
+    results["goodput"] += [{**row, "pipeline": variant} for row in run["goodput"]]
+    if "rag" in run["validation_measured"]:
+        results["validation_measured"][variant] = run["validation_measured"]["rag"]
+
+
+def _mean_cost_per_1k(scores: Sequence[Mapping[str, Any]]) -> float | None:
+    """Mean cost per 1k of the answered requests among `scores` (the first level's, as results.json holds)."""
+    costs = [float(s["cost_usd"] or 0.0) for s in scores if s["ok"]]
+    return sum(costs) / len(costs) * 1000.0 if costs else None
 
 
 def bench_compare_main(argv: list[str]) -> int:
@@ -315,34 +503,78 @@ def bench_compare_main(argv: list[str]) -> int:
     configure_logging()
     args = build_parser().parse_args(argv)
     limit = args.limit if args.limit is not None else (QUICK_LIMIT if args.quick else None)
-    concurrencies = args.concurrency or (1, 4)
+    concurrencies = tuple(sorted(args.concurrency or (1, 4)))
     max_tokens = args.max_tokens or (48 if args.quick else 64)
+    target_mix = args.target_mix or parse_mix(DEFAULT_MIX_TEXT)
     try:
-        items = spread_sample(load_eval_items(args.data), limit)
+        every = load_eval_items(args.data)
+        items = spread_sample(every, limit) if args.mix is None else draw_workload(
+            every, args.mix, limit or len(every), args.seed
+        )  # fmt: skip
+        validation_items = (
+            draw_workload(every, target_mix, args.validate_limit, args.seed + 1)
+            if args.validate_limit > 0
+            else []
+        )
     except (HybridError, ValueError, OSError) as exc:
         print(json.dumps({"error": str(exc)}))
         return 2
     pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    adapters = adapter_env(args.adapters_dir, os.environ) if args.base_url is None else {}
+    # The adapters a started service gets: the caller's HYBRID_GENERATOR__ADAPTERS, else the folders found.
+    served = {"HYBRID_GENERATOR__ADAPTERS": os.environ.get("HYBRID_GENERATOR__ADAPTERS", "{}"), **adapters}
+    options: dict[str, Any] = {
+        "concurrencies": concurrencies, "max_tokens": max_tokens, "stream": not args.no_stream,
+        "api_key": args.api_key, "shadow_sample": args.shadow_sample, "slo_ms": args.slo,
+        "load_factors": args.open_loads, "validation_items": validation_items,
+    }  # fmt: skip
     try:
-        with _service(args.base_url, args.corpus) as base_url:
-            results = asyncio.run(
-                compare(
-                    base_url, items, pipelines=pipelines, concurrencies=concurrencies, max_tokens=max_tokens,
-                    stream=not args.no_stream, api_key=args.api_key, shadow_sample=args.shadow_sample,
+        with _service(args.base_url, args.corpus, adapters) as base_url:
+            results = asyncio.run(compare(base_url, items, pipelines=pipelines, **options))
+        results["skipped_variants"] = {}
+        for variant in args.rag_variants:
+            reason = variant_skip_reason(variant, args.base_url, served)
+            if reason is not None:
+                results["skipped_variants"][variant] = reason
+                continue
+            with _service(None, args.corpus, {**adapters, **RAG_VARIANTS[variant][0]}) as variant_url:
+                merge_variant(
+                    results, variant, asyncio.run(compare(variant_url, items, pipelines=["rag"], **options))
                 )
-            )  # fmt: skip
     except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}))
         return 1
+    results["mix"] = {
+        "asked": None if args.mix is None else args.mix.as_dict(),
+        "drawn": measured_mix(items),
+        "seed": args.seed,
+        "reason": None if args.mix is None else MIX_REASON,
+    }
+    measured = results.pop("validation_measured")
+    same = not validation_items
+    if same:
+        low = str(concurrencies[0])
+        measured = {
+            p: {"p95_ms": s["latency"][low]["p95"], "cost_per_1k_usd": _mean_cost_per_1k(results["items"][p])}
+            for p, s in results["pipelines"].items()
+        }
+    results["mix_sweep"] = mix_sweep_results(
+        results["items"], target_mix, seed=args.seed, measured=measured,
+        validation_mix=target_mix if validation_items else Mix(tuple(results["mix"]["drawn"].items())),
+        same_requests=same,
+    )  # fmt: skip
     results["config"] = {
         "base_url": args.base_url or f"started on {display_path(args.corpus)}",
         "data": display_path(args.data),
         "items": len(items),
         "concurrency": list(concurrencies),
+        "open_loads": list(args.open_loads),
+        "slo_ms": args.slo,
         "max_tokens": max_tokens,
         "stream": not args.no_stream,
         "started_at": started,
+        "adapters": None if args.base_url else json.loads(served["HYBRID_GENERATOR__ADAPTERS"]),
     }
     results["environment"] = environment()
     results["goals"] = goals(results["pipelines"], max(concurrencies))
@@ -362,8 +594,9 @@ def bench_compare_main(argv: list[str]) -> int:
         for p, s in results["pipelines"].items()
     }
     print(json.dumps({"name": args.name, "out": str(out_dir), "report": files["markdown"],
-                      "items": len(items),
+                      "items": len(items), "mix": results["mix"]["drawn"],
                       "pipelines": headline, "goals": results["goals"],
+                      "mix_goal_shares": results["mix_sweep"]["goal_region"]["shares_met"],
                       "sweep_auc": results["sweep"].get("auc")}, default=str))  # fmt: skip
     return 0
 

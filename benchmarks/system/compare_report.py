@@ -8,6 +8,13 @@ from typing import Any
 
 from benchmarks.harness.environment import environment_markdown
 from benchmarks.harness.report import fmt, markdown_table, write_json, write_markdown_report, write_plots
+from benchmarks.system.compare_sections import (
+    goodput_section,
+    mix_section,
+    mix_sweep_section,
+    regret_section,
+    write_mix_sweep_plot,
+)
 
 GOAL_COST_RATIO = 0.6
 GOAL_P95_RATIO = 0.7
@@ -347,8 +354,12 @@ def write_compare_report(results: Mapping[str, Any], out_dir: Path) -> dict[str,
     sweep_plot = write_sweep_plot(results["sweep"], out_dir)
     if sweep_plot:
         plots.append(sweep_plot)
+    mix_plot = write_mix_sweep_plot(results["mix_sweep"], out_dir) if "mix_sweep" in results else None
+    if mix_plot:
+        plots.append(mix_plot)
     config = results["config"]
     skipped = results.get("skipped_pipelines") or []
+    variants = results.get("skipped_variants") or {}
     parts = [
         "# Architecture comparison",
         "",
@@ -357,9 +368,11 @@ def write_compare_report(results: Mapping[str, Any], out_dir: Path) -> dict[str,
         f"{config['items']} items of `{config['data']}`, concurrency {config['concurrency']}, max_tokens "
         f"{config['max_tokens']}, {'streaming' if config['stream'] else 'non-streaming'}, service "
         f"{config['base_url']}, started {config['started_at']}."
-        + (f" Not listed by the service, so not run: {', '.join(skipped)}." if skipped else ""),
+        + (f" Not listed by the service, so not run: {', '.join(skipped)}." if skipped else "")
+        + f" Run: {', '.join(results['pipelines'])}."
+        + "".join(f" Not run: {name} ({reason})." for name, reason in variants.items()),
         "",
-        "## Goals (hybrid against always-RAG and prompt-only, as measured)",
+        "## Goals (hybrid against always-RAG and prompt-only, as measured at the traffic mix below)",
         "",
         goals_table(results["goals"]),
         "",
@@ -380,4 +393,17 @@ def write_compare_report(results: Mapping[str, Any], out_dir: Path) -> dict[str,
         sweep_section(results["sweep"]),
         "",
     ]
+    if "mix" in results:
+        parts += ["## Traffic mix", "", mix_section(results["mix"]), ""]
+    if "mix_sweep" in results:
+        parts += [
+            "## Cost, p95 and quality against the knowledge share",
+            "",
+            mix_sweep_section(results["mix_sweep"]),
+            "",
+        ]
+    if "goodput" in results:
+        parts += ["## Goodput", "", goodput_section(results["goodput"], config.get("slo_ms", 0.0)), ""]
+    if "routing_regret" in results:
+        parts += ["## Routing regret", "", regret_section(results["routing_regret"]), ""]
     return write_markdown_report(out_dir, parts, plots, json_path)

@@ -110,6 +110,16 @@ def shadow_counts(items: Sequence[SweepItem]) -> dict[str, Any]:
     }
 
 
+def point_record(point: SweepPoint) -> dict[str, Any]:
+    """A sweep point as results.json holds it (the always-prompt point's infinite threshold as null)."""
+    return {
+        "threshold": None if math.isinf(point.threshold) else point.threshold,
+        "share_rag": point.share_rag,
+        "quality": point.quality,
+        "mean_cost": point.mean_cost,
+    }
+
+
 def analyse(items: Sequence[SweepItem], tolerance: float = QUALITY_TOLERANCE) -> dict[str, Any]:
     """The sweep curve, its area, normalized gain, the recommended threshold and shadow-mode counts."""
     points = sweep(items)
@@ -122,15 +132,7 @@ def analyse(items: Sequence[SweepItem], tolerance: float = QUALITY_TOLERANCE) ->
     best = cheapest_near_best(points, tolerance)
     return {
         "n": len(items),
-        "points": [
-            {
-                "threshold": None if math.isinf(p.threshold) else p.threshold,
-                "share_rag": p.share_rag,
-                "quality": p.quality,
-                "mean_cost": p.mean_cost,
-            }
-            for p in points
-        ],  # fmt: skip
+        "points": [point_record(p) for p in points],
         "auc": auc,
         # Average performance gap recovered (RouteLLM's APGR): 0 = no better than prompt-only, 1 = always-RAG.
         "apgr": (auc - prompt_only.quality) / gap if gap > 0 else None,
@@ -139,10 +141,7 @@ def analyse(items: Sequence[SweepItem], tolerance: float = QUALITY_TOLERANCE) ->
         "recommended": None
         if best is None
         else {
-            "threshold": None if math.isinf(best.threshold) else best.threshold,
-            "share_rag": best.share_rag,
-            "quality": best.quality,
-            "mean_cost": best.mean_cost,
+            **point_record(best),
             "cost_vs_rag_only": best.mean_cost / rag_only.mean_cost if rag_only.mean_cost else None,
         },
         "tolerance": tolerance,

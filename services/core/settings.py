@@ -226,6 +226,11 @@ class RagSettings(Section):
     # Query embedding at serving time: "onnx" (ONNX Runtime, 1 thread, exported once to
     # <index_dir>/../embedder-cache) or "torch" (sentence-transformers). Same vectors, so the same index.
     embedder_engine: Literal["onnx", "torch"] = "onnx"
+    ingest_embedder_engine: Literal["onnx", "torch"] = Field(
+        "onnx",
+        description="engine that embeds documents at ingestion: onnx (ONNX Runtime on every core the process "
+        "may use, length-sorted batches) or torch (sentence-transformers); same vectors, so the same index",
+    )
     vector_store: Literal["faiss", "qdrant"] = "faiss"
     top_k: int = Field(4, ge=1)
     # A LoRA adapter of the generator (a name in generator.adapters) used for rag answers only.

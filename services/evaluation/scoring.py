@@ -76,6 +76,7 @@ class ItemScore:
     # hybrid.groundedness of a checked rag answer: its score and what the check did (pass, flag, ...)
     groundedness: float | None = None
     groundedness_action: str | None = None
+    cache_hit: str | None = None  # hybrid.cache.hit: exact or semantic when the response cache answered
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,6 +186,7 @@ def score_answer(
         context_tokens=int(context) if isinstance(context, int | float) else None,
         groundedness=_float_or_none(checked.get("score")),
         groundedness_action=str(checked["action"]) if "action" in checked else None,
+        cache_hit=(hybrid.get("cache") or {}).get("hit"),
     )
     if not ok:
         score.route_correct = False if route or pipeline == "hybrid" else None

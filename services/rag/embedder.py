@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.core.cpus import available_cpu_count
 from services.core.errors import ConfigError, NotReady
 from services.core.packaged import PACKAGED_MINILM, resolve_encoder
 from services.core.protocols import Embedder
@@ -140,3 +141,27 @@ def build_query_embedder(settings: RagSettings) -> Embedder:
     if engine != "onnx":
         raise ConfigError(f"rag.embedder_engine must be 'onnx' or 'torch', got {engine!r}")
     return OnnxEmbedder(settings.embedder, cache_dir=embedder_cache_dir(settings), threads=1)
+
+
+# Texts per ONNX Runtime call at ingestion (benchmarks/results/ingest.md compares 32, 64 and 128).
+INGEST_BATCH_SIZE = 32
+
+
+def build_ingest_embedder(settings: RagSettings) -> Embedder:
+    """The embedder for ingestion, per `rag.ingest_embedder_engine` (default ONNX Runtime).
+
+    Ingestion has the cores to itself for a while, so ONNX runs one intra-op thread per core this process
+    may use. Its vectors are the query embedder's (same model id in the index manifest), so an index built
+    by either engine is reused by the next ingest and served as it is.
+    """
+    engine = settings.ingest_embedder_engine
+    if engine == "torch":
+        return SentenceTransformerEmbedder(settings.embedder)
+    if engine != "onnx":
+        raise ConfigError(f"rag.ingest_embedder_engine must be 'onnx' or 'torch', got {engine!r}")
+    return OnnxEmbedder(
+        settings.embedder,
+        cache_dir=embedder_cache_dir(settings),
+        threads=available_cpu_count(),
+        batch_size=INGEST_BATCH_SIZE,
+    )

@@ -11,20 +11,19 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from tqdm import tqdm
 
 from services.core.errors import IndexCorrupted, RetrievalError
 from services.core.protocols import Embedder
 from services.core.settings import RagSettings
 from services.core.types import Chunk
 from services.rag.chunking import chunk_documents, embedding_text
-from services.rag.embedder import SentenceTransformerEmbedder
+from services.rag.embedder import build_ingest_embedder
 from services.rag.evidence import units_for_embedding
 from services.rag.index_store import (
     VERSIONS_DIR,
@@ -39,6 +38,7 @@ from services.rag.index_store import (
     write_version,
 )
 from services.rag.loaders import Document, load_corpus
+from services.rag.progress import EmbeddingProgress
 from services.rag.sentences import SPLITTER_VERSION
 from services.rag.sparse import Bm25Index
 from services.rag.store import create_vector_store
@@ -62,12 +62,28 @@ class IngestReport:
     embedded_units: int
     skipped_files: tuple[str, ...]
     seconds: float
+    # Seconds per stage (load, embedder_warm_up, chunk, embed_chunks, index, embed_units, write), in order.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["skipped_files"] = list(self.skipped_files)
         values["seconds"] = round(self.seconds, 3)
+        values["stage_seconds"] = {stage: round(s, 3) for stage, s in self.stage_seconds.items()}
         return values
+
+
+class _StageClock:
+    """Seconds since the previous mark, by stage name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
 
 
 def effective_chunk_tokens(embedder: Embedder, requested: int) -> int:
@@ -122,20 +138,25 @@ def _reusable_vectors(index_dir: Path, embedder: Embedder) -> ReusableVectors:
     )
 
 
-def _embed_texts(
+def embed_texts(
     embedder: Embedder, texts: Sequence[str], *, progress: bool, what: str
 ) -> npt.NDArray[np.float32]:
-    parts = []
-    with tqdm(total=len(texts), desc=f"embedding {what}", unit=what, disable=not progress) as bar:
-        for start in range(0, len(texts), EMBED_BATCH):
-            batch = texts[start : start + EMBED_BATCH]
-            parts.append(embedder.embed_documents(batch))
-            bar.update(len(batch))
-    return np.concatenate(parts) if parts else np.zeros((0, embedder.dimensions), dtype=np.float32)
+    """Vectors of `texts`, in their order. Texts go to the embedder longest first, so each batch pads to
+    texts of about its own length (a corpus mixes one-line units with full chunks); rows are put back
+    in input order. Progress: a bar when `progress`, log lines otherwise."""
+    # Characters stand in for tokens here: the embedder sorts each window by its own token counts.
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    vectors = np.zeros((len(texts), embedder.dimensions), dtype=np.float32)
+    with EmbeddingProgress(len(texts), what, bar=progress) as bar:
+        for start in range(0, len(order), EMBED_BATCH):
+            rows = order[start : start + EMBED_BATCH]
+            vectors[rows] = embedder.embed_documents([texts[i] for i in rows])
+            bar.update(len(rows))
+    return vectors
 
 
 def _embed(embedder: Embedder, chunks: Sequence[Chunk], *, progress: bool) -> npt.NDArray[np.float32]:
-    return _embed_texts(embedder, [embedding_text(c) for c in chunks], progress=progress, what="chunks")
+    return embed_texts(embedder, [embedding_text(c) for c in chunks], progress=progress, what="chunks")
 
 
 def embed_units(
@@ -161,7 +182,7 @@ def embed_units(
         else:
             todo.extend(range(start, end))
     if todo:
-        vectors[todo] = _embed_texts(embedder, [texts[i] for i in todo], progress=progress, what="units")
+        vectors[todo] = embed_texts(embedder, [texts[i] for i in todo], progress=progress, what="units")
     return UnitVectors(vectors=vectors, offsets=offsets, splitter=SPLITTER_VERSION), len(todo)
 
 
@@ -216,22 +237,29 @@ def ingest(
     started = time.perf_counter()
     index_dir = Path(settings.index_dir)
     with ingest_lock(index_dir):
+        stages = _StageClock()
         loaded = load_corpus([Path(path) for path in paths])
-        embedder = embedder or SentenceTransformerEmbedder(settings.embedder)
+        stages.mark("load")
+        embedder = embedder or build_ingest_embedder(settings)
         embedder.warm_up()
+        stages.mark("embedder_warm_up")
         chunk_tokens = effective_chunk_tokens(embedder, settings.chunking.tokens)
         chunks = _unique_chunks(loaded.documents, embedder, chunk_tokens, settings.chunking.overlap)
         if not chunks:
             raise RetrievalError(f"the documents under {[str(p) for p in paths]} produced no text to index")
+        stages.mark("chunk")
         reusable = _reusable_vectors(index_dir, embedder)
         previous = reusable.chunks
         to_embed = [chunk for chunk in chunks if chunk.chunk_id not in previous]
         embeddings = _chunk_vectors(chunks, previous, to_embed, embedder, progress=progress)
+        stages.mark("embed_chunks")
 
         vectors = create_vector_store(settings, embeddings.shape[1], expected_count=len(chunks))
         vectors.add(embeddings)
         sparse = Bm25Index.build([embedding_text(chunk) for chunk in chunks])
+        stages.mark("index")
         units, embedded_units = embed_units(embedder, chunks, reusable.units, progress=progress)
+        stages.mark("embed_units")
         current_ids = {chunk.chunk_id for chunk in chunks}
         manifest = {
             "embedding_model": embedder.model_id,
@@ -246,6 +274,7 @@ def ingest(
             corpus_hash_of(chunks), chunks, embeddings, vectors, sparse, manifest, units
         )
         version = write_version(index_dir, contents)
+        stages.mark("write")
     report = IngestReport(
         version=version,
         chunks=len(chunks),
@@ -257,6 +286,7 @@ def ingest(
         embedded_units=embedded_units,
         skipped_files=tuple(loaded.skipped),
         seconds=time.perf_counter() - started,
+        stage_seconds=stages.seconds,
     )
     logger.info(
         "ingested %d files into version %s: %d chunks, %d embedded, %d reused, %d removed",

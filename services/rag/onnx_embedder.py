@@ -1,4 +1,4 @@
-"""The sentence embedder run in ONNX Runtime: the serving path, with no torch once the export exists.
+"""The sentence embedder run in ONNX Runtime: queries and ingestion, with no torch once the export exists.
 
 The first warm_up exports the sentence-transformers model (transformer, mean pooling and L2 normalisation,
 all inside one ONNX graph) to `cache_dir/<name>-<fingerprint>/`, where the fingerprint hashes every file of

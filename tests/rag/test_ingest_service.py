@@ -77,9 +77,13 @@ def test_report_as_dict_has_the_documented_keys(tmp_path: Path, corpus: Path) ->
     values = report.as_dict()
     assert set(values) == {
         "version", "chunks", "files", "added_chunks", "removed_chunks", "embedded",
-        "reused_embeddings", "embedded_units", "skipped_files", "seconds",
+        "reused_embeddings", "embedded_units", "skipped_files", "seconds", "stage_seconds",
     }  # fmt: skip
     assert values["skipped_files"] == ["blob.txt"] and values["files"] == 4
+    assert list(values["stage_seconds"]) == [
+        "load", "embedder_warm_up", "chunk", "embed_chunks", "index", "embed_units", "write",
+    ]  # fmt: skip
+    assert sum(values["stage_seconds"].values()) <= values["seconds"] + 0.01
 
 
 def test_warm_up_without_an_index_raises_retrieval_error(tmp_path: Path) -> None:

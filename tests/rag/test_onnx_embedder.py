@@ -17,7 +17,9 @@ import pytest
 from services.core.artifact_cache import verify_manifest
 from services.core.errors import ConfigError, NotReady
 from services.rag import onnx_embedder
+from services.rag.chunking import embedding_text
 from services.rag.embedder import SentenceTransformerEmbedder, build_query_embedder, embedder_cache_dir
+from services.rag.index_store import VERSIONS_DIR, read_chunks, read_current, read_embeddings
 from services.rag.ingest import ingest
 from services.rag.onnx_embedder import MANIFEST_FILE, ONNX_FILE, TOKENIZER_FILE, OnnxEmbedder
 from services.rag.service import RetrievalService
@@ -289,4 +291,27 @@ def test_retrieval_service_serves_a_torch_built_index_with_onnx_queries(
         )
         assert by_onnx.timings_ms["embed"] > 0
     best = onnx_service.retrieve("how much is the daily meal allowance abroad").chunks[0]
+    assert "55 euros" in best.chunk.text
+
+
+@pytest.mark.integration
+def test_default_ingestion_vectors_are_the_query_embedders(
+    onnx_minilm: OnnxEmbedder, onnx_base: Path
+) -> None:
+    """Ingest with no embedder given (the ingestion default) and the stored vectors are what the query
+    embedder gives for the same texts, so the service accepts the index and search finds its chunks."""
+    corpus = write_handbook(onnx_base / "handbook-default-ingest")
+    settings = rag_settings(onnx_base / "index-default-ingest")
+    report = ingest([corpus], settings, progress=False)
+    assert set(report.stage_seconds) >= {"load", "chunk", "embed_chunks", "embed_units", "write"}
+    assert [p.name for p in (onnx_base / "embedder-cache").iterdir()] == [onnx_minilm.export_dir.name]
+
+    version = settings.index_dir / VERSIONS_DIR / str(read_current(settings.index_dir))
+    chunks, stored = read_chunks(version), read_embeddings(version)
+    by_query_embedder = np.stack([onnx_minilm.embed_query(embedding_text(chunk)) for chunk in chunks])
+    assert float(np.min(np.sum(stored * by_query_embedder, axis=1))) >= 0.9999
+
+    service = RetrievalService(settings)  # the default query embedder: refuses an index of another model
+    service.warm_up()
+    best = service.retrieve("how much is the daily meal allowance abroad").chunks[0]
     assert "55 euros" in best.chunk.text

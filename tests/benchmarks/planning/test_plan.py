@@ -198,8 +198,8 @@ def test_index_memory_counts_vectors_once_plus_bm25_and_text(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (["--mix", "knowledge=0.5,direct=0.3"], "--mix: shares sum to 0.8"),
-        (["--mix", "knowledge=0.5,chitchat=0.5"], "--mix: unknown class 'chitchat'"),
+        (["--mix", "knowledge=0.5,direct=0.3"], "--mix: mix shares must sum to 1, got 0.8"),
+        (["--mix", "knowledge=0.5,chitchat=0.5"], "--mix: mix class must be one of knowledge, direct"),
         (["--rps", "-1"], "--rps must be > 0, got -1"),
         (["--slo-p95", "fast"], "--slo-p95: expected a positive duration like 2s or 1500ms, got 'fast'"),
         (["--results", "no/such/results.json"], "--results: file not found: no/such/results.json"),

@@ -1,6 +1,6 @@
 """`hybridllm bench` (an entry point in the `hybridllm.commands` group, extra `bench`): the load generator,
 the gateway overhead, serving (batching), streaming and TTFT benches, the crash matrix, ingestion's embedding
-throughput, and the architecture comparison. The bench modules load when the command runs. `hybridllm plan`
+throughput, the architecture comparison and the own-documents walkthrough. The bench modules load when the command runs. `hybridllm plan`
 (entry point `plan`, same extra): capacity per architecture from the comparison's measured costs
 (benchmarks/planning)."""
 
@@ -41,6 +41,10 @@ def bench_command(args: argparse.Namespace) -> None:
         from benchmarks.components.ingest import main as bench_ingest_main
 
         raise SystemExit(bench_ingest_main(rest))
+    if args.kind == "own-documents":
+        from benchmarks.system.own_documents import main as bench_own_documents_main
+
+        raise SystemExit(bench_own_documents_main(rest))
     from benchmarks.system.compare import bench_compare_main
 
     raise SystemExit(bench_compare_main(rest))
@@ -51,7 +55,18 @@ def register_bench(subparsers: Subparsers) -> argparse.ArgumentParser:
         "bench", help="load generator and architecture comparison (benchmarks/)"
     )
     parser.add_argument(
-        "kind", choices=["load", "compare", "overhead", "serving", "streaming", "ttft", "faults", "ingest"]
+        "kind",
+        choices=[
+            "load",
+            "compare",
+            "overhead",
+            "serving",
+            "streaming",
+            "ttft",
+            "faults",
+            "ingest",
+            "own-documents",
+        ],
     )
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     parser.set_defaults(handler=bench_command, config=None)

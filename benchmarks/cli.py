@@ -1,8 +1,8 @@
 """`hybridllm bench` (an entry point in the `hybridllm.commands` group, extra `bench`): the load generator,
 the gateway overhead, serving (batching), streaming and TTFT benches, the crash matrix, ingestion's embedding
-throughput, the architecture comparison and the own-documents walkthrough. The bench modules load when the command runs. `hybridllm plan`
-(entry point `plan`, same extra): capacity per architecture from the comparison's measured costs
-(benchmarks/planning)."""
+throughput, the architecture comparison and the own-documents walkthrough. The bench modules load when the
+command runs. `hybridllm plan` (entry point `plan`, same extra): capacity per architecture from the
+comparison's measured costs (benchmarks/planning)."""
 
 from __future__ import annotations
 

@@ -103,15 +103,9 @@ def test_a_missing_handbook_is_one_line_naming_it(tmp_path: Path, capsys: pytest
     assert f"--handbook {tmp_path / 'absent'} is not a folder" in capsys.readouterr().err
 
 
-def test_hybridllm_bench_own_documents_runs_this_bench_with_the_rest_of_the_arguments(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_hybridllm_bench_own_documents_dispatches_here(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
     monkeypatch.setattr(own_documents, "main", lambda argv: seen.append(list(argv)) or 0)
-    parser = argparse.ArgumentParser()
-    cli.register_bench(parser.add_subparsers())
-    args = parser.parse_args(["bench", "own-documents", "--work", "w"])
     with pytest.raises(SystemExit) as exited:
-        args.handler(args)
-    assert exited.value.code == 0
-    assert seen == [["--work", "w"]]
+        cli.bench_command(argparse.Namespace(kind="own-documents", rest=["--work", "w"]))
+    assert (exited.value.code, seen) == (0, [["--work", "w"]])

@@ -25,10 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +41,7 @@ import yaml
 from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.load import configure_logging
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
-from benchmarks.harness.report import markdown_table, write_json
+from benchmarks.harness.report import fmt, markdown_table, write_json
 from services.core.settings import EXAMPLE_ORG_NAME, load_settings
 from services.evaluation.local_server import evaluate_e2e_local, hybridllm_command, started_service
 from services.project.layout import ProjectLayout
@@ -120,16 +122,9 @@ def scored(result: Mapping[str, Any]) -> dict[str, Any]:
     items = result.get("items", [])
     keys = ("n", "errors", "route_accuracy", "hit@5", "answer_contains", "p50_ms", "p95_ms")
     summary = {key: result.get(key) for key in keys}
-    summary["routes"] = _count(str(item.get("target")) for item in items)
+    summary["routes"] = dict(sorted(Counter(str(item.get("target")) for item in items).items()))
     summary["example_org_answers"] = sum(EXAMPLE_ORG_WORD in str(item.get("answer", "")) for item in items)
     return summary
-
-
-def _count(values: Iterator[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def run_walkthrough(handbook: Path, work: Path, models: Path, default_router: Path) -> dict[str, Any]:
@@ -214,7 +209,9 @@ def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
 
 def report_markdown(result: Mapping[str, Any]) -> str:
     steps = result["steps_s"]
-    step_rows = [[STEP_LABELS[name], seconds, seconds / 60] for name, seconds in steps.items()]
+    step_rows = [[STEP_LABELS[name], seconds, f"{seconds / 60:.1f}"] for name, seconds in steps.items()]
+    handbook = os.path.relpath(result["handbook"], REPO_ROOT)
+    own_split = result.get("router_val", {}).get("accuracy")
     counts = result["router_data_counts"]["train"]
     prepare = result["prepare"]
     named = result["example_org_files"]
@@ -222,7 +219,7 @@ def report_markdown(result: Mapping[str, Any]) -> str:
         "# Your own documents: the Sourcegraph handbook walkthrough",
         "Written by `hybridllm bench own-documents` (benchmarks/system/own_documents.py).",
         environment_markdown(result.get("environment")),
-        f"Documents: {result['corpus_files']} files of the Sourcegraph handbook ({result['handbook']}), "
+        f"Documents: {result['corpus_files']} files of the Sourcegraph handbook ({handbook}), "
         f"organisation `{ORG}`. The machine's cores were shared with other agents' work during the run "
         "(load average in the environment line), so the times are upper bounds for an idle machine.",
         "## Time of each step",
@@ -237,8 +234,13 @@ def report_markdown(result: Mapping[str, Any]) -> str:
         "## The handbook's router against the default router",
         f"{result['eval']} (held out: nothing was tuned on it), same index, same generator (the default "
         "embedded one), through `eval e2e`'s functions. hit@5: a gold file among the sources that reached "
-        "the prompt; answer contains: the answer contains one of the gold substrings.",
+        "the prompt; answer contains: the answer contains one of the gold substrings. Route accuracy "
+        "counts the router's label (every question here is `knowledge`); `routes` is where each went "
+        "(a low-confidence label goes to rag).",
         markdown_table(COMPARISON_HEADERS, comparison_rows(result["runs"]), digits=3),
+        "The project's router on its own validation split (init's router data: knowledge questions "
+        "generated from the headings; also the split that picks its best step): accuracy "
+        f"{fmt(own_split, 3)}.",
         "Project files (config, README, templates, router sources) naming the example company: "
         f"{len(named)}{' (' + ', '.join(named) + ')' if named else ''}.",
     ]

@@ -23,6 +23,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "faults": ("benchmarks.system.crash_matrix", "main"),
     "ingest": ("benchmarks.components.ingest", "main"),
     "retrieval-options": ("benchmarks.components.retrieval_options", "main"),
+    "own-documents": ("benchmarks.system.own_documents", "main"),
 }
 
 

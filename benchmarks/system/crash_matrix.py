@@ -708,7 +708,8 @@ def workbench(work: Path, corpus: Path) -> Iterator[Workbench]:
     if code != 0:
         raise RuntimeError(f"ingest of {corpus} failed: {last_line}")
     exports = REPO_ROOT / "var" / "embedder-cache"
-    if exports.is_dir():  # saves each server row the embedder export
+    # Saves each server row the embedder export; an ingest with the ONNX embedder has made it already.
+    if exports.is_dir() and not (base_index.parent / "embedder-cache").exists():
         shutil.copytree(exports, base_index.parent / "embedder-cache")
     upstream = FixtureProcess(delay_ms=20.0, tokens=8)
     upstream.start()

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.report import markdown_table, write_json
 from services.core.cpus import available_cpu_count
 from services.core.settings import Settings
@@ -260,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": args.rounds,
         "torch_threads": _torch_threads(),
         "configs": rows,
+        "environment": environment(),
     }
     if args.full_corpus is not None:
         results["full_ingests"] = [
@@ -289,6 +291,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         digits=2,
     )
     text = f"""# Ingestion embedding: torch (before) vs ONNX Runtime
+
+{environment_markdown(results.get("environment"))}
 
 Model {results["model"]}. Machine: {results["machine"]}; load average (1/5/15 min)
 {results["load_average_before"]} before, {results["load_average_after"]} after.

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness.environment import environment, environment_markdown
+from benchmarks.harness.paths import REPO_ROOT, repo_path
 from benchmarks.harness.report import markdown_table, write_json
 from benchmarks.harness.stats import percentile
 from services.core.protocols import Embedder
@@ -38,7 +39,6 @@ from services.rag.ingest import ingest
 from services.rag.retriever import RetrievalParams, rank_chunks
 from services.rag.service import RetrievalService
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 HANDBOOK_EVAL = REPO_ROOT / "corpus" / "eval" / "handbook_eval.jsonl"
 SOURCEGRAPH_EVAL = REPO_ROOT / "corpus" / "eval" / "sourcegraph_eval.jsonl"
 RETRIEVED = 10
@@ -333,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_after": environment()["load_average"],
         "path_weight": weight,
         "rewrite_below": threshold,
-        "handbook_index": str(handbook_index),
-        "sourcegraph_index": str(args.sourcegraph_index) if args.sourcegraph_index else None,
+        "handbook_index": repo_path(handbook_index),
+        "sourcegraph_index": repo_path(args.sourcegraph_index) if args.sourcegraph_index else None,
         "dev_grid": dev_grid,
         "sets": sets,
         "synthetic_size": args.synthetic_size,

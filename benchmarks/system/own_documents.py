@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import yaml
 
 from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.load import configure_logging
-from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
+from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT, repo_path
 from benchmarks.harness.report import fmt, markdown_table, write_json
 from services.core.settings import EXAMPLE_ORG_NAME, load_settings
 from services.evaluation.local_server import evaluate_e2e_local, hybridllm_command, started_service
@@ -173,7 +172,7 @@ def run_walkthrough(handbook: Path, work: Path, models: Path, default_router: Pa
     manifest = json.loads((layout.router_data / "manifest.json").read_text(encoding="utf-8"))
     metrics = json.loads(router_metrics)
     return {
-        "handbook": str(handbook),
+        "handbook": repo_path(handbook),
         "corpus_files": init_report["corpus_files"],
         "eval": str(SOURCEGRAPH_EVAL.relative_to(REPO_ROOT)),
         "steps_s": steps,
@@ -182,7 +181,7 @@ def run_walkthrough(handbook: Path, work: Path, models: Path, default_router: Pa
         "router_recipe": str(settings.project.router_recipe or "packaged default"),
         "router_max_steps": settings.project.router_max_steps,
         "router_val": {key: metrics.get(key) for key in ("accuracy", "macro_f1") if key in metrics},
-        "default_router": str(default_router),
+        "default_router": repo_path(default_router),
         "runs": runs,
         "example_org_files": example_org_files(layout),
     }
@@ -210,7 +209,7 @@ def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
 def report_markdown(result: Mapping[str, Any]) -> str:
     steps = result["steps_s"]
     step_rows = [[STEP_LABELS[name], seconds, f"{seconds / 60:.1f}"] for name, seconds in steps.items()]
-    handbook = os.path.relpath(result["handbook"], REPO_ROOT)
+    handbook = result["handbook"]
     own_split = result.get("router_val", {}).get("accuracy")
     counts = result["router_data_counts"]["train"]
     prepare = result["prepare"]

@@ -48,6 +48,7 @@ class PromptLibrary:
         )
         self._env.globals.update(org if org is not None else ProjectSettings().template_variables())
         self._refs: dict[str, TemplateRef] = {}
+        self._rendered_texts: dict[str, str] = {}
         for name in self.REQUIRED:
             path = self._dir / f"{name}.j2"
             if not path.is_file():
@@ -73,11 +74,17 @@ class PromptLibrary:
             raise ConfigError(f"prompt template {name!r}: {exc}") from exc
 
     def render_text(self, text: str) -> str:
-        """A template string (a setting such as prompts.system_prompt) with the organisation's variables."""
-        try:
-            return self._env.from_string(text).render()
-        except jinja2.TemplateError as exc:
-            raise ConfigError(f"template text {text[:60]!r}: {exc}") from exc
+        """A template string (a setting such as prompts.system_prompt) with the organisation's variables.
+        Rendered once per text: the result depends only on the text and this library's fixed variables,
+        and the system prompt is rendered on every request."""
+        rendered = self._rendered_texts.get(text)
+        if rendered is None:
+            try:
+                rendered = self._env.from_string(text).render()
+            except jinja2.TemplateError as exc:
+                raise ConfigError(f"template text {text[:60]!r}: {exc}") from exc
+            self._rendered_texts[text] = rendered
+        return rendered
 
     def has_block(self, name: str, block: str) -> bool:
         return block in self._env.get_template(f"{name}.j2").blocks

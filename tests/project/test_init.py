@@ -249,3 +249,14 @@ def test_documents_without_headings_and_no_own_questions_are_one_clear_error(tmp
     PROJECT_ROUTER.write_sources(layout)
     with pytest.raises(ConfigError, match="knowledge.txt"):
         PROJECT_ROUTER.build_data(layout, ProjectSettings(corpus=corpus, org_name=ORG, org_description="x"))
+
+
+def test_a_system_prompt_is_rendered_with_the_org_and_the_same_text_once() -> None:
+    from services.llm.prompts import PromptLibrary
+
+    library = PromptLibrary(org={"org_name": "Acme", "org_description": "Acme's handbook"})
+    text = "You help {{ org_name }}."
+    assert library.render_text(text) == "You help Acme."
+    assert library.render_text(text) is library.render_text(text)
+    with pytest.raises(ConfigError):
+        library.render_text("{{ unknown_variable }}")

@@ -98,13 +98,16 @@ def read_lines(path: Path) -> list[str]:
 
 
 def load_hand_written(source_dir: Path) -> list[Example]:
+    """`<label>.txt` for every label, plus any `<label>.<name>.txt` beside it (e.g. a project's packaged
+    `knowledge.workplace.txt`, kept apart from the user's own `knowledge.txt`)."""
     examples: list[Example] = []
     for label in LABELS:
         path = source_dir / f"{label}.txt"
         if not path.is_file():
             raise SystemExit(f"missing hand-written source file: {path}")
-        for i, line in enumerate(read_lines(path)):
-            examples.append(Example(line, label, ORIGIN_HAND, f"hand:{label}:{i}"))
+        for extra in [path, *sorted(source_dir.glob(f"{label}.*.txt"))]:
+            for i, line in enumerate(read_lines(extra)):
+                examples.append(Example(line, label, ORIGIN_HAND, f"hand:{extra.stem}:{i}"))
     return examples
 
 

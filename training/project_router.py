@@ -2,8 +2,10 @@
 
 The data comes from the project's corpus (knowledge questions from its headings and FAQ entries, the
 organisation's name scrubbed to "the company") and its editable `router/source/`, which starts with the
-packaged direct and out-of-scope examples and an empty knowledge.txt: the example handbook's knowledge
-questions never reach another organisation's router.
+packaged hand-written examples (no example names a company) and an empty knowledge.txt for the user's own.
+The packaged knowledge examples, generic workplace questions, go to knowledge.workplace.txt: headings alone
+read unlike the questions users ask, so a router trained on them refuses or misroutes real questions.
+The example handbook's generated questions never reach another organisation's router.
 """
 
 from __future__ import annotations
@@ -21,16 +23,22 @@ from services.core.settings import ProjectSettings
 from services.project.fingerprint import fingerprint
 from services.project.layout import ProjectLayout
 from services.rag.loaders import load_corpus
-from training.build_router_data import DEFAULT_SOURCE, build_dataset
+from training.build_router_data import DEFAULT_SOURCE, ORIGIN_CORPUS, build_dataset, read_lines
 
 logger = logging.getLogger("training.project_router")
 
-# Labels whose packaged examples and compose frames are generic enough to copy into any project.
-COPIED_LABELS = ("direct", "out_of_scope")
+# Where each label's packaged hand-written examples go in a project's router/source/.
+PACKAGED_EXAMPLES = {
+    "direct": "direct.txt",
+    "out_of_scope": "out_of_scope.txt",
+    "knowledge": "knowledge.workplace.txt",
+}
 KNOWLEDGE_HEADER = """\
 # Your own `knowledge` examples: questions whose answer is in your documents, one per line
 # ('#' starts a comment). Questions generated from the documents' headings and FAQ entries are added
 # when the router data is built; a line here wins over a generated duplicate of it.
+# knowledge.workplace.txt beside this file holds packaged generic workplace questions (leave, expenses,
+# IT, ...): edit it, or delete it if your documents are not about a workplace.
 """
 # The key in the router data manifest and in the trained router's metrics.json that records its inputs.
 INPUTS_KEY = "project_inputs_sha256"
@@ -43,8 +51,8 @@ class TrainingProjectRouter:
     def write_sources(self, layout: ProjectLayout) -> None:
         source = layout.router_source
         (source / "compose").mkdir(parents=True, exist_ok=True)
-        for label in COPIED_LABELS:
-            shutil.copyfile(DEFAULT_SOURCE / f"{label}.txt", source / f"{label}.txt")
+        for label, name in PACKAGED_EXAMPLES.items():
+            shutil.copyfile(DEFAULT_SOURCE / f"{label}.txt", source / name)
             for frame in sorted((DEFAULT_SOURCE / "compose").glob(f"{label}.*.txt")):
                 shutil.copyfile(frame, source / "compose" / frame.name)
         knowledge = source / "knowledge.txt"
@@ -64,8 +72,7 @@ class TrainingProjectRouter:
                 corpus=markdown_mirror(project.corpus, Path(mirror)),
                 company=[project.org_name],
             )
-        counts = manifest["counts"]
-        if isinstance(counts, dict) and not any(split["knowledge"] for split in counts.values()):
+        if not _corpus_questions(manifest) and not read_lines(layout.router_source / "knowledge.txt"):
             raise ConfigError(
                 f"no knowledge questions: the documents in {project.corpus} have no headings; "
                 f"add your own to {layout.router_source / 'knowledge.txt'}"
@@ -110,6 +117,11 @@ def markdown_mirror(corpus: Path, mirror: Path) -> Path:
         title = f"# {document.title}\n\n" if document.title else ""
         path.write_text(title + document.text, encoding="utf-8")
     return mirror
+
+
+def _corpus_questions(manifest: dict[str, Any]) -> int:
+    """How many knowledge questions the build generated from the documents."""
+    return int(manifest["by_origin"][ORIGIN_CORPUS]["knowledge"])
 
 
 def _recorded(path: Path, key: str) -> Any:

@@ -11,6 +11,7 @@ Documents: `{corpus}`. Made by `hybridllm init`; every file here is yours to edi
 | `config.yaml` | the service's settings (`--config`); relative paths in it are relative to this folder |
 | `templates/*.j2` | the prompts and fixed answers, written for {org_name} |
 | `router/source/knowledge.txt` | your own knowledge questions, one per line (starts empty) |
+| `router/source/knowledge.workplace.txt` | packaged workplace questions (leave, IT...); delete if off-topic |
 | `router/source/direct.txt`, `out_of_scope.txt`, `compose/` | what the router answers directly or refuses |
 | `router/*.jsonl`, `router/manifest.json` | router data, rebuilt from the documents and `router/source/` |
 | `var/` | built state: the index (`var/index`), the router (`var/router`), converted models |

@@ -21,7 +21,7 @@ TRAIN_HINT = "pip install 'hybridllm[train]'"
 
 class ProjectRouter(Protocol):
     def write_sources(self, layout: ProjectLayout) -> None:
-        """Copy the packaged direct and out-of-scope examples into layout.router_source for editing."""
+        """Copy the packaged examples of every label into layout.router_source for editing."""
 
     def build_data(self, layout: ProjectLayout, project: ProjectSettings) -> bool:
         """(Re)build the router data when the corpus or the sources changed; True when it did."""

@@ -239,6 +239,33 @@ def test_router_questions_come_from_html_headings_too(tmp_path: Path) -> None:
     assert "submitting receipts" in knowledge and "mileage allowance" in knowledge
 
 
+def test_the_packaged_workplace_questions_are_knowledge_examples_the_user_can_drop(
+    tmp_path: Path, tiny_corpus: Path
+) -> None:
+    from services.core.settings import ProjectSettings
+
+    layout = ProjectLayout(tmp_path / "p")
+    PROJECT_ROUTER.write_sources(layout)
+    workplace = layout.router_source / "knowledge.workplace.txt"
+    packaged = [line for line in workplace.read_text().splitlines() if line and not line.startswith("#")]
+    assert len(packaged) > 100
+    project = ProjectSettings(corpus=tiny_corpus, org_name=ORG, org_description="Acme")
+
+    def knowledge_rows() -> set[str]:
+        return {
+            row["text"]
+            for split in ("train", "val", "test")
+            for row in map(json.loads, (layout.router_data / f"{split}.jsonl").open())
+            if row["label"] == "knowledge"
+        }
+
+    PROJECT_ROUTER.build_data(layout, project)
+    assert set(packaged) <= knowledge_rows()
+    workplace.unlink()
+    assert PROJECT_ROUTER.build_data(layout, project) is True
+    assert not set(packaged) & knowledge_rows()
+
+
 def test_documents_without_headings_and_no_own_questions_are_one_clear_error(tmp_path: Path) -> None:
     from services.core.settings import ProjectSettings
 

@@ -12,6 +12,10 @@ the same command again, and must reuse everything (same index version, router no
 The converted generator is linked from `--models` (default var/models, where `hybridllm prepare` put it on
 this machine): a new machine converts it once on the first serve, which this bench does not time.
 
+Both routers are also scored on corpus/router/generalization_sourcegraph.jsonl, the router's development
+set (questions about the same handbook, with direct and out-of-scope ones): changes to init's router data
+are chosen there, never on the held-out set below.
+
 Then corpus/eval/sourcegraph_eval.jsonl (held out: never used to tune anything) through `eval e2e`'s
 functions, on the same index and generator (the default embedded one), once with the router that init
 trained on the handbook and once with the default router (var/router, trained for the example company).
@@ -46,11 +50,14 @@ from services.evaluation.local_server import evaluate_e2e_local, hybridllm_comma
 from services.project.layout import ProjectLayout
 from services.project.prepare import prepare_index, prepare_router
 from services.rag.index_store import read_current
+from services.router.evaluation import evaluate_router
 
 logger = logging.getLogger("benchmarks.system.own_documents")
 
 HANDBOOK = REPO_ROOT.parent / "shared" / "datasets" / "sourcegraph_handbook" / "content"
 SOURCEGRAPH_EVAL = REPO_ROOT / "corpus" / "eval" / "sourcegraph_eval.jsonl"
+ROUTER_DEV_SET = REPO_ROOT / "corpus" / "router" / "generalization_sourcegraph.jsonl"
+ROUTER_METRICS = ("examples", "accuracy", "in_scope_accuracy", "oos_recall", "macro_f1")
 DEFAULT_ROUTER = REPO_ROOT / "var" / "router"
 CONVERTED_MODELS = REPO_ROOT / "var" / "models"
 ORG = "Sourcegraph"
@@ -150,6 +157,11 @@ def run_walkthrough(handbook: Path, work: Path, models: Path, default_router: Pa
     )
     write_json(work / "steps.json", {"steps_s": steps, "reused": reused})  # kept if the evals fail
 
+    dev = {
+        name: {key: metrics[key] for key in ROUTER_METRICS}
+        for name, router in (("project_router", layout.router_model), ("default_router", default_router))
+        for metrics in [evaluate_router(router, ROUTER_DEV_SET)]
+    }
     runs: dict[str, dict[str, Any]] = {}
     items_dir = work / "items"
     logger.info("eval e2e: the project's router")
@@ -182,6 +194,7 @@ def run_walkthrough(handbook: Path, work: Path, models: Path, default_router: Pa
         "router_max_steps": settings.project.router_max_steps,
         "router_val": {key: metrics.get(key) for key in ("accuracy", "macro_f1") if key in metrics},
         "default_router": repo_path(default_router),
+        "router_dev": {"data": str(ROUTER_DEV_SET.relative_to(REPO_ROOT)), "routers": dev},
         "runs": runs,
         "example_org_files": example_org_files(layout),
     }
@@ -193,12 +206,19 @@ COMPARISON_HEADERS = (
 )  # fmt: skip
 
 
+ROUTERS = (
+    ("trained by `init` on the handbook", "project_router"),
+    ("default (`var/router`, the example company's)", "default_router"),
+)
+
+
+def dev_rows(dev: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
+    return [[label, *(dev[name][key] for key in ROUTER_METRICS)] for label, name in ROUTERS]
+
+
 def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
     rows = []
-    for label, name in (
-        ("trained by `init` on the handbook", "project_router"),
-        ("default (`var/router`, the example company's)", "default_router"),
-    ):
+    for label, name in ROUTERS:
         run = runs[name]
         routes = ", ".join(f"{target} {count}" for target, count in run["routes"].items())
         numbers = [run[key] for key in ("n", "errors", "route_accuracy", "hit@5", "answer_contains")]
@@ -231,14 +251,20 @@ def report_markdown(result: Mapping[str, Any]) -> str:
         "The converted generator was linked from an earlier `hybridllm prepare`; its one-time conversion "
         "is not in these times.",
         "## The handbook's router against the default router",
+        "### Router development set",
+        f"{result['router_dev']['data']}: questions about the same handbook, written for this project, "
+        "with direct and out-of-scope ones; the router alone. Changes to what init builds are chosen here.",
+        markdown_table(["router", *ROUTER_METRICS], dev_rows(result["router_dev"]["routers"]), digits=3),
+        "### Held-out questions, end to end",
         f"{result['eval']} (held out: nothing was tuned on it), same index, same generator (the default "
         "embedded one), through `eval e2e`'s functions. hit@5: a gold file among the sources that reached "
         "the prompt; answer contains: the answer contains one of the gold substrings. Route accuracy "
         "counts the router's label (every question here is `knowledge`); `routes` is where each went "
         "(a low-confidence label goes to rag).",
         markdown_table(COMPARISON_HEADERS, comparison_rows(result["runs"]), digits=3),
-        "The project's router on its own validation split (init's router data: knowledge questions "
-        "generated from the headings; also the split that picks its best step): accuracy "
+        "The project's router on its own validation split (init's router data: the packaged examples "
+        "and the knowledge questions generated from the headings; also the split that picks its best "
+        "step): accuracy "
         f"{fmt(own_split, 3)}.",
         "Project files (config, README, templates, router sources) naming the example company: "
         f"{len(named)}{' (' + ', '.join(named) + ')' if named else ''}.",

@@ -78,6 +78,17 @@ def _result(reused: bool) -> dict[str, Any]:
         "router_recipe": "packaged default",
         "router_max_steps": None,
         "runs": {"project_router": run, "default_router": {**run, "route_accuracy": 0.7}},
+        "router_dev": {
+            "data": "corpus/router/generalization_sourcegraph.jsonl",
+            "routers": {
+                "project_router": dict(
+                    zip(own_documents.ROUTER_METRICS, (124, 0.94, 0.95, 0.93, 0.92), strict=True)
+                ),
+                "default_router": dict(
+                    zip(own_documents.ROUTER_METRICS, (124, 0.6, 0.6, 1.0, 0.6), strict=True)
+                ),
+            },
+        },
         "example_org_files": [],
     }
 
@@ -91,6 +102,7 @@ def test_the_report_has_every_step_and_both_routers_side_by_side() -> None:
         in report
     )
     assert "| 0.700 |" in report
+    assert "| trained by `init` on the handbook | 124 | 0.940 | 0.950 | 0.930 | 0.920 |" in report
     assert "reused the index version and the router: yes" in report
     assert "router: NO" in own_documents.report_markdown(_result(reused=False))
     assert "Environment: not recorded" in report

@@ -91,8 +91,16 @@ class TrainingProjectRouter:
         recipe = {"recipe": project.router_recipe, "max_steps": project.router_max_steps}
         wanted = fingerprint([train, val], recipe)
         metrics_path = model_dir / "metrics.json"
-        if (model_dir / "labels.json").is_file() and _recorded(metrics_path, DATA_KEY) == wanted:
-            return False
+        if (model_dir / "labels.json").is_file():
+            recorded = _recorded(metrics_path, DATA_KEY)
+            if recorded == wanted:
+                return False
+            if recorded is None:  # never overwrite a router this project did not train (var/router, ...)
+                raise ConfigError(
+                    f"router.model_dir {model_dir} holds a router not trained for this project; "
+                    "point router.model_dir at a folder of its own (default: the project's var/router), "
+                    "or delete it"
+                )
         bars = training_progress()  # off a terminal, the training loggers' lines instead of a bar
         logger.info("training the router into %s (a few minutes on 2 cores; progress below)", model_dir)
         train_router(

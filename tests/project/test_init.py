@@ -188,6 +188,11 @@ def test_router_data_and_router_are_rebuilt_only_when_their_inputs_change(
     (model / "metrics.json").write_text(json.dumps({DATA_KEY: wanted}))
     assert PROJECT_ROUTER.train(layout, project, model, progress=False) is False
 
+    # A router some other way trained (no project fingerprint) is never retrained over.
+    (model / "metrics.json").write_text(json.dumps({"accuracy": 0.9}))
+    with pytest.raises(ConfigError, match="not trained for this project"):
+        PROJECT_ROUTER.train(layout, project, model, progress=False)
+
 
 def test_serving_a_project_without_training_says_what_to_install(
     tmp_path: Path, tiny_corpus: Path, monkeypatch: pytest.MonkeyPatch

@@ -287,3 +287,19 @@ def train_reranker(
         )
     logger.info("reranker written to %s: val %s (before %s)", out, after, before)
     return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m training.train_reranker ...`: the arguments and handler of `hybridllm train-reranker`."""
+    import argparse
+
+    from services.cli import run
+    from training.cli import add_train_reranker_arguments, train_reranker_command
+
+    parser = argparse.ArgumentParser(prog="python -m training.train_reranker", description=__doc__)
+    add_train_reranker_arguments(parser)
+    run(train_reranker_command, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -34,7 +34,7 @@ help:
 	@echo "make bench-load  - goodput and p99 against offered load (benchmarks/results/compare-load/)"
 	@echo "make tuned  - train the generator's LoRA adapter for the tuned pipeline"
 	@echo "make grounded - train the generator's LoRA adapter for grounded rag answers (rag.adapter; ~25 min on 2 cores)"
-	@echo "make reranker - train a cross-encoder reranker for rag.rerank.reranker (Qwen 0.5B writes the questions; ~15 min)"
+	@echo "make reranker - train a cross-encoder reranker for rag.rerank.reranker (Qwen 0.5B writes the questions; ~20 min on 2 cores)"
 	@echo "make clinc150 - the router on CLINC150: one run per seed in CLINC_SEEDS and the report (~40-65 min a run)"
 	@echo "make qwen   - also install the Qwen2.5-Coder-0.5B weights (set HYBRID_GENERATOR__MODEL=qwen2.5-coder-0.5b)"
 	@echo "make qwen15 - also install the Qwen2.5-Coder-1.5B weights (1.1 GB; set HYBRID_GENERATOR__MODEL=qwen2.5-coder-1.5b HYBRID_GENERATOR__ONNX_PRECISION=int4)"

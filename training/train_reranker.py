@@ -36,13 +36,13 @@ LOG_EVERY = 10
 @dataclass(frozen=True, slots=True)
 class RerankerConfig:
     base: str = PACKAGED_MINILM
-    epochs: int = 1
+    epochs: int = 2
     batch_queries: int = 8
     negatives: int = 4  # per query: the hard ones first, then random ones
-    learning_rate: float = 3e-5
+    learning_rate: float = 1e-4
     weight_decay: float = 0.01
     warmup_share: float = 0.1
-    max_length: int = 256
+    max_length: int = 192
     val_fraction: float = 0.15
     seed: int = 7
     torch_threads: int = 2

@@ -14,12 +14,17 @@ grow with the index; the search stage's cost at 100k chunks is retrieval_options
 The rule for the default, fixed before the runs: the reranker is turned on only when, at the candidate count
 chosen on the dev half, it raises the dev half's prompt hit@5 and its own p95 stays within COST_LIMIT_MS;
 otherwise it stays an option, off.
+
+Two more rows per set are reported only: the cross-encoder's order blended with the fused order by
+reciprocal rank fusion (BlendedReranker, defined here). The service has no such blend, so they cannot be
+chosen; they show whether the reranker's signal helps when it does not replace the fused ranking.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,12 +43,15 @@ from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.paths import REPO_ROOT, repo_path
 from benchmarks.harness.report import markdown_table, write_json
 from benchmarks.harness.stats import percentile
+from services.core.onnx_export import ONNX_INPUTS
 from services.core.protocols import Embedder
 from services.core.settings import RagSettings
 from services.core.types import RetrievalOutcome
 from services.evaluation.scoring import EvalItem
+from services.rag.chunking import embedding_text
 from services.rag.embedder import build_query_embedder
-from services.rag.rerank import CrossEncoderReranker, NoReranker, Reranker
+from services.rag.fusion import reciprocal_rank_fusion
+from services.rag.rerank import Candidates, CrossEncoderReranker, NoReranker, Reranker
 from services.rag.service import RetrievalService
 
 CANDIDATE_COUNTS = (10, 20)
@@ -65,8 +73,87 @@ class TimedRetrieval(RetrievalService):
         return outcome
 
 
+class BlendedReranker:
+    """The cross-encoder's order and the fused order (the candidates' own), by reciprocal rank fusion."""
+
+    def __init__(self, inner: Reranker, rrf_k: int = 60) -> None:
+        self._inner = inner
+        self._rrf_k = rrf_k
+
+    @property
+    def name(self) -> str:
+        return f"blended {self._inner.name}"
+
+    def warm_up(self) -> None:
+        self._inner.warm_up()
+
+    def rerank(self, candidates: Candidates, top_k: int) -> list[int]:
+        scored = self._inner.rerank(candidates, len(candidates.texts))
+        fused_order = [(position, 0.0) for position in range(len(candidates.texts))]
+        scored_order = [(position, 0.0) for position in scored]
+        blended = reciprocal_rank_fusion([fused_order, scored_order], rrf_k=self._rrf_k)
+        return [position for position, _ in blended[:top_k]]
+
+
+def onnx_cost(folder: Path, queries: Sequence[tuple[str, list[str]]], threads: int = 2) -> dict[str, Any]:
+    """What serving the same model through ONNX Runtime would cost (measured only; the service runs torch):
+    tokenise + score each query's candidates, p50/p95 ms per query at 10 and 20 candidates, and the largest
+    difference from the torch logits."""
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from services.router.export import export_onnx
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    max_length = int(json_file(folder / "sentence_bert_config.json").get("max_seq_length", 192))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, Path(tmp) / "reranker.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    results: dict[str, Any] = {"max_length": max_length, "threads": threads}
+    largest_diff = 0.0
+    for count in CANDIDATE_COUNTS:
+        timings = []
+        for query, texts in queries:
+            started = time.perf_counter()
+            features = tokenizer(
+                [query] * len(texts[:count]), texts[:count], padding=True, truncation="longest_first",
+                max_length=max_length, return_tensors="np",
+            )  # fmt: skip
+            logits = session.run(None, {k: features[k].astype("int64") for k in ONNX_INPUTS})[0]
+            timings.append((time.perf_counter() - started) * 1000.0)
+        with torch.no_grad():
+            reference = model(**{k: torch.from_numpy(v) for k, v in features.items()}).logits.numpy()
+        largest_diff = max(largest_diff, float(abs(reference - logits).max()))
+        results[f"{count}_candidates"] = {
+            "p50_ms": round(percentile(timings, 50), 3),
+            "p95_ms": round(percentile(timings, 95), 3),
+        }
+    results["max_abs_logit_diff_vs_torch"] = round(largest_diff, 6)
+    return results
+
+
+def json_file(path: Path) -> dict[str, Any]:
+    import json
+
+    loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return loaded
+
+
 def option_name(candidates: int) -> str:
     return f"reranker, {candidates} candidates"
+
+
+def blended_name(candidates: int) -> str:
+    return f"blended with fused order, {candidates} candidates (reported only)"
+
+
+def shown(path: Path) -> str:
+    """A path for the report: as given when relative to the repository, else as repo_path prints it."""
+    return path.as_posix() if not path.is_absolute() else repo_path(path)
 
 
 def run_set(
@@ -76,6 +163,7 @@ def run_set(
     and the machine's load fall on every option alike."""
     options: dict[str, tuple[int, Reranker]] = {BASELINE: (base.rerank.candidates, NoReranker())}
     options.update({option_name(n): (n, reranker) for n in CANDIDATE_COUNTS})
+    options.update({blended_name(n): (n, BlendedReranker(reranker)) for n in CANDIDATE_COUNTS})
     services = {}
     for name, (candidates, option_reranker) in options.items():
         settings = base.model_copy(
@@ -178,6 +266,22 @@ def write_report(results: Mapping[str, Any], out: Path) -> None:
             continue
         table = [[name, *(summary[k] for k in keys)] for name, summary in results["sets"][set_name].items()]
         lines += ["", f"## {title}", "", markdown_table(headers, table, digits=3)]
+    onnx = results["onnx"]
+    lines += [
+        "",
+        "## The same model through ONNX Runtime (measured only)",
+        "",
+        f"Exported with services/router/export.py, {onnx['threads']} threads, {onnx['max_length']} tokens, "
+        f"the dev half's queries (tokenising included; largest logit difference from torch "
+        f"{onnx['max_abs_logit_diff_vs_torch']}). The service scores in torch; this is what an export "
+        "would save.",
+        "",
+        *(
+            f"- {count} candidates: p50 {onnx[f'{count}_candidates']['p50_ms']} ms, "
+            f"p95 {onnx[f'{count}_candidates']['p95_ms']} ms"
+            for count in CANDIDATE_COUNTS
+        ),
+    ]
     lines += ["", "## Default", "", *results["verdict"]]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -199,8 +303,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
-
     args = build_parser().parse_args(argv)
     for path in (args.reranker, args.handbook_index, args.sourcegraph_index):
         if path is not None and not path.is_dir():
@@ -221,24 +323,31 @@ def main(argv: list[str] | None = None) -> int:
         sourcegraph = base.model_copy(update={"index_dir": args.sourcegraph_index})
         targets.append(("sourcegraph", sourcegraph, knowledge_items(SOURCEGRAPH_EVAL)))
     sets = {name: run_set(settings, embedder, reranker, set_items) for name, settings, set_items in targets}
+    fused = RetrievalService(handbook, embedder, reranker=NoReranker())
+    fused.warm_up()
+    dev_candidates = [
+        (item.question, [embedding_text(s.chunk) for s in fused.retrieve(item.question, top_k=20).chunks])
+        for item in items[0::2]
+    ]
+    onnx = onnx_cost(args.reranker, dev_candidates)
     chosen = choose_candidates(sets["dev"])
     turn_on, reasons = verdict(sets, chosen)
-    metrics_file = args.reranker / "metrics.json"
-    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
+    metrics = json_file(args.reranker / "metrics.json")
     metrics.pop("history", None)
     results = {
         "environment": env,
         "load_average_after": environment()["load_average"],
         "seconds": round(time.perf_counter() - started, 1),
-        "reranker": repo_path(args.reranker),
+        "reranker": shown(args.reranker),
         "reranker_metrics": metrics,
-        "handbook_index": repo_path(handbook_index),
-        "sourcegraph_index": repo_path(args.sourcegraph_index) if args.sourcegraph_index else None,
+        "handbook_index": shown(handbook_index),
+        "sourcegraph_index": shown(args.sourcegraph_index) if args.sourcegraph_index else None,
         "cost_limit_ms": COST_LIMIT_MS,
         "chosen_candidates": chosen,
         "turn_on": turn_on,
         "verdict": reasons,
         "sets": sets,
+        "onnx": onnx,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_report(results, args.out)

@@ -273,8 +273,8 @@ def write_report(results: Mapping[str, Any], out: Path) -> None:
         "",
         f"Exported with services/router/export.py, {onnx['threads']} threads, {onnx['max_length']} tokens, "
         f"the dev half's queries (tokenising included; largest logit difference from torch "
-        f"{onnx['max_abs_logit_diff_vs_torch']}). The service scores in torch; this is what an export "
-        "would save.",
+        f"{onnx['max_abs_logit_diff_vs_torch']}). The service scores in torch; this is what serving "
+        "an export would cost instead.",
         "",
         *(
             f"- {count} candidates: p50 {onnx[f'{count}_candidates']['p50_ms']} ms, "

@@ -20,7 +20,7 @@ CLINC_SEEDS ?= 13 29
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install install-dev lock prepare index router tuned grounded run test test-fast lint bench bench-sweep bench-load clean qwen qwen15 clinc150
+.PHONY: help install install-dev lock prepare index router tuned grounded run test test-fast lint bench bench-sweep bench-load clean qwen qwen15 clinc150 reranker
 
 help:
 	@echo "make run    - install, convert models, ingest $(CORPUS), train the router if needed, serve on 127.0.0.1:8000"
@@ -34,6 +34,7 @@ help:
 	@echo "make bench-load  - goodput and p99 against offered load (benchmarks/results/compare-load/)"
 	@echo "make tuned  - train the generator's LoRA adapter for the tuned pipeline"
 	@echo "make grounded - train the generator's LoRA adapter for grounded rag answers (rag.adapter; ~25 min on 2 cores)"
+	@echo "make reranker - train a cross-encoder reranker for rag.rerank.reranker (Qwen 0.5B writes the questions; ~20 min on 2 cores)"
 	@echo "make clinc150 - the router on CLINC150: one run per seed in CLINC_SEEDS and the report (~40-65 min a run)"
 	@echo "make qwen   - also install the Qwen2.5-Coder-0.5B weights (set HYBRID_GENERATOR__MODEL=qwen2.5-coder-0.5b)"
 	@echo "make qwen15 - also install the Qwen2.5-Coder-1.5B weights (1.1 GB; set HYBRID_GENERATOR__MODEL=qwen2.5-coder-1.5b HYBRID_GENERATOR__ONNX_PRECISION=int4)"
@@ -112,6 +113,16 @@ grounded: prepare index
 	$(HYBRIDLLM) train-generator --data $(DATA_DIR)/grounding-data \
 		--generator-config training/configs/generator_grounding.yaml --out $(DATA_DIR)/adapters/grounded
 	@echo "serve it with: HYBRID_GENERATOR__ADAPTERS='{\"grounded\": \"$(DATA_DIR)/adapters/grounded\"}' HYBRID_RAG__ADAPTER=grounded make run"
+
+# A cross-encoder reranker trained here, since none ships on PyPI: the generator writes questions for each chunk
+# of $(INDEX_DIR) (Qwen 0.5B: SmolLM2's questions are mostly unusable), negatives come from the index, and
+# MiniLM learns to rank them (training/build_rerank_data.py, training/train_reranker.py).
+RERANK_GENERATOR ?= HYBRID_GENERATOR__MODEL=qwen2.5-coder-0.5b HYBRID_GENERATOR__ONNX_PRECISION=int4
+reranker: qwen index
+	$(RERANK_GENERATOR) $(HYBRIDLLM) prepare
+	$(RERANK_GENERATOR) $(BIN)/python -m training.build_rerank_data --index $(INDEX_DIR) --out $(DATA_DIR)/rerank-data
+	$(HYBRIDLLM) train-reranker --data $(DATA_DIR)/rerank-data --out $(DATA_DIR)/reranker
+	@echo "serve it with: HYBRID_RAG__RERANK__RERANKER=$(DATA_DIR)/reranker make run"
 
 # PROJECT=DIR serves a folder written by `hybridllm init`: serve itself trains its router and ingests its
 # documents when they are missing or changed.

@@ -175,6 +175,56 @@ def register_train_generator(subparsers: Subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+# ----------------------------------------------------------------------------- train-reranker
+
+# `hybridllm train-reranker` option -> RerankerConfig field; each replaces the default when given.
+RERANKER_OPTIONS: dict[str, type] = {
+    "epochs": int,
+    "batch_queries": int,
+    "negatives": int,
+    "learning_rate": float,
+    "max_length": int,
+    "val_fraction": float,
+    "seed": int,
+    "torch_threads": int,
+}
+
+
+def add_train_reranker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        type=existing_path,
+        required=True,
+        help="queries.jsonl, or the folder build_rerank_data wrote",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the reranker folder (rag.rerank.reranker)")
+    parser.add_argument("--max-steps", type=int, default=None)
+    for name, kind in RERANKER_OPTIONS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
+
+
+def train_reranker_command(args: argparse.Namespace) -> None:
+    from training.train_reranker import RerankerConfig, train_reranker
+
+    training_progress()
+    given = {name: getattr(args, name) for name in RERANKER_OPTIONS if getattr(args, name) is not None}
+    metrics = train_reranker(args.data, args.out, config=RerankerConfig(**given), max_steps=args.max_steps)
+    metrics.pop("history", None)
+    metrics.pop("val_sources", None)
+    emit(metrics)
+
+
+def register_train_reranker(subparsers: Subparsers) -> argparse.ArgumentParser:
+    parser = add_command(
+        subparsers,
+        "train-reranker",
+        train_reranker_command,
+        "train the cross-encoder reranker (MiniLM) on python -m training.build_rerank_data's queries",
+    )
+    add_train_reranker_arguments(parser)
+    return parser
+
+
 # ----------------------------------------------------------------------------- eval generator
 
 

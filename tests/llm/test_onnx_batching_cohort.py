@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import types
 from collections.abc import Iterator, Sequence
@@ -13,6 +12,7 @@ import pytest
 
 from services.llm.onnx_batching import TurnEnd, TurnSpec
 from services.llm.onnx_cohort import CohortScheduler, choose_pad_id, pad_candidates, right_padded
+from tests.llm.test_onnx_batching_scheduler import Collector
 
 pytestmark = pytest.mark.unit
 
@@ -71,17 +71,6 @@ def fake_og(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     module = types.SimpleNamespace(GeneratorParams=FakeParams, Generator=FakeGenerator)
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime_genai", module)
     yield
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
-        self.end: TurnEnd | None = None
-        self.ended = threading.Event()
-
-    def on_end(self, end: TurnEnd) -> None:
-        self.end = end
-        self.ended.set()
 
 
 def scheduler_for(model: FakeModel, window_s: float = 0.3, demand: int = 0) -> CohortScheduler:

@@ -179,11 +179,9 @@ class MicroEngines:
         all_ended.wait()
         if errors := [end.error for end in ended if end.error is not None]:
             raise RuntimeError(f"the engine failed a request: {errors[0]}")
-        # Rows end with EOS like the sequential run; the engine reports the EOS token as a token too.
-        rows = [row[: _eos_cut(row, self.eos)] for row in rows]
         first = min(s[0] for s in stamps)
         last = max(s[-1] for s in stamps)
-        latency = [(s[len(row) - 1] - started) * 1000.0 for s, row in zip(stamps, rows, strict=True)]
+        latency = [(s[-1] - started) * 1000.0 for s in stamps]
         steps = max(len(s) for s in stamps) - 1
         return rows, latency, (first - started) * 1000.0, (last - first) * 1000.0, steps
 
@@ -192,11 +190,12 @@ def _finished(row: Sequence[int], eos: set[int], new_tokens: int) -> bool:
     return len(row) >= new_tokens or (bool(row) and row[-1] in eos)
 
 
-def _eos_cut(row: Sequence[int], eos: set[int]) -> int:
+def answer_tokens(row: Sequence[int], eos: set[int]) -> list[int]:
+    """The tokens before the first EOS: what each mode's request answers (the engine reports no EOS token)."""
     for index, token in enumerate(row):
         if token in eos:
-            return index + 1
-    return len(row)
+            return list(row[:index])
+    return list(row)
 
 
 def workload_prompt_ids(service: OnnxGenerator, workload: str, count: int) -> dict[str, list[int]]:
@@ -243,6 +242,7 @@ def run_round(
                 latency += b_latency
                 prefill, decode, steps = prefill + p_ms, decode + d_ms, steps + d_steps
         wall = (time.perf_counter() - started) * 1000.0
+        rows = [answer_tokens(row, engines.eos) for row in rows]
         new = sum(len(r) for r in rows)
         mode_samples.append(ModeSample(workload, mode, round_, wall, prefill, decode, steps, new))
         for name, prompt_ids, tokens, ms in zip(names, ids, rows, latency, strict=True):
@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for round_ in range(args.rounds):
             for workload in workloads:
                 items = list(prompts[workload].items())
-                chosen = dict(items[(round_ * group) % len(items) :][:group])
+                chosen = dict(items[(round_ * group + i) % len(items)] for i in range(group))
                 m, r = run_round(engines, workload, round_, chosen, batch_sizes, args.new_tokens)
                 modes += m
                 requests += r

@@ -1,4 +1,8 @@
-"""Batched generation for the ONNX backend: one `og.Engine` driven by one thread, many requests.
+"""Batched generation for the ONNX backend: the admission every batch scheduler shares, and `og.Engine`.
+
+`BatchScheduler` holds arrivals and decides when a batch starts and who joins it; its subclasses run the
+batches in one thread: `EngineScheduler` here (`generator.batch_scheduler: engine`) and `CohortScheduler`
+(services/llm/onnx_cohort.py, the default). The rest of this docstring is about the Engine.
 
 onnxruntime-genai's Engine runs several requests per decode step. Its continuous (paged) mode needs a model
 built with PagedAttention, which the builder offers only for CUDA and WebGPU; on CPU it runs its static

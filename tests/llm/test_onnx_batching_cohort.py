@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 import types
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
+from services.core.settings import OnnxGeneratorSettings, load_settings
 from services.llm.onnx_batching import TurnEnd, TurnSpec
 from services.llm.onnx_cohort import CohortScheduler, choose_pad_id, pad_candidates, right_padded
 from tests.llm.test_onnx_batching_scheduler import Collector
@@ -195,3 +198,18 @@ def test_right_padding_keeps_each_prompt_at_the_start_of_its_row() -> None:
     assert batch.tolist() == [[4, 5, 6], [7, 0, 0]]
     with pytest.raises(ValueError, match="at least one prompt"):
         right_padded([], pad_id=0)
+
+
+def test_the_batch_scheduler_is_a_setting_from_yaml_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert OnnxGeneratorSettings().batch_scheduler == "cohort"
+    config = tmp_path / "config.yaml"
+    config.write_text("generator:\n  backend: onnx\n  batch_scheduler: engine\n", encoding="utf-8")
+    generator = load_settings(config).generator
+    assert isinstance(generator, OnnxGeneratorSettings) and generator.batch_scheduler == "engine"
+    monkeypatch.setenv("HYBRID_GENERATOR__BATCH_SCHEDULER", "cohort")
+    generator = load_settings(config).generator
+    assert isinstance(generator, OnnxGeneratorSettings) and generator.batch_scheduler == "cohort"
+    with pytest.raises(ValidationError, match="batch_scheduler"):
+        OnnxGeneratorSettings.model_validate({"batch_scheduler": "continuous"})

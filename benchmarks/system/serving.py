@@ -1,11 +1,13 @@
-"""Serving under load: the embedded generator with batching off (max_concurrency 1) and on, in one run.
+"""Serving under load: the embedded generator unbatched (max_concurrency 1) and with each batch scheduler.
 
     python -m benchmarks.system.serving                      # both workloads, concurrency 1,2,4,8
-    python -m benchmarks.system.serving --requests 8 --concurrency 1,4 --workloads prompt
+    python -m benchmarks.system.serving --requests 8 --concurrency 1,4 --workloads prompt --modes off,cohort
 
-Two `hybridllm serve` processes with the embedded defaults serve the same handbook index: one with
-`generator.max_concurrency` 1 (today's unbatched path), one with the batch size as max_concurrency. For each
-workload and concurrency level the two run back to back, so a drift of the machine's load touches both.
+One `hybridllm serve` process per mode, with the embedded defaults, serves the same handbook index: `off`
+with `generator.max_concurrency` 1 (one og.Generator per request), `engine` and `cohort` with the batch size
+as max_concurrency and that `generator.batch_scheduler`. For each workload and concurrency level the modes
+run back to back, in an order that rotates from level to level, so a drift of the machine's load touches
+all of them.
 Workloads: `prompt` sends the built-in prompts through the `prompt` pipeline, `rag` sends corpus/eval's
 knowledge questions through `rag`. Each level is a closed loop of --requests streamed requests; ratios are
 taken against concurrency 1 of the same mode, and the issue's goals are checked on the batched mode.
@@ -41,13 +43,14 @@ from benchmarks.system.grounding import knowledge_items
 HANDBOOK_EVAL = REPO_ROOT / "corpus" / "eval" / "handbook_eval.jsonl"
 DEFAULT_INDEX = REPO_ROOT / "var" / "index"
 WORKLOAD_PIPELINES = {"prompt": "prompt", "rag": "rag"}
-MODES = ("off", "on")
+MODES = ("off", "engine", "cohort")
+BATCHED_MODES = ("engine", "cohort")
 GOAL_LEVEL = 4
 
 
 @dataclass(frozen=True, slots=True)
 class Goal:
-    """One of the issue's goals, checked on the batched mode at GOAL_LEVEL against concurrency 1."""
+    """One of the issue's goals, checked on each batched mode at GOAL_LEVEL against concurrency 1."""
 
     workload: str
     metric: str  # "throughput" (req/s ratio, at least) or "p95" (e2e p95 ratio, at most)
@@ -58,10 +61,15 @@ GOALS = (Goal("prompt", "throughput", 2.5), Goal("rag", "throughput", 2.0), Goal
 
 
 def mode_env(mode: str, batch_size: int) -> dict[str, str]:
-    """The service's overrides for a mode: only max_concurrency differs between the two."""
+    """The service's overrides for a mode: max_concurrency, and the batch scheduler when batched."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return {"HYBRID_GENERATOR__MAX_CONCURRENCY": str(1 if mode == "off" else batch_size)}
+    if mode == "off":
+        return {"HYBRID_GENERATOR__MAX_CONCURRENCY": "1"}
+    return {
+        "HYBRID_GENERATOR__MAX_CONCURRENCY": str(batch_size),
+        "HYBRID_GENERATOR__BATCH_SCHEDULER": mode,
+    }
 
 
 def workload_prompts(workload: str) -> list[PromptItem]:
@@ -133,14 +141,14 @@ def with_ratios(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def check_goals(rows: Sequence[Mapping[str, Any]], level: int = GOAL_LEVEL) -> list[dict[str, Any]]:
-    """Each goal with its measured ratio (batched mode, `level` against 1), whether it is met, by how much."""
+    """Each goal per batched mode with its measured ratio (`level` against 1), whether met, by how much."""
     results = []
-    for goal in GOALS:
+    for mode, goal in [(mode, goal) for mode in BATCHED_MODES for goal in GOALS]:
         row = next(
             (
                 r
                 for r in rows
-                if r["workload"] == goal.workload and r["mode"] == "on" and r["concurrency"] == level
+                if r["workload"] == goal.workload and r["mode"] == mode and r["concurrency"] == level
             ),
             None,
         )
@@ -151,6 +159,7 @@ def check_goals(rows: Sequence[Mapping[str, Any]], level: int = GOAL_LEVEL) -> l
             met = measured >= goal.target if goal.metric == "throughput" else measured <= goal.target
         results.append(
             {
+                "mode": mode,
                 "workload": goal.workload,
                 "metric": goal.metric,
                 "target": goal.target,
@@ -173,10 +182,11 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"Run {results['started_at']} on {results['machine']}. Embedded defaults (SmolLM2 int8, ONNX Runtime "
         f"GenAI), streamed requests, {config['max_tokens']} max tokens, greedy, "
         f"{config['requests']} requests per level (closed loop). `off`: `generator.max_concurrency` 1 "
-        "(one `og.Generator` per request, "
-        f"queued); `on`: max_concurrency {config['batch_size']} (the batched `og.Engine`). Each level ran "
-        "off then on. Ratios (x) are against concurrency 1 of the same workload and mode. Regenerate with "
-        "`python -m benchmarks.system.serving`.",
+        "(one `og.Generator` per request, queued); `engine` and `cohort`: max_concurrency "
+        f"{config['batch_size']} with that `generator.batch_scheduler` (`og.Engine`'s static batches, or "
+        "cohorts of one batched `og.Generator`). At each level the modes ran back to back, in an order "
+        "rotating from level to level. Ratios (x) are against concurrency 1 of the same workload and mode. "
+        "Regenerate with `python -m benchmarks.system.serving`.",
         "",
     ]
     headers = [
@@ -194,11 +204,12 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines += [
         markdown_table(headers, table_rows, digits=2),
         "",
-        "## Goals (batched, concurrency 4 against 1)",
+        f"## Goals (each batched mode, concurrency {GOAL_LEVEL} against 1)",
         "",
     ]
     goal_rows = [
         [
+            g["mode"],
             g["workload"],
             "throughput >= target x" if g["metric"] == "throughput" else "p95 <= target x",
             g["target"],
@@ -209,7 +220,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         for g in results["goals"]
     ]
     lines += [
-        markdown_table(["workload", "goal", "target", "measured", "met", "measured / target"], goal_rows, 2)
+        markdown_table(
+            ["mode", "workload", "goal", "target", "measured", "met", "measured / target"], goal_rows, 2
+        )
     ]
     stage_names = sorted({stage for r in results["runs"] for stage in r.get("stage_ms_per_request", {})})
     if stage_names:
@@ -254,8 +267,8 @@ def write_plot(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
             )
             if not points:
                 continue
-            style = "-" if mode == "on" else "--"
-            label = f"{workload}, batching {mode}"
+            style = {"off": ":", "engine": "--"}.get(mode, "-")
+            label = f"{workload}, {mode}"
             left.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=label)
             right.plot([p[0] for p in points], [p[2] for p in points], style, marker="o", label=label)
     for ax, ylabel in ((left, "requests / s"), (right, "p95 end-to-end latency (ms)")):
@@ -281,19 +294,20 @@ async def measure(
     max_tokens: int,
     warmup: int,
 ) -> list[dict[str, Any]]:
-    """Every (workload, level) for both modes, off then on; one row per run."""
+    """Every (workload, level) for every mode, in an order rotating by level; one row per run."""
+    modes = list(base_urls)
     rows: list[dict[str, Any]] = []
     async with make_http_client(max(concurrencies), 600.0) as client:
         for workload in workloads:
             prompts = workload_prompts(workload)
             pipeline = WORKLOAD_PIPELINES[workload]
-            for mode in MODES:
+            for mode in modes:
                 for item in prompts[:warmup]:
                     await send_chat(
                         client, base_urls[mode], item, pipeline=pipeline, max_tokens=max_tokens, stream=True
                     )
-            for concurrency in concurrencies:
-                for mode in MODES:
+            for index, concurrency in enumerate(concurrencies):
+                for mode in [*modes[index % len(modes) :], *modes[: index % len(modes)]]:
 
                     async def send(
                         item: PromptItem, base_url: str = base_urls[mode], pipeline: str = pipeline
@@ -324,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.system.serving", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--workloads", default="prompt,rag")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"any of {','.join(MODES)}")
     parser.add_argument("--concurrency", default="1,2,4,8", help="closed-loop levels")
     parser.add_argument("--requests", type=int, default=16, help="requests per level and mode")
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -347,6 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not concurrencies or concurrencies[0] < 1 or args.requests < 1:
         print(json.dumps({"error": "concurrency levels and --requests must be >= 1"}))
         return 2
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        print(json.dumps({"error": f"--modes must name some of {list(MODES)}, got {args.modes!r}"}))
+        return 2
     batch_size = args.batch_size or max(concurrencies)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     with contextlib.ExitStack() as stack:
@@ -354,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mode: stack.enter_context(
                 running_service(None, extra_env=mode_env(mode, batch_size), index_dir=args.index)
             )
-            for mode in MODES
+            for mode in modes
         }
         rows = asyncio.run(
             measure(base_urls, workloads, concurrencies, args.requests, args.max_tokens, args.warmup)
@@ -370,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "requests": args.requests,
             "max_tokens": args.max_tokens,
             "batch_size": batch_size,
+            "modes": modes,
             "index": str(args.index.relative_to(REPO_ROOT))
             if args.index.is_relative_to(REPO_ROOT)
             else "given",

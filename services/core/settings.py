@@ -100,6 +100,12 @@ class OnnxGeneratorSettings(BaseGeneratorSettings):
     # (services/llm/onnx_batching.py). An idle engine waits at most this long for the companions it expects
     # (other requests holding a place) before a batch starts; a lone request starts at once.
     batch_window_ms: float = Field(25.0, ge=0, le=1000)
+    batch_scheduler: Literal["cohort", "engine"] = Field(
+        "cohort",
+        description="how batches run with max_concurrency > 1: `cohort`, one batched og.Generator per group "
+        "of requests that start together (services/llm/onnx_cohort.py), or `engine`, onnxruntime-genai's "
+        "og.Engine (services/llm/onnx_batching.py); benchmarks/results/batching_micro.md compares them",
+    )
     # ONNX Runtime session options of the decoder (benchmarks/results/ttft.md compares them side by side).
     intra_op_spinning: bool = Field(
         True,

@@ -4,10 +4,12 @@ The model is converted once (services/llm/model_prep.py); at run time only onnxr
 no torch or transformers. Requests share the read-only `og.Model`; `GenerationSlots` bounds how many run
 at once (`max_concurrency`) and how many wait.
 
-With `max_concurrency` > 1 requests are decoded together, up to `max_concurrency` per step, by one
-`og.Engine` (services/llm/onnx_batching.py). Requests the engine cannot take run alone on the unbatched
-path: an adapter (the Engine API has no adapter selection), guided decoding (response_format) and a fixed
-sampling seed (the static engine refuses per-request seeds). Those run beside the batch, not in it.
+With `max_concurrency` > 1 requests are decoded together, up to `max_concurrency` per step: by default as
+cohorts of one batched `og.Generator` (services/llm/onnx_cohort.py), or by `og.Engine`
+(services/llm/onnx_batching.py; `batch_scheduler: engine`). Requests a batch cannot take run alone on the
+unbatched path: an adapter (a batch runs one adapter and the Engine API has none), guided decoding
+(response_format), a fixed sampling seed (the static engine refuses per-request seeds; a cohort shares one
+random state) and, in a cohort, a prompt containing the batch's pad token. Those run beside the batch.
 
 Adapters can be loaded at run time (`load_adapter`, POST /admin/adapters): a new version loads beside the
 old one and becomes current for requests that arrive later; a request keeps the version current when it
@@ -34,18 +36,20 @@ from typing import Any
 
 from services.core.errors import ConfigError, GenerationError, InvalidRequest, NotReady, StructuredOutputError
 from services.core.settings import GraphOptimization, OnnxGeneratorSettings
-from services.core.types import ChatMessage, GenerationParams
+from services.core.types import ChatMessage, GenerationParams, Role
 from services.llm.backend_base import InProcessBackend, RawCounts, ThreadedRun, TokenLoop
 from services.llm.hf_folder import prepare_hf_model
 from services.llm.model_prep import GENAI_CONFIG_NAME, prepare_onnx_model, verify_onnx_model
 from services.llm.onnx_adapter_versions import AdapterPin, AdapterVersions
 from services.llm.onnx_batching import (
+    BatchScheduler,
     EngineScheduler,
     EngineTurnResult,
     TurnSpec,
     engine_config_overlay,
     stream_engine_tokens,
 )
+from services.llm.onnx_cohort import CohortScheduler, choose_pad_id, pad_candidates, pad_token_overlay
 from services.llm.streaming import Emit, run_producer_in_thread
 from services.llm.structured_output import (
     ResponseFormatSpec,
@@ -93,7 +97,8 @@ class OnnxGenerator(InProcessBackend):
         self._eos_ids: frozenset[int] = frozenset()
         self._context_length = 0
         self._guidance_ready = False
-        self._scheduler: EngineScheduler | None = None
+        self._scheduler: BatchScheduler | None = None
+        self._batch_pad_id: int | None = None
         self.model_dir: Path | None = None
 
     # ------------------------------------------------------------------ loading
@@ -140,13 +145,9 @@ class OnnxGenerator(InProcessBackend):
         self._chat_template = read_chat_template(model_dir)
         self._guidance_ready = guided_decoding_works(model, model_dir)
         self._model, self._tokenizer, self._adapter_versions = model, tokenizer, adapter_versions
+        self._batch_pad_id = choose_pad_id(self._scaffold_ids(), pad_candidates(genai_config))
         if batch_size > 1:
-            self._scheduler = EngineScheduler(
-                model,
-                max_batch_size=batch_size,
-                admission_window_s=self._settings.batch_window_ms / 1000,
-                demand=lambda: self._slots.running + self._slots.waiting,
-            )
+            self._scheduler = self._batch_scheduler(model_dir, model, batch_size, genai_config)
         self.model_dir = model_dir
         logger.info(
             "loaded ONNX model %s (threads=%s, batch size=%s, adapters=%s)",
@@ -154,6 +155,38 @@ class OnnxGenerator(InProcessBackend):
             self._settings.threads or "default",
             batch_size,
             sorted(adapter_files or {}),
+        )
+
+    def _batch_scheduler(
+        self, model_dir: Path, model: Any, batch_size: int, genai_config: dict[str, Any]
+    ) -> BatchScheduler:
+        """The scheduler that runs batches of up to `batch_size` requests (settings' `batch_scheduler`)."""
+        import onnxruntime_genai as og
+
+        window_s = self._settings.batch_window_ms / 1000
+
+        def demand() -> int:
+            return self._slots.running + self._slots.waiting
+
+        if self._settings.batch_scheduler == "engine" or self._batch_pad_id is None:
+            if self._batch_pad_id is None:
+                logger.warning("no pad token outside the chat template; batching with og.Engine instead")
+            return EngineScheduler(
+                model, max_batch_size=batch_size, admission_window_s=window_s, demand=demand
+            )
+        if self._batch_pad_id != genai_config["model"].get("pad_token_id"):
+            # The attention mask of a batch is built from the model's pad id: load it with the chosen one.
+            config = session_config(model_dir, SessionOptions.of(self._settings))
+            config.overlay(pad_token_overlay(self._batch_pad_id))
+            model = og.Model(config)
+        return CohortScheduler(
+            model,
+            pad_id=self._batch_pad_id,
+            eos_ids=self._eos_ids,
+            context_length=self._context_length,
+            max_batch_size=batch_size,
+            admission_window_s=window_s,
+            demand=demand,
         )
 
     def load_adapter(self, name: str, folder: Path) -> None:
@@ -207,9 +240,19 @@ class OnnxGenerator(InProcessBackend):
         return self._guidance_ready
 
     @property
-    def batch_scheduler(self) -> EngineScheduler | None:
+    def batch_scheduler(self) -> BatchScheduler | None:
         """The batched engine's scheduler; None with max_concurrency 1 (every request unbatched)."""
         return self._scheduler
+
+    @property
+    def batch_pad_id(self) -> int | None:
+        """The pad id batched og.Generator runs use (services/llm/onnx_cohort.py); None: no safe one."""
+        return self._batch_pad_id
+
+    def _scaffold_ids(self) -> set[int]:
+        """The token ids the chat template itself puts around messages (plain text gives no special ids)."""
+        roles: tuple[Role, ...] = ("system", "user", "assistant", "user")
+        return set(self.prompt_ids([ChatMessage(role, "text") for role in roles]))
 
     def _require_model(self) -> Any:
         if self._model is None:
@@ -292,6 +335,8 @@ class OnnxGenerator(InProcessBackend):
             return self._unbatched_loop(messages, params)
         assert self._scheduler is not None
         prompt_ids = self._checked_prompt_ids(messages, params)
+        if isinstance(self._scheduler, CohortScheduler) and self._batch_pad_id in prompt_ids:
+            return self._unbatched_loop(messages, params)  # the batch's mask would hide its own pad token
         spec = TurnSpec(
             prompt_ids=prompt_ids,
             max_tokens=params.max_tokens,
@@ -329,7 +374,7 @@ class OnnxGenerator(InProcessBackend):
         return self._adapter_versions.pin(adapter)
 
     async def _batched_pieces(
-        self, scheduler: EngineScheduler, spec: TurnSpec, result: EngineTurnResult
+        self, scheduler: BatchScheduler, spec: TurnSpec, result: EngineTurnResult
     ) -> AsyncGenerator[str, None]:
         tokens = stream_engine_tokens(scheduler, spec, result)
         decoder = self._tokenizer.create_stream()

@@ -1,4 +1,8 @@
-"""Batched generation for the ONNX backend: one `og.Engine` driven by one thread, many requests.
+"""Batched generation for the ONNX backend: the admission every batch scheduler shares, and `og.Engine`.
+
+`BatchScheduler` holds arrivals and decides when a batch starts and who joins it; its subclasses run the
+batches in one thread: `EngineScheduler` here (`generator.batch_scheduler: engine`) and `CohortScheduler`
+(services/llm/onnx_cohort.py, the default). The rest of this docstring is about the Engine.
 
 onnxruntime-genai's Engine runs several requests per decode step. Its continuous (paged) mode needs a model
 built with PagedAttention, which the builder offers only for CUDA and WebGPU; on CPU it runs its static
@@ -26,6 +30,7 @@ import json
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -82,12 +87,15 @@ class EngineTicket:
         self.cancel_requested.set()
 
 
-class EngineScheduler:
-    """Owns one `og.Engine` in a daemon thread; requests are submitted from any thread."""
+class BatchScheduler(ABC):
+    """Admission for batched generation: requests come from any thread, one daemon thread runs the batches.
+
+    Subclasses run the batches (`_serve`, in that thread); this class holds the arrivals and decides when a
+    batch starts and which waiting requests join it.
+    """
 
     def __init__(
         self,
-        model: Any,
         *,
         max_batch_size: int,
         admission_window_s: float,
@@ -97,7 +105,6 @@ class EngineScheduler:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if admission_window_s < 0:
             raise ValueError(f"admission_window_s must be >= 0, got {admission_window_s}")
-        self._model = model
         self.max_batch_size = max_batch_size
         self._admission_window_s = admission_window_s
         self._wake = threading.Condition()
@@ -137,40 +144,13 @@ class EngineScheduler:
         if thread is not None:
             thread.join()
 
-    # ------------------------------------------------------------------ the engine thread
-
+    @abstractmethod
     def _serve(self) -> None:
-        import onnxruntime_genai as og
+        """The scheduler thread: take batches (`_take_incoming`) and run them until it returns None."""
 
-        engine = og.Engine(self._model)
-        events = engine.create_event_buffer(4 * self.max_batch_size + 16)
-        running: dict[int, EngineTicket] = {}  # id(og request) -> ticket
-        while True:
-            admitted = self._take_incoming(idle=not running)
-            if admitted is None:
-                break
-            for ticket in admitted:
-                self._begin(engine, ticket, running)
-            self._send_cancellations(running)
-            if not engine.has_pending_requests():
-                for ticket in running.values():  # cannot happen while the engine keeps its contract
-                    _deliver_end(ticket, TurnEnd(error="the engine dropped the request"))
-                running.clear()
-                continue
-            self._running_count = len(running)
-            self.peak_batch_size = max(self.peak_batch_size, len(running))
-            try:
-                engine.run(events)
-                self._dispatch(events, running)
-            except Exception as exc:  # the engine is unhealthy now: fail its requests, start a new one
-                logger.exception("batched ONNX engine step failed")
-                for ticket in running.values():
-                    _deliver_end(ticket, TurnEnd(error=str(exc)))
-                running.clear()
-                engine = og.Engine(self._model)
-                events = engine.create_event_buffer(4 * self.max_batch_size + 16)
-        for ticket in running.values():
-            _deliver_end(ticket, TurnEnd(cancelled=True))
+    def _joins(self, first: EngineTicket, other: EngineTicket) -> bool:
+        """Whether `other` may share a batch that `first` starts (every ticket may, unless overridden)."""
+        return True
 
     def _take_incoming(self, *, idle: bool) -> list[EngineTicket] | None:
         """The next batch, once the engine is idle; None when stopping.
@@ -202,8 +182,10 @@ class EngineScheduler:
             if self._stopping:
                 self._end_incoming(TurnEnd(cancelled=True), lambda ticket: True)
                 return None
-            admitted = self._incoming[: self.max_batch_size]
-            self._incoming = self._incoming[self.max_batch_size :]
+            first = self._incoming[0]
+            admitted = [first, *[t for t in self._incoming[1:] if self._joins(first, t)]]
+            admitted = admitted[: self.max_batch_size]
+            self._incoming = [ticket for ticket in self._incoming if ticket not in admitted]
             self._recent_demand = len(admitted) + len(self._incoming)
             return admitted
 
@@ -212,14 +194,64 @@ class EngineScheduler:
         ending = [ticket for ticket in self._incoming if which(ticket)]
         self._incoming = [ticket for ticket in self._incoming if not which(ticket)]
         for ticket in ending:
-            _deliver_end(ticket, end)
+            deliver_end(ticket, end)
+
+
+class EngineScheduler(BatchScheduler):
+    """Owns one `og.Engine` in a daemon thread; requests are submitted from any thread."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        max_batch_size: int,
+        admission_window_s: float,
+        demand: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size, admission_window_s=admission_window_s, demand=demand)
+        self._model = model
+
+    # ------------------------------------------------------------------ the engine thread
+
+    def _serve(self) -> None:
+        import onnxruntime_genai as og
+
+        engine = og.Engine(self._model)
+        events = engine.create_event_buffer(4 * self.max_batch_size + 16)
+        running: dict[int, EngineTicket] = {}  # id(og request) -> ticket
+        while True:
+            admitted = self._take_incoming(idle=not running)
+            if admitted is None:
+                break
+            for ticket in admitted:
+                self._begin(engine, ticket, running)
+            self._send_cancellations(running)
+            if not engine.has_pending_requests():
+                for ticket in running.values():  # cannot happen while the engine keeps its contract
+                    deliver_end(ticket, TurnEnd(error="the engine dropped the request"))
+                running.clear()
+                continue
+            self._running_count = len(running)
+            self.peak_batch_size = max(self.peak_batch_size, len(running))
+            try:
+                engine.run(events)
+                self._dispatch(events, running)
+            except Exception as exc:  # the engine is unhealthy now: fail its requests, start a new one
+                logger.exception("batched ONNX engine step failed")
+                for ticket in running.values():
+                    deliver_end(ticket, TurnEnd(error=str(exc)))
+                running.clear()
+                engine = og.Engine(self._model)
+                events = engine.create_event_buffer(4 * self.max_batch_size + 16)
+        for ticket in running.values():
+            deliver_end(ticket, TurnEnd(cancelled=True))
 
     def _begin(self, engine: Any, ticket: EngineTicket, running: dict[int, EngineTicket]) -> None:
         import numpy as np
         import onnxruntime_genai as og
 
         if ticket.cancel_requested.is_set():  # gone before it started
-            _deliver_end(ticket, TurnEnd(cancelled=True))
+            deliver_end(ticket, TurnEnd(cancelled=True))
             return
         spec = ticket.spec
         try:
@@ -236,7 +268,7 @@ class EngineScheduler:
                 turn.set_do_sample(False)
             ticket.turn_id = request.begin_turn(np.asarray(spec.prompt_ids, dtype=np.int32), turn)
         except Exception as exc:
-            _deliver_end(ticket, TurnEnd(error=str(exc)))
+            deliver_end(ticket, TurnEnd(error=str(exc)))
             return
         ticket.og_request = request
         running[id(request)] = ticket
@@ -260,7 +292,7 @@ class EngineScheduler:
                 continue
             flags = int(event.flags)
             if flags & _TOKEN_FLAG:
-                _deliver(ticket.on_token, int(event.token))
+                deliver_token(ticket, int(event.token))
             if flags & (_FINISHED_FLAG | _FAILED_FLAG):
                 reason = event.finish_reason
                 if flags & _FAILED_FLAG or reason == og.FinishReason.FAILED:
@@ -272,7 +304,7 @@ class EngineScheduler:
                     )
                 del running[id(request)]
                 request.close()
-                _deliver_end(ticket, end)
+                deliver_end(ticket, end)
 
 
 def _deliver(callback: Callable[[_Item], None], item: _Item) -> None:
@@ -282,8 +314,12 @@ def _deliver(callback: Callable[[_Item], None], item: _Item) -> None:
         pass
 
 
-def _deliver_end(ticket: EngineTicket, end: TurnEnd) -> None:
+def deliver_end(ticket: EngineTicket, end: TurnEnd) -> None:
     _deliver(ticket.on_end, end)
+
+
+def deliver_token(ticket: EngineTicket, token: int) -> None:
+    _deliver(ticket.on_token, token)
 
 
 @dataclass
@@ -295,7 +331,7 @@ class EngineTurnResult:
 
 
 async def stream_engine_tokens(
-    scheduler: EngineScheduler, spec: TurnSpec, result: EngineTurnResult
+    scheduler: BatchScheduler, spec: TurnSpec, result: EngineTurnResult
 ) -> AsyncGenerator[int, None]:
     """Submit one turn and yield its token ids as the engine produces them.
 

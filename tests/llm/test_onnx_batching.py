@@ -1,4 +1,5 @@
-"""Batched generation in the ONNX backend with the real SmolLM2: same greedy text, own cancellation."""
+"""Batched generation in the ONNX backend with the real SmolLM2 (cohort and engine schedulers): same greedy
+text as unbatched, own cancellation, bounded queue."""
 
 from __future__ import annotations
 
@@ -48,11 +49,16 @@ def unbatched_references(
     return asyncio.run(run_all())
 
 
-@pytest.fixture
+@pytest.fixture(params=["cohort", "engine"])
 async def batched(
-    smollm2_settings: OnnxGeneratorSettings, onnx_data_dir: Path, smollm2_onnx_dir: Path
+    request: pytest.FixtureRequest,
+    smollm2_settings: OnnxGeneratorSettings,
+    onnx_data_dir: Path,
+    smollm2_onnx_dir: Path,
 ) -> AsyncGenerator[OnnxGenerator, None]:
-    generator = loaded(with_batch(smollm2_settings, 4, batch_window_ms=20), onnx_data_dir, smollm2_onnx_dir)
+    """A backend batching up to 4 requests, with each batch scheduler."""
+    settings = with_batch(smollm2_settings, 4, batch_window_ms=20, batch_scheduler=request.param)
+    generator = loaded(settings, onnx_data_dir, smollm2_onnx_dir)
     yield generator
     await generator.aclose()
 
@@ -131,3 +137,18 @@ async def test_requests_the_engine_cannot_take_run_unbatched_beside_it(batched: 
     again = await batched.complete(PROMPTS[1], params)
     assert seeded.text == again.text  # a seed keeps its meaning: it runs on its own og.Generator
     assert batched_greedy.text
+
+
+async def test_a_prompt_holding_the_cohort_pad_token_runs_unbatched_with_its_own_text(
+    smollm2_settings: OnnxGeneratorSettings, onnx_data_dir: Path, smollm2_onnx_dir: Path
+) -> None:
+    cohort = loaded(
+        with_batch(smollm2_settings, 4, batch_scheduler="cohort"), onnx_data_dir, smollm2_onnx_dir
+    )
+    assert cohort.batch_pad_id == 0  # SmolLM2's pad id (<|im_end|>) and BOS are in every chat prompt
+    prompt = [ChatMessage("user", "Repeat this marker: <|endoftext|>")]
+    assert cohort.batch_pad_id in cohort.prompt_ids(prompt)
+    single = loaded(with_batch(smollm2_settings, 1), onnx_data_dir, smollm2_onnx_dir)
+    assert (await cohort.complete(prompt, GREEDY)).text == (await single.complete(prompt, GREEDY)).text
+    assert cohort.batch_scheduler is not None and cohort.batch_scheduler.peak_batch_size == 0
+    await cohort.aclose()

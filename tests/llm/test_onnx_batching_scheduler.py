@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from services.llm.onnx_batching import EngineScheduler, TurnEnd, TurnSpec
+from services.llm.onnx_batching import BatchScheduler, EngineScheduler, TurnEnd, TurnSpec
 
 pytestmark = pytest.mark.unit
 
@@ -134,6 +134,14 @@ class Collector:
         self.end = end
         self.ended.set()
 
+    def cancel_once_streaming(self, scheduler: BatchScheduler, ticket: Any) -> None:
+        """Cancel `ticket` after its first token and check that it ends cancelled."""
+        while not self.tokens:
+            time.sleep(0.001)
+        scheduler.cancel(ticket)
+        assert self.ended.wait(5)
+        assert self.end == TurnEnd(cancelled=True)
+
 
 def submit(scheduler: EngineScheduler, max_tokens: int) -> tuple[Any, Collector]:
     collector = Collector()
@@ -181,11 +189,7 @@ def test_cancelling_one_request_ends_it_and_leaves_the_others_whole() -> None:
     scheduler = EngineScheduler(object(), max_batch_size=4, admission_window_s=0.2)
     doomed, doomed_collector = submit(scheduler, 10_000)
     _, other = submit(scheduler, 50)
-    while not doomed_collector.tokens:
-        time.sleep(0.001)
-    scheduler.cancel(doomed)
-    assert doomed_collector.ended.wait(5)
-    assert doomed_collector.end == TurnEnd(cancelled=True)
+    doomed_collector.cancel_once_streaming(scheduler, doomed)
     assert other.ended.wait(5)
     assert other.tokens == list(range(1, 51))
     scheduler.close()

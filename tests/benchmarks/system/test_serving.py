@@ -42,30 +42,35 @@ def row(workload: str, mode: str, concurrency: int, req_per_s: float, p95: float
 
 ROWS = [
     row("prompt", "off", 1, 1.0, 1000.0),
-    row("prompt", "on", 1, 1.1, 900.0),
+    row("prompt", "cohort", 1, 1.1, 900.0),
     row("prompt", "off", 4, 1.0, 4000.0),
-    row("prompt", "on", 4, 3.3, 1300.0),
-    row("rag", "on", 1, 0.5, 2000.0),
-    row("rag", "on", 4, 0.9, 5000.0),
+    row("prompt", "cohort", 4, 3.3, 1300.0),
+    row("rag", "cohort", 1, 0.5, 2000.0),
+    row("rag", "cohort", 4, 0.9, 5000.0),
+    row("prompt", "engine", 1, 1.0, 900.0),
+    row("prompt", "engine", 4, 1.2, 2000.0),
 ]
 
 
 def test_ratios_are_against_concurrency_one_of_the_same_workload_and_mode() -> None:
     runs = {(r["workload"], r["mode"], r["concurrency"]): r for r in with_ratios(ROWS)}
-    assert runs[("prompt", "on", 4)]["req_per_s_x"] == pytest.approx(3.0)
+    assert runs[("prompt", "cohort", 4)]["req_per_s_x"] == pytest.approx(3.0)
     assert runs[("prompt", "off", 4)]["req_per_s_x"] == pytest.approx(1.0)
-    assert runs[("prompt", "on", 4)]["e2e_p95_x"] == pytest.approx(1300 / 900)
-    assert runs[("rag", "on", 1)]["out_tok_per_s_x"] == pytest.approx(1.0)
+    assert runs[("prompt", "cohort", 4)]["e2e_p95_x"] == pytest.approx(1300 / 900)
+    assert runs[("rag", "cohort", 1)]["out_tok_per_s_x"] == pytest.approx(1.0)
 
 
 def test_goals_say_which_are_met_and_by_how_much() -> None:
-    goals = {(g["workload"], g["metric"]): g for g in check_goals(with_ratios(ROWS))}
-    prompt = goals[("prompt", "throughput")]
+    goals = {(g["mode"], g["workload"], g["metric"]): g for g in check_goals(with_ratios(ROWS))}
+    prompt = goals[("cohort", "prompt", "throughput")]
     assert prompt["met"] is True and prompt["measured"] == pytest.approx(3.0)
-    rag = goals[("rag", "throughput")]
+    rag = goals[("cohort", "rag", "throughput")]
     assert rag["met"] is False and rag["versus_target"] == pytest.approx(0.9)
-    p95 = goals[("rag", "p95")]
+    p95 = goals[("cohort", "rag", "p95")]
     assert p95["met"] is False and p95["measured"] == pytest.approx(2.5)
+    engine = goals[("engine", "prompt", "throughput")]  # each batched mode is checked on its own rows
+    assert engine["met"] is False and engine["measured"] == pytest.approx(1.2)
+    assert goals[("engine", "rag", "throughput")]["met"] is None
 
 
 def test_a_goal_without_its_runs_is_unknown_rather_than_failed() -> None:
@@ -74,9 +79,13 @@ def test_a_goal_without_its_runs_is_unknown_rather_than_failed() -> None:
     assert rag and all(g["met"] is None and g["measured"] is None for g in rag)
 
 
-def test_only_max_concurrency_differs_between_the_modes() -> None:
+def test_only_max_concurrency_and_the_batch_scheduler_differ_between_the_modes() -> None:
     assert mode_env("off", 8) == {"HYBRID_GENERATOR__MAX_CONCURRENCY": "1"}
-    assert mode_env("on", 8) == {"HYBRID_GENERATOR__MAX_CONCURRENCY": "8"}
+    assert mode_env("cohort", 8) == {
+        "HYBRID_GENERATOR__MAX_CONCURRENCY": "8",
+        "HYBRID_GENERATOR__BATCH_SCHEDULER": "cohort",
+    }
+    assert mode_env("engine", 4)["HYBRID_GENERATOR__BATCH_SCHEDULER"] == "engine"
     with pytest.raises(ValueError, match="mode"):
         mode_env("both", 8)
 
@@ -92,10 +101,11 @@ def test_report_and_plot_are_written(tmp_path: Path) -> None:
         "notes": "## Why\n\nBecause.",
     }
     text = render_markdown(results)
-    assert "| prompt | on | 4 |" in text
+    assert "| prompt | cohort | 4 |" in text
+    assert "| engine | prompt | throughput >= target x |" in text
     assert "1.00, 1.20" in text  # the load average of each run
     assert "## Why" in text
-    assert "| prompt | on | 4 | 40.0 | 60.0 | 900.0 | 0.2 |" in text  # stage ms per request
+    assert "| prompt | cohort | 4 | 40.0 | 60.0 | 900.0 | 0.2 |" in text  # stage ms per request
     write_plot(runs, tmp_path / "serving.png")
     assert (tmp_path / "serving.png").stat().st_size > 0
 

@@ -24,6 +24,9 @@ BENCHES: dict[str, tuple[str, str]] = {
     "ingest": ("benchmarks.components.ingest", "main"),
     "retrieval-options": ("benchmarks.components.retrieval_options", "main"),
     "own-documents": ("benchmarks.system.own_documents", "main"),
+    "upstream-client": ("benchmarks.components.upstream_client", "main"),
+    "reranker": ("benchmarks.components.reranker", "main"),
+    "batching-micro": ("benchmarks.system.batching_micro", "main"),
 }
 
 

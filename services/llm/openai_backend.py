@@ -1,7 +1,8 @@
 """Any OpenAI-compatible server as a generator: vLLM (GPU or CPU build), llama.cpp's server, a cloud API.
 
-Spoken with httpx directly: the wire format is a small JSON object each way, with no SDK models to build
-per request.
+Spoken with aiohttp directly: the wire format is a small JSON object each way, with no SDK models to build
+per request. aiohttp rather than httpx because this client is on every request's hot path, and httpx spends
+several times aiohttp's CPU per request (benchmarks/results/upstream_client.md).
 
 Retries only on connection errors (the request never reached the server, so repeating it is safe);
 a timeout or an upstream error status is reported, not retried, to keep the tail latency honest.
@@ -23,7 +24,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from services.core.errors import ConfigError, GenerationError, GenerationTimeout, HybridError
 from services.core.settings import OpenAIGeneratorSettings
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 # reported usage always comes from the upstream's own counts.
 CHARS_PER_TOKEN_ESTIMATE = 4
 COMPLETIONS_PATH = "/chat/completions"
+JSON_HEADERS = {"Content-Type": "application/json"}
+# The longest line an upstream's SSE stream may send (aiohttp's default read buffer is 64 KiB).
+MAX_LINE_BYTES = 1 << 20
 
 
 class OpenAICompatibleGenerator(ConfiguredBackend):
@@ -51,26 +55,36 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
         if not settings.base_url:
             raise ConfigError(f"generator {settings.name!r}: backend 'openai' needs base_url")
         super().__init__(settings)
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._url = str(settings.base_url).rstrip("/") + COMPLETIONS_PATH
+        self._headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        # httpx's `timeout=` semantics: connecting and each read may take timeout_s, a whole stream longer.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.timeout_s, sock_read=settings.timeout_s
+        )
         self._adapter_lock = threading.Lock()  # one settings update at a time
         self._loaded_modules: dict[str, Path] = {}  # module name -> folder, for modules load_adapter added
 
     def warm_up(self) -> None:
-        # The client is cheap; reachability is probed by readiness checks, not at start, so the gateway
-        # can come up before its upstream does.
-        headers = {"Authorization": f"Bearer {self._settings.api_key}"} if self._settings.api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=str(self._settings.base_url).rstrip("/"),
-            headers=headers,
-            timeout=self._settings.timeout_s,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
+        # Nothing to load: the session is made on the first request, inside the event loop it belongs to.
+        # Reachability is probed by readiness checks, not at start, so the gateway can come up before
+        # its upstream does.
+        return None
 
-    def _require_client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self.warm_up()
-        assert self._client is not None
-        return self._client
+    def _require_session(self) -> aiohttp.ClientSession:
+        """The session of the running event loop (a session and its pooled connections serve one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session_loop is not loop or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60),
+                read_bufsize=MAX_LINE_BYTES,
+                raise_for_status=False,
+            )
+            self._session_loop = loop
+        return self._session
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // CHARS_PER_TOKEN_ESTIMATE)
@@ -118,50 +132,50 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
         return args
 
     @asynccontextmanager
-    async def _post(self, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+    async def _post(self, body: dict[str, Any]) -> AsyncIterator[aiohttp.ClientResponse]:
         """The upstream's response to `body` (its status checked, its body not read yet), with retries."""
         response = await self._send(body)
         folder = self._loaded_modules.get(body["model"])
-        if response.status_code == 404 and folder is not None:
+        if response.status == 404 and folder is not None:
             # A restarted vLLM forgets modules registered at run time: register it again, then retry once.
-            await response.aclose()
+            response.release()
             await self._register_again(body["model"], folder)
             response = await self._send(body)
         try:
-            if response.status_code >= 400:
-                await response.aread()
-                raise GenerationError(
-                    f"{self.name}: upstream answered {response.status_code}: {_error_message(response)}"
-                )
+            if response.status >= 400:
+                message = _error_message(await response.read())
+                raise GenerationError(f"{self.name}: upstream answered {response.status}: {message}")
             yield response
-        except httpx.TimeoutException as exc:
+        except TimeoutError as exc:  # aiohttp's read timeouts are TimeoutError subclasses
             raise GenerationTimeout(
                 f"{self.name}: upstream did not answer within {self._settings.timeout_s}s"
             ) from exc
-        except httpx.HTTPError as exc:
-            raise GenerationError(f"{self.name}: upstream response failed: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise GenerationError(f"{self.name}: upstream response failed: {exc!r}") from exc
         finally:
-            await response.aclose()
+            response.release()
 
-    async def _send(self, body: dict[str, Any]) -> httpx.Response:
+    async def _send(self, body: dict[str, Any]) -> aiohttp.ClientResponse:
         """POST `body`, retrying connection errors only (the request never reached the server)."""
-        client = self._require_client()
+        session = self._require_session()
+        data = json.dumps(body).encode("utf-8")
         attempt = 0
         while True:
             try:
-                request = client.build_request("POST", COMPLETIONS_PATH, json=body)
-                return await client.send(request, stream=True)
-            except httpx.TimeoutException as exc:
+                return await session.post(self._url, data=data, headers=JSON_HEADERS)
+            except TimeoutError as exc:
                 raise GenerationTimeout(
                     f"{self.name}: upstream did not answer within {self._settings.timeout_s}s"
                 ) from exc
-            except httpx.TransportError as exc:
+            except aiohttp.ClientConnectorError as exc:
                 if attempt >= self._settings.max_retries:
                     raise GenerationError(
                         f"{self.name}: cannot reach upstream at {self._settings.base_url}: {exc}"
                     ) from exc
                 attempt += 1
                 await asyncio.sleep(0.1 * 2**attempt)
+            except aiohttp.ClientError as exc:
+                raise GenerationError(f"{self.name}: upstream request failed: {exc!r}") from exc
 
     async def _register_again(self, module: str, folder: Path) -> None:
         try:
@@ -175,7 +189,7 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
         async with self._slots.acquire():
             started = time.perf_counter()
             async with self._post(body) as response:
-                payload = _json_object(await response.aread(), self.name)
+                payload = _json_object(await response.read(), self.name)
             busy = time.perf_counter() - started
         choices = payload.get("choices") or []
         if not choices:
@@ -205,13 +219,13 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
         """The upstream's streamed text; it honours `stop` itself, the template's matcher guards the rest."""
         finish: str | None = None
         async with self._post(body) as response:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in response.content:
+                if not line.startswith(b"data:"):
                     continue  # blank separators, comments, `event:` lines
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     break
-                chunk = _json_object(data.encode(), self.name)
+                chunk = _json_object(data, self.name)
                 if "error" in chunk:
                     raise GenerationError(f"{self.name}: upstream stream failed: {_message_of(chunk)}")
                 usage = chunk.get("usage")
@@ -232,9 +246,9 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
         counts.ended_by_model = finish != "length"
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        session, self._session = self._session, None
+        if session is not None and self._session_loop is asyncio.get_running_loop():
+            await session.close()
 
 
 def _json_object(raw: bytes, backend: str) -> dict[str, Any]:
@@ -254,10 +268,11 @@ def _message_of(payload: dict[str, Any]) -> str:
     return str(error or payload)
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(raw: bytes) -> str:
     """The OpenAI error object's message when the body is one, else the body's start."""
+    text = raw.decode("utf-8", errors="replace")
     try:
-        payload = response.json()
+        payload = json.loads(text)
     except ValueError:
-        return response.text[:200]
-    return _message_of(payload) if isinstance(payload, dict) else response.text[:200]
+        return text[:200]
+    return _message_of(payload) if isinstance(payload, dict) else text[:200]

@@ -52,6 +52,10 @@ class Sample:
     ttft_ms: float
     decode_tok_s: float
     tokens: int
+    # The gateway's own hybrid.ttft_ms: from the pipeline's start to the first visible text, and from the
+    # generator's slot to the model's first token (None on the engine side).
+    server_visible_ms: float | None = None
+    server_model_ms: float | None = None
 
 
 def engine_messages(question: str) -> tuple[ChatMessage, ...]:
@@ -97,8 +101,11 @@ class DirectEngine:
         return (first - started) * 1000.0, _rate(tokens, last - first), tokens
 
 
-def gateway_run(client: httpx.Client, question: str, max_tokens: int) -> tuple[float, float, int]:
-    """(first visible text ms, decode tokens/s after it, completion tokens) for one streamed request."""
+def gateway_run(
+    client: httpx.Client, question: str, max_tokens: int
+) -> tuple[float, float, int, float | None, float | None]:
+    """(first visible text ms, decode tokens/s after it, completion tokens, the gateway's own visible and
+    model TTFT ms) for one streamed request."""
     body = {
         "model": "prompt",
         "messages": [{"role": "user", "content": question}],
@@ -111,6 +118,7 @@ def gateway_run(client: httpx.Client, question: str, max_tokens: int) -> tuple[f
     first: float | None = None
     last = started
     tokens = 0
+    server_ttft: dict[str, float] = {}
     with client.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         for line in response.iter_lines():
@@ -119,13 +127,15 @@ def gateway_run(client: httpx.Client, question: str, max_tokens: int) -> tuple[f
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 tokens = int(chunk["usage"]["completion_tokens"])
+                server_ttft = (chunk.get("hybrid") or {}).get("ttft_ms") or {}
             choices = chunk.get("choices") or []
             if choices and choices[0].get("delta", {}).get("content"):
                 last = time.perf_counter()
                 first = first if first is not None else last
     if first is None:
         raise RuntimeError(f"the gateway streamed no text for {question!r}")
-    return (first - started) * 1000.0, _rate(tokens, last - first), tokens
+    visible, model = server_ttft.get("visible"), server_ttft.get("model")
+    return (first - started) * 1000.0, _rate(tokens, last - first), tokens, visible, model
 
 
 def _rate(tokens: int, seconds: float) -> float:
@@ -141,10 +151,15 @@ def summarize(samples: Sequence[Sample]) -> dict[str, Any]:
         }
         for side in ("engine", "gateway")
     }
+    server: dict[str, float | None] = {}
+    for key in ("server_visible_ms", "server_model_ms"):
+        values = [value for s in samples if (value := getattr(s, key)) is not None]
+        server[key] = statistics.median(values) if values else None
     ratio = by_side["gateway"]["decode_tok_s"] / by_side["engine"]["decode_tok_s"]
     gap = by_side["gateway"]["ttft_ms"] - by_side["engine"]["ttft_ms"]
     return {
         **by_side,
+        "gateway_server_ttft": server,
         "decode_ratio": round(ratio, 3),
         "ttft_gap_ms": round(gap, 1),
         "goals": {
@@ -178,10 +193,40 @@ def write_report(result: dict[str, Any]) -> None:
         f"- First visible token - engine TTFT: **{summary['ttft_gap_ms']} ms** "
         f"(goal <= {goals['ttft_gap_ms']['goal']:.0f} ms: {_verdict(goals['ttft_gap_ms'])}).",
         "",
+        *attribution_lines(summary),
         "Reproduce: `python -m benchmarks.system.streaming`.",
         "",
     ]
     (RESULTS_ROOT / "streaming.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def attribution_lines(summary: dict[str, Any]) -> list[str]:
+    """Where the gateway's extra time to first text goes, from its own hybrid.ttft_ms (medians)."""
+    gateway, engine, server = summary["gateway"], summary["engine"], summary.get("gateway_server_ttft", {})
+    visible, model = server.get("server_visible_ms"), server.get("server_model_ms")
+    if visible is None or model is None:
+        return []
+    return [
+        "Where the gap goes (medians; the gateway's `hybrid.ttft_ms`):",
+        "",
+        markdown_table(
+            ["part", "ms"],
+            [
+                ["the model's first token in the gateway, from its generator slot (`model`)", model],
+                [
+                    "  of which beyond the engine alone (thread hand-off, og.Generator set-up)",
+                    model - engine["ttft_ms"],
+                ],
+                [
+                    "pipeline start to first visible text (`visible`) minus `model`: stages before "
+                    "generation, output filter",
+                    visible - model,
+                ],
+                ["client's first text minus `visible`: HTTP, parsing, SSE", gateway["ttft_ms"] - visible],
+            ],
+        ),
+        "",
+    ]
 
 
 def _verdict(goal: dict[str, Any]) -> str:
@@ -220,10 +265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sides = ("engine", "gateway") if (round_ + index) % 2 == 0 else ("gateway", "engine")
                 for side in sides:
                     if side == "engine":
-                        measured = engine.run(engine_messages(question), args.tokens)
+                        samples.append(
+                            Sample(side, index, *engine.run(engine_messages(question), args.tokens))
+                        )
                     else:
-                        measured = gateway_run(client, question, args.tokens)
-                    samples.append(Sample(side, index, *measured))
+                        samples.append(Sample(side, index, *gateway_run(client, question, args.tokens)))
     result = {
         "environment": environment(),
         "config": {

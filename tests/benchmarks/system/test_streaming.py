@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.system.streaming import Sample, engine_messages, summarize
+from benchmarks.system.streaming import Sample, attribution_lines, engine_messages, summarize
 
 pytestmark = pytest.mark.unit
 
@@ -39,3 +39,16 @@ def test_the_engine_gets_the_prompt_pipelines_messages() -> None:
     messages = engine_messages("Why is the sky blue?")
     assert [m.role for m in messages] == ["system", "user"]
     assert messages[-1].content == "Why is the sky blue?"
+
+
+def test_the_gap_is_split_by_the_gateways_own_ttft() -> None:
+    samples = [
+        Sample("engine", 0, ttft_ms=100.0, decode_tok_s=150.0, tokens=64),
+        Sample("gateway", 0, ttft_ms=140.0, decode_tok_s=150.0, tokens=64, server_visible_ms=130.0,
+               server_model_ms=115.0),
+    ]  # fmt: skip
+    summary = summarize(samples)
+    assert summary["gateway_server_ttft"] == {"server_visible_ms": 130.0, "server_model_ms": 115.0}
+    table = "\n".join(attribution_lines(summary))
+    assert "| 115.0 |" in table and "| 15.0 |" in table and "| 10.0 |" in table
+    assert attribution_lines({**summary, "gateway_server_ttft": {}}) == []

@@ -283,7 +283,10 @@ def build_rerank_data(
             )
             stats.generate_seconds += time.perf_counter() - generating
             kept: list[str] = []
-            for question in parse_questions(result.text)[: options.questions_per_chunk]:
+            questions = parse_questions(result.text)
+            if not questions:
+                stats.reject("no_question")
+            for question in questions[: options.questions_per_chunk]:
                 stats.generated += 1
                 problem, ranked, rank = review_question(question, chunk, kept, retriever, options, search_k)
                 if problem is not None:
@@ -301,8 +304,6 @@ def build_rerank_data(
                 )
                 stats.count_rank(rank)
                 rows.append(query_row(question, chunk, negatives, rank))
-            if not parse_questions(result.text):
-                stats.reject("no_question")
             if done % PROGRESS_EVERY == 0 or done == len(selected):
                 elapsed = time.perf_counter() - started
                 logger.info(

@@ -157,11 +157,10 @@ def run_walkthrough(handbook: Path, work: Path, models: Path, default_router: Pa
     )
     write_json(work / "steps.json", {"steps_s": steps, "reused": reused})  # kept if the evals fail
 
-    dev = {
-        name: {key: metrics[key] for key in ROUTER_METRICS}
-        for name, router in (("project_router", layout.router_model), ("default_router", default_router))
-        for metrics in [evaluate_router(router, ROUTER_DEV_SET)]
-    }
+    dev: dict[str, dict[str, Any]] = {}
+    for name, router in (("project_router", layout.router_model), ("default_router", default_router)):
+        metrics = evaluate_router(router, ROUTER_DEV_SET)
+        dev[name] = {key: metrics[key] for key in ROUTER_METRICS}
     runs: dict[str, dict[str, Any]] = {}
     items_dir = work / "items"
     logger.info("eval e2e: the project's router")

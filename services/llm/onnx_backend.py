@@ -145,8 +145,8 @@ class OnnxGenerator(InProcessBackend):
         self._chat_template = read_chat_template(model_dir)
         self._guidance_ready = guided_decoding_works(model, model_dir)
         self._model, self._tokenizer, self._adapter_versions = model, tokenizer, adapter_versions
-        self._batch_pad_id = choose_pad_id(self._scaffold_ids(), pad_candidates(genai_config))
         if batch_size > 1:
+            self._batch_pad_id = choose_pad_id(self._scaffold_ids(), pad_candidates(genai_config))
             self._scheduler = self._batch_scheduler(model_dir, model, batch_size, genai_config)
         self.model_dir = model_dir
         logger.info(
@@ -246,7 +246,8 @@ class OnnxGenerator(InProcessBackend):
 
     @property
     def batch_pad_id(self) -> int | None:
-        """The pad id batched og.Generator runs use (services/llm/onnx_cohort.py); None: no safe one."""
+        """The pad id batched og.Generator runs use (services/llm/onnx_cohort.py); None: batching is off
+        (max_concurrency 1) or no token is safe as a pad."""
         return self._batch_pad_id
 
     def _scaffold_ids(self) -> set[int]:

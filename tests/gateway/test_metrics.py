@@ -9,6 +9,7 @@ sends, so the tests do not depend on their order.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections import Counter
@@ -282,3 +283,22 @@ def test_short_answers_have_a_time_to_first_token(gateway: str) -> None:
     chat(gateway, "prompt", QUESTIONS["direct"], max_tokens=4)  # the backend measured its first token
     after = scrape(gateway)
     assert delta(after, before, "hybrid_time_to_first_token_seconds_count", pipeline="prompt") == 1
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    gc.unfreeze()
+    yield
+    gc.unfreeze()  # the rest of the test session runs with a normal collector
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_a_ready_gateway_has_frozen_its_start_up_objects(upstream: str, tmp_path: Path) -> None:
+    """Start-up objects leave the cyclic collector once the gateway is ready; requests are served as usual."""
+    assert gc.get_freeze_count() == 0
+    with serve_in_thread(create_app(gateway_settings(upstream, tmp_path))) as url:
+        frozen = gc.get_freeze_count()
+        body = {"model": "prompt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    assert frozen > 10_000
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"]

@@ -120,6 +120,21 @@ class OnnxGeneratorSettings(BaseGeneratorSettings):
     graph_optimization: GraphOptimization = Field(
         "all", description="ONNX Runtime graph optimisation level applied when the model loads"
     )
+    # Finished generators are kept so that a later prompt sharing their prefix (a pipeline's system prompt,
+    # a conversation's earlier turns) prefills only the rest (services/llm/onnx_prefix_cache.py).
+    prefix_cache_slots: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="generators kept for prompt-prefix reuse; each holds a KV buffer of prefix_cache_tokens "
+        "(about 90 MB for SmolLM2 at 2048); 0 turns the cache off",
+    )
+    prefix_cache_tokens: int = Field(
+        2048,
+        ge=16,
+        description="the KV buffer of a kept generator: requests whose prompt plus max_tokens exceed it "
+        "run on a fresh generator",
+    )
 
 
 class TransformersGeneratorSettings(BaseGeneratorSettings):

@@ -46,6 +46,7 @@ class GenerationResult:
     # Seconds from the call to the first generated token, and the seconds the backend was busy.
     ttft_s: float
     busy_s: float
+    cached_prompt_tokens: int = 0  # of prompt_tokens, those a KV cache held instead of prefilling them
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class TokenDelta:
     finish_reason: FinishReason | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_prompt_tokens: int | None = None  # of prompt_tokens, those a KV cache held (None: not reported)
     ttft_s: float | None = None
     busy_s: float | None = None
 

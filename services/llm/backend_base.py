@@ -36,6 +36,7 @@ class RawCounts:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     ended_by_model: bool = False  # the model's end-of-turn (or an upstream's "stop"), not max_tokens
+    cached_prompt_tokens: int | None = None  # prompt tokens served from a KV cache instead of prefilled
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class ConfiguredBackend(abc.ABC):
                 completion_tokens=counts.completion_tokens
                 if counts.completion_tokens is not None
                 else self.count_tokens("".join(emitted)),
+                cached_prompt_tokens=counts.cached_prompt_tokens,
                 ttft_s=ttft if ttft is not None else busy,
                 busy_s=busy,
             )
@@ -149,11 +151,20 @@ class ThreadedRun:
     cancel: threading.Event = field(default_factory=threading.Event)
     generated_ids: list[int] = field(default_factory=list)
     hit_eos: bool = False
+    cached_tokens: int = 0  # prompt tokens whose KV a reused generator already held (not prefilled again)
 
     @property
     def completion_tokens(self) -> int:
         # The end-of-turn token is not part of the answer.
         return len(self.generated_ids) - (1 if self.hit_eos else 0)
+
+    def counts(self, prompt_tokens: int) -> RawCounts:
+        return RawCounts(
+            prompt_tokens,
+            self.completion_tokens,
+            ended_by_model=self.hit_eos,
+            cached_prompt_tokens=self.cached_tokens,
+        )
 
 
 class InProcessBackend(ConfiguredBackend):
@@ -176,5 +187,6 @@ class InProcessBackend(ConfiguredBackend):
             lambda emit: self._generate_blocking(prompt_ids, params, run, emit), cancel=run.cancel
         )
         return TokenLoop(
-            pieces, lambda: RawCounts(len(prompt_ids), run.completion_tokens, ended_by_model=run.hit_eos)
+            pieces,
+            lambda: run.counts(len(prompt_ids)),
         )

@@ -50,6 +50,7 @@ from services.llm.onnx_batching import (
     stream_engine_tokens,
 )
 from services.llm.onnx_cohort import CohortScheduler, choose_pad_id, pad_candidates, pad_token_overlay
+from services.llm.onnx_prefix_cache import PrefixCache, PrefixLease
 from services.llm.streaming import Emit, run_producer_in_thread
 from services.llm.structured_output import (
     ResponseFormatSpec,
@@ -99,6 +100,7 @@ class OnnxGenerator(InProcessBackend):
         self._guidance_ready = False
         self._scheduler: BatchScheduler | None = None
         self._batch_pad_id: int | None = None
+        self._prefix_cache = PrefixCache(slots=0, tokens=0)
         self.model_dir: Path | None = None
 
     # ------------------------------------------------------------------ loading
@@ -145,6 +147,9 @@ class OnnxGenerator(InProcessBackend):
         self._chat_template = read_chat_template(model_dir)
         self._guidance_ready = guided_decoding_works(model, model_dir)
         self._model, self._tokenizer, self._adapter_versions = model, tokenizer, adapter_versions
+        self._prefix_cache = PrefixCache(
+            self._settings.prefix_cache_slots, min(self._settings.prefix_cache_tokens, self._context_length)
+        )
         if batch_size > 1:
             self._batch_pad_id = choose_pad_id(self._scaffold_ids(), pad_candidates(genai_config))
             self._scheduler = self._batch_scheduler(model_dir, model, batch_size, genai_config)
@@ -363,9 +368,7 @@ class OnnxGenerator(InProcessBackend):
         pieces = run_producer_in_thread(
             lambda emit: self._generate_blocking(prompt_ids, params, run, emit), cancel=run.cancel
         )
-        return TokenLoop(
-            pieces, lambda: RawCounts(len(prompt_ids), run.completion_tokens, ended_by_model=run.hit_eos)
-        )
+        return TokenLoop(pieces, lambda: run.counts(len(prompt_ids)))
 
     def _pin_adapter(self, adapter: str | None) -> AdapterPin | None:
         if adapter is None:
@@ -409,13 +412,25 @@ class OnnxGenerator(InProcessBackend):
         run: ThreadedRun,
         emit: Emit,
     ) -> None:
-        generator = self._new_og_generator(model, prompt_ids, params)
+        lease = self._prefix_lease(model, prompt_ids, params, pin)
+        if lease is not None:
+            generator, reused = lease.generator, lease.reused
+        else:
+            generator, reused = self._new_og_generator(model, prompt_ids, params), 0
+        intact = False
         try:
             if pin is not None:
                 generator.set_active_adapter(pin.container, pin.loaded_as)
-            generator.append_tokens(prompt_ids)  # the prefill; the first token comes from the next step
+            # The prefill (of what a kept generator does not already hold); the first token comes next step.
+            generator.append_tokens(prompt_ids[reused:])
+            run.cached_tokens = reused
             decoder = self._tokenizer.create_stream()
-            while not run.cancel.is_set() and not generator.is_done():
+            # A kept generator's buffer is longer than this request's max_length: count its tokens here.
+            while (
+                not run.cancel.is_set()
+                and not generator.is_done()
+                and len(run.generated_ids) < params.max_tokens
+            ):
                 generator.generate_next_token()
                 token = int(generator.get_next_tokens()[0])
                 run.generated_ids.append(token)
@@ -426,16 +441,52 @@ class OnnxGenerator(InProcessBackend):
                 text = decoder.decode(token)
                 if text:
                     emit(text)
+            intact = True
         except Exception as exc:  # a runtime failure must surface as a domain error
+            raise GenerationError(f"ONNX generation failed: {exc}") from exc
+        finally:
+            if lease is not None:
+                self._prefix_cache.give_back(lease, intact=intact)
+
+    def _prefix_lease(
+        self, model: Any, prompt_ids: list[int], params: GenerationParams, pin: AdapterPin | None
+    ) -> PrefixLease | None:
+        """A kept generator for this request (services/llm/onnx_prefix_cache.py), or None: use a fresh one.
+
+        Not for an adapter (a kept generator would hold the adapter version past the request's pin), guided
+        decoding (its grammar state is per request) or a fixed seed (the answer must not depend on what
+        the generator sampled before).
+        """
+        cache = self._prefix_cache
+        if (
+            pin is not None
+            or params.seed is not None
+            or self._guided_format(params) is not None
+            or not cache.fits(self._session_tokens(len(prompt_ids), params))
+        ):
+            return None
+        sampling = self._search_options(cache.tokens, params)
+        sampling.update(max_length=cache.tokens)
+        key = tuple(sorted(sampling.items()))
+        try:
+            return cache.take(key, prompt_ids, lambda: self._og_generator(model, sampling, None))
+        except GenerationError:
+            raise
+        except Exception as exc:  # rewind_to refused: a runtime failure
             raise GenerationError(f"ONNX generation failed: {exc}") from exc
 
     def _new_og_generator(self, model: Any, prompt_ids: list[int], params: GenerationParams) -> Any:
+        search_options = self._search_options(len(prompt_ids), params)
+        return self._og_generator(model, search_options, self._guided_format(params))
+
+    def _og_generator(
+        self, model: Any, search_options: dict[str, Any], spec: ResponseFormatSpec | None
+    ) -> Any:
         import onnxruntime_genai as og
 
-        spec = self._guided_format(params)
         try:
             generator_params = og.GeneratorParams(model)
-            generator_params.set_search_options(**self._search_options(len(prompt_ids), params))
+            generator_params.set_search_options(**search_options)
             if spec is not None:
                 generator_params.set_guidance("json_schema", guidance_schema(spec))
             return og.Generator(model, generator_params)
@@ -447,6 +498,7 @@ class OnnxGenerator(InProcessBackend):
             raise GenerationError(f"ONNX generation failed: {exc}") from exc
 
     async def aclose(self) -> None:
+        self._prefix_cache.clear()
         if self._scheduler is not None:
             scheduler, self._scheduler = self._scheduler, None
             await asyncio.to_thread(scheduler.close)

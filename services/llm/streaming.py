@@ -70,4 +70,5 @@ async def collect_stream(stream: AsyncIterator[TokenDelta], *, backend: str) -> 
         backend=backend,
         ttft_s=last.ttft_s or 0.0,
         busy_s=last.busy_s or 0.0,
+        cached_prompt_tokens=last.cached_prompt_tokens or 0,
     )

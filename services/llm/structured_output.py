@@ -162,6 +162,7 @@ def _combined(first: GenerationResult, second: GenerationResult, text: str) -> G
         text=text,
         prompt_tokens=first.prompt_tokens + second.prompt_tokens,
         completion_tokens=first.completion_tokens + second.completion_tokens,
+        cached_prompt_tokens=first.cached_prompt_tokens + second.cached_prompt_tokens,
         ttft_s=first.ttft_s,
         busy_s=first.busy_s + second.busy_s,
     )

@@ -15,6 +15,7 @@ from services.core.settings import OnnxGeneratorSettings
 from services.core.types import ChatMessage, GenerationParams, TokenDelta
 from services.llm.model_prep import prepare_hf_model, prepare_onnx_model
 from services.llm.onnx_backend import OnnxGenerator, guided_decoding_works
+from services.llm.onnx_prefix_cache import MIN_PREFILLED_TOKENS
 from tests.llm.test_structured_output import SCHEMA as TRIP_SCHEMA
 
 pytestmark = pytest.mark.integration
@@ -309,3 +310,102 @@ async def test_an_adapter_switches_the_output_per_request(
     )
     assert plain == base.text
     assert adapted == tuned.text
+
+
+# ---------------------------------------------------------------- prompt-prefix reuse (kept generators)
+
+SYSTEM = ChatMessage(
+    "system",
+    "You answer questions from the employees of a small software company. Keep every answer short, "
+    "state only what you know, and say so when you do not know the answer to a question.",
+)
+PREFIX_CONVERSATIONS = [
+    [SYSTEM, ChatMessage("user", "What is a good way to start a code review?")],
+    [SYSTEM, ChatMessage("user", "How should I name a new git branch?")],
+    [SYSTEM, ChatMessage("user", "What is a good way to start a code review?")],
+]
+PREFIX_PARAMS = GenerationParams(max_tokens=20)
+
+
+def unbatched(settings: OnnxGeneratorSettings, **update: Any) -> OnnxGeneratorSettings:
+    return settings.model_copy(update={"max_concurrency": 1, **update})
+
+
+async def test_kept_generators_give_the_fresh_greedy_answers_and_count_the_reused_tokens(
+    smollm2_settings, onnx_data_dir, smollm2_onnx_dir
+) -> None:
+    kept = loaded(unbatched(smollm2_settings), onnx_data_dir, smollm2_onnx_dir)
+    fresh = loaded(unbatched(smollm2_settings, prefix_cache_slots=0), onnx_data_dir, smollm2_onnx_dir)
+    first = await fresh.complete(PREFIX_CONVERSATIONS[0], PREFIX_PARAMS)
+    follow_up = [
+        *PREFIX_CONVERSATIONS[0],
+        ChatMessage("assistant", first.text),
+        ChatMessage("user", "And how should it end?"),
+    ]
+    system_tokens = len(kept.prompt_ids([SYSTEM])) - 2  # without the rendered message's end
+    assert system_tokens > 30
+    conversations = [*PREFIX_CONVERSATIONS, follow_up]
+    for index, messages in enumerate(conversations):
+        expected = await fresh.complete(messages, PREFIX_PARAMS)
+        got = await kept.complete(messages, PREFIX_PARAMS)
+        assert (got.text, got.prompt_tokens, got.completion_tokens, got.finish_reason) == (
+            expected.text,
+            expected.prompt_tokens,
+            expected.completion_tokens,
+            expected.finish_reason,
+        ), messages
+        assert expected.cached_prompt_tokens == 0
+        # Two slots: the first two prompts each get a generator, so the repeat finds the first one's.
+        if index < 2:
+            assert got.cached_prompt_tokens == 0
+        elif index == 2:  # the same prompt again: all but the last tokens, which give the logits
+            assert got.cached_prompt_tokens == got.prompt_tokens - MIN_PREFILLED_TOKENS
+        else:
+            assert system_tokens <= got.cached_prompt_tokens < got.prompt_tokens
+    # The follow-up reused the whole first prompt, not only the system prompt.
+    assert got.cached_prompt_tokens == len(kept.prompt_ids(PREFIX_CONVERSATIONS[0]))
+
+
+async def test_a_request_that_could_outgrow_the_kept_buffer_runs_on_a_fresh_generator(
+    smollm2_settings, onnx_data_dir, smollm2_onnx_dir
+) -> None:
+    messages = PREFIX_CONVERSATIONS[0]
+    prompt_tokens = len(
+        OnnxGenerator.prompt_ids(loaded(smollm2_settings, onnx_data_dir, smollm2_onnx_dir), messages)
+    )
+    settings = unbatched(smollm2_settings, prefix_cache_tokens=prompt_tokens + PREFIX_PARAMS.max_tokens - 1)
+    small = loaded(settings, onnx_data_dir, smollm2_onnx_dir)
+    first = await small.complete(messages, PREFIX_PARAMS)
+    again = await small.complete(messages, PREFIX_PARAMS)
+    assert first.text == again.text
+    assert first.cached_prompt_tokens == again.cached_prompt_tokens == 0
+    assert (await small.complete(messages, GenerationParams(max_tokens=PREFIX_PARAMS.max_tokens - 1))).text
+
+
+async def test_a_cancelled_request_leaves_a_generator_the_next_request_can_reuse(
+    smollm2_settings, onnx_data_dir, smollm2_onnx_dir
+) -> None:
+    kept = loaded(unbatched(smollm2_settings), onnx_data_dir, smollm2_onnx_dir)
+    fresh = loaded(unbatched(smollm2_settings, prefix_cache_slots=0), onnx_data_dir, smollm2_onnx_dir)
+    stream = cast(
+        AsyncGenerator[TokenDelta, None],
+        kept.stream(PREFIX_CONVERSATIONS[1], GenerationParams(max_tokens=200)),
+    )
+    assert (await anext(stream)).text
+    await stream.aclose()
+    got = await kept.complete(PREFIX_CONVERSATIONS[1], PREFIX_PARAMS)
+    assert got.text == (await fresh.complete(PREFIX_CONVERSATIONS[1], PREFIX_PARAMS)).text
+    assert got.cached_prompt_tokens == got.prompt_tokens - MIN_PREFILLED_TOKENS
+
+
+async def test_seeded_and_guided_requests_never_take_a_kept_generator(
+    smollm2_settings, onnx_data_dir, smollm2_onnx_dir
+) -> None:
+    kept = loaded(unbatched(smollm2_settings), onnx_data_dir, smollm2_onnx_dir)
+    messages = PREFIX_CONVERSATIONS[0]
+    await kept.complete(messages, PREFIX_PARAMS)
+    seeded = GenerationParams(max_tokens=12, temperature=1.0, seed=7)
+    assert (await kept.complete(messages, seeded)).cached_prompt_tokens == 0
+    guided = GenerationParams(max_tokens=24, response_format={"type": "json_object"})
+    assert (await kept.complete(messages, guided)).cached_prompt_tokens == 0
+    assert (await kept.complete(messages, PREFIX_PARAMS)).cached_prompt_tokens > 0

@@ -20,6 +20,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "serving": ("benchmarks.system.serving", "main"),
     "streaming": ("benchmarks.system.streaming", "main"),
     "ttft": ("benchmarks.system.ttft", "main"),
+    "prefix-cache": ("benchmarks.system.prefix_cache", "main"),
     "faults": ("benchmarks.system.crash_matrix", "main"),
     "ingest": ("benchmarks.components.ingest", "main"),
     "retrieval-options": ("benchmarks.components.retrieval_options", "main"),

@@ -4,6 +4,8 @@ Same model, precision and intra-op threads on both sides, greedy, `--tokens` new
 side is onnxruntime-genai itself (og.Generator, one token per step), in this process; the gateway side is
 `hybridllm serve` (the `prompt` pipeline, privacy output filter on, as `make run` serves it) read with SSE.
 Each prompt runs on both sides back to back, alternating which goes first, while the other side is idle.
+The gateway's prompt-prefix cache is off, so both sides prefill whole prompts and the difference is the
+streaming path's (benchmarks/system/prefix_cache.py measures the cache).
 
     python -m benchmarks.system.streaming [--rounds 3] [--tokens 128] [--threads 2]
 
@@ -252,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "HYBRID_GENERATOR__THREADS": str(args.threads),
         "HYBRID_GENERATOR__ONNX_PRECISION": args.precision,
         "HYBRID_DEFAULT_PIPELINE": "prompt",
+        "HYBRID_GENERATOR__PREFIX_CACHE_SLOTS": "0",
     }
     samples: list[Sample] = []
     with (

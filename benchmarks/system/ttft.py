@@ -11,9 +11,8 @@ int8 MatMul accuracy level. The last is an attribute of the model's MatMulNBits 
 is built; og.Config cannot change it at load, so it is measured on a copy of the graph with the attribute
 rewritten (the weights file is hard-linked).
 
-System-prompt prefix reuse: onnxruntime-genai has no KV sharing across generators, but one generator can be
-rewound (`rewind_to`) to the end of a prefix it already holds. That is measured on the baseline options
-against a fresh generator for the same prompt, checking that both give the same first token.
+Every generator here is fresh: the service's prompt-prefix cache is measured by
+benchmarks/system/prefix_cache.py.
 
     hybridllm bench ttft [--rounds 5] [--threads 2]
 
@@ -201,36 +200,6 @@ class Engines:
         return steps / (time.perf_counter() - started)
 
 
-class PrefixReuse:
-    """One generator that keeps a shared prompt prefix in its KV cache, rewound to it for every prompt."""
-
-    def __init__(self, engines: Engines, option: str, prefix_ids: Sequence[int], max_length: int) -> None:
-        og = engines._og
-        params = og.GeneratorParams(engines.models[option])
-        params.set_search_options(max_length=max_length, do_sample=False, batch_size=1)
-        self._generator = og.Generator(engines.models[option], params)
-        self._generator.append_tokens(list(prefix_ids))
-        self.prefix_length = len(prefix_ids)
-
-    def ttft(self, prompt_ids: Sequence[int]) -> tuple[float, int]:
-        """(TTFT ms, first token) when only the tokens after the held prefix are prefilled."""
-        started = time.perf_counter()
-        self._generator.rewind_to(self.prefix_length)
-        self._generator.append_tokens(list(prompt_ids[self.prefix_length :]))
-        self._generator.generate_next_token()
-        first = int(self._generator.get_next_tokens()[0])
-        return (time.perf_counter() - started) * 1000.0, first
-
-
-def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
-    """How many leading tokens all sequences share."""
-    shortest = min(len(s) for s in sequences)
-    for index in range(shortest):
-        if len({s[index] for s in sequences}) > 1:
-            return index
-    return shortest
-
-
 def summarize(
     samples: Sequence[Sample], options: Sequence[str], decode: Mapping[str, Sequence[float]]
 ) -> dict[str, Any]:
@@ -316,7 +285,7 @@ def plot(summary: Mapping[str, Any], path: Path) -> None:
 def write_report(result: Mapping[str, Any]) -> None:
     write_json(RESULTS_ROOT / "ttft.json", result)
     plot(result["summary"], RESULTS_ROOT / "ttft.png")
-    summary, config, reuse = result["summary"], result["config"], result["prefix_reuse"]
+    summary, config = result["summary"], result["config"]
     prompts = list(summary["prompt_tokens"])
     headers = [
         "option",
@@ -337,10 +306,6 @@ def write_report(result: Mapping[str, Any]) -> None:
     ]
     goal = summary["goal_ttft_ms_at_100"]
     slope = result["slope"]
-    reuse_rows = [
-        [p, r["prompt_tokens"], r["fresh_ms"], r["rewound_ms"], r["same_first_token"]]
-        for p, r in reuse["prompts"].items()
-    ]
     load = result["load_average"]
     lines = [
         "# Time to first token of the embedded ONNX engine",
@@ -374,20 +339,9 @@ def write_report(result: Mapping[str, Any]) -> None:
         "- `same 1st token`: the share of prompts where the option's greedy first token is the baseline's. "
         "Decode tok/s: the greedy tokens after the first, following the 100-token prompt.",
         "",
-        "## Reusing the system-prompt prefix",
-        "",
-        "onnxruntime-genai 0.18 cannot share a KV cache between generators: `og.Generator` has no copy, "
-        "fork or state export (`snapshot_state()` takes no target and returns nothing), and each request "
-        "needs its own generator for its own sampling options. One generator can be rewound "
-        "(`rewind_to`) to the end of a prefix it already holds and then prefill only the rest. Measured on "
-        f"the baseline with the shared rendered prefix of the rag prompts ({reuse['prefix_tokens']} tokens), "
-        "one long-lived generator against a fresh one per prompt, interleaved:",
-        "",
-        markdown_table(
-            ["prompt", "tokens", "fresh ms", "rewound to prefix ms", "same first token"], reuse_rows
-        ),
-        "",
-        f"Median rewound / fresh: **{reuse['ratio']}x**.",
+        "Every generator here is fresh. The service reuses a prompt prefix it prefilled before (the "
+        "pipeline's system prompt, a conversation's earlier turns); benchmarks/results/prefix_cache.md "
+        "measures that against a fresh generator.",
         "",
         "Reproduce: `hybridllm bench ttft` (`python -m benchmarks.system.ttft`).",
         "",
@@ -397,36 +351,6 @@ def write_report(result: Mapping[str, Any]) -> None:
 
 def _verdict(met: bool) -> str:
     return "met" if met else "missed"
-
-
-def measure_prefix_reuse(
-    engines: Engines, prompts: Mapping[str, Sequence[int]], rounds: int
-) -> dict[str, Any]:
-    """Fresh generator against one rewound to the prompts' shared prefix, interleaved, on the baseline."""
-    prefix = list(prompts.values())[0][: common_prefix_length(list(prompts.values()))]
-    reuse = PrefixReuse(engines, "baseline", prefix, max(len(p) for p in prompts.values()) + 2)
-    fresh: dict[str, list[float]] = {p: [] for p in prompts}
-    rewound: dict[str, list[float]] = {p: [] for p in prompts}
-    same: dict[str, bool] = {}
-    for round_ in range(rounds):
-        for name, ids in prompts.items():
-            order = ("fresh", "rewound") if round_ % 2 == 0 else ("rewound", "fresh")
-            firsts = {}
-            for side in order:
-                ms, firsts[side] = engines.ttft("baseline", ids) if side == "fresh" else reuse.ttft(ids)
-                (fresh if side == "fresh" else rewound)[name].append(ms)
-            same[name] = same.get(name, True) and firsts["fresh"] == firsts["rewound"]
-    rows = {
-        name: {
-            "prompt_tokens": len(prompts[name]),
-            "fresh_ms": statistics.median(fresh[name]),
-            "rewound_ms": statistics.median(rewound[name]),
-            "same_first_token": same[name],
-        }
-        for name in prompts
-    }
-    ratio = statistics.median(r["rewound_ms"] / r["fresh_ms"] for r in rows.values())
-    return {"prefix_tokens": len(prefix), "prompts": rows, "ratio": round(ratio, 3)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -465,11 +389,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     samples.append(Sample(option.name, name, len(ids), round(ms, 2), first))
                     if name == "100":
                         decode[option.name].append(engines.decode_tok_s(option.name, ids, DECODE_TOKENS))
-        reuse = (
-            measure_prefix_reuse(engines, {n: prompt_ids[n] for n in rag}, args.rounds)
-            if len(rag) > 1
-            else {}
-        )
     summary = summarize(samples, [o.name for o in options], decode)
     result = {
         "config": {
@@ -482,7 +401,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "environment": environment(),
         "summary": summary,
         "slope": ttft_slope(summary["median_ttft_ms"]["baseline"], summary["prompt_tokens"]),
-        "prefix_reuse": reuse,
         "samples": [asdict(s) for s in samples],
         "decode_samples": decode,
     }

@@ -123,14 +123,14 @@ class OnnxGeneratorSettings(BaseGeneratorSettings):
     # Finished generators are kept so that a later prompt sharing their prefix (a pipeline's system prompt,
     # a conversation's earlier turns) prefills only the rest (services/llm/onnx_prefix_cache.py).
     prefix_cache_slots: int = Field(
-        2,
+        4,
         ge=0,
         le=64,
         description="generators kept for prompt-prefix reuse; each holds a KV buffer of prefix_cache_tokens "
-        "(about 90 MB for SmolLM2 at 2048); 0 turns the cache off",
+        "(about 45 MB for SmolLM2 at 1024); 0 turns the cache off",
     )
     prefix_cache_tokens: int = Field(
-        2048,
+        1024,
         ge=16,
         description="the KV buffer of a kept generator: requests whose prompt plus max_tokens exceed it "
         "run on a fresh generator",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.system.ttft import Sample, common_prefix_length, engine_options, summarize, ttft_slope
+from benchmarks.system.ttft import Sample, engine_options, summarize, ttft_slope
 
 pytestmark = pytest.mark.unit
 
@@ -46,11 +46,6 @@ def test_an_option_that_costs_decode_or_answers_or_gains_too_little_is_not_chose
     summary = summarize(samples, ["baseline", "fast"], {"baseline": [100.0], "fast": [fast_decode]})
     assert summary["chosen"] == "baseline"
     assert summary["goal_ttft_ms_at_100"] == {"goal": 120.0, "chosen_ms": 210.0, "met": False}
-
-
-def test_the_common_prefix_stops_at_the_first_difference() -> None:
-    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
-    assert common_prefix_length([[1, 2], [1, 2, 3]]) == 2
 
 
 def test_the_slope_is_the_cost_of_one_more_prompt_token() -> None:

@@ -59,12 +59,16 @@ class Sample:
     text: str
 
 
-def padded_messages(service: OnnxGenerator, question: str, target_tokens: int) -> tuple[ChatMessage, ...]:
+def padded_messages(
+    service: OnnxGenerator, question: str, target_tokens: int, rotation: int
+) -> tuple[ChatMessage, ...]:
     """The `prompt` pipeline's messages for filler and then `question`, about `target_tokens` in all.
 
-    The filler comes first, so the prompt shares only the system prompt with the plain question's.
+    The filler's words are rotated by `rotation`, so that prompts for different questions share only the
+    system prompt, as different users' questions would.
     """
     words = (PADDING * (target_tokens // 10 + 2)).split()
+    words = words[rotation % len(words) :] + words[: rotation % len(words)]
     for count in range(len(words) + 1):  # the fewest filler words that reach the target
         messages = engine_messages(f"{' '.join(words[:count])} {question}".strip())
         if service.render_prompt_tokens(messages) >= target_tokens:
@@ -87,7 +91,7 @@ async def measure(
     tokens: int,
 ) -> list[Sample]:
     on = backends["on"]
-    padded = {q: padded_messages(on, text, 100) for q, text in questions.items()}
+    padded = {q: padded_messages(on, text, 100, 7 * i) for i, (q, text) in enumerate(questions.items())}
     samples: list[Sample] = []
     turn = 0
     for round_ in range(rounds):

@@ -102,7 +102,8 @@ class PrefixCache:
 
         One whose whole prompt starts this one (the same prompt again, or a conversation's next turn)
         loses nothing and is taken at once. Otherwise a free slot gets a new generator, so that each kept
-        prompt stays; when all are made, the one sharing the longest prefix (the latest on ties) is rewound.
+        prompt stays; when all are made, the one sharing the longest prefix is rewound, on ties the least
+        recently used (a prompt just served is the likeliest to get a next turn).
         """
         best: PrefixSlot | None = None
         best_length = -1
@@ -112,7 +113,7 @@ class PrefixCache:
             length = shared_prefix_length(slot.held, prompt_ids)
             if length == len(slot.held):
                 return slot, length
-            if length >= best_length:
+            if length > best_length:  # the idle list runs from the least recently used
                 best, best_length = slot, length
         if best is None or self._lent + len(self._idle) < self.slots:
             return None, 0

@@ -96,6 +96,15 @@ def test_each_pipelines_system_prompt_keeps_its_own_generator() -> None:
     assert len(make.made) == 2
 
 
+def test_a_tie_rewinds_the_least_recently_used_so_the_last_prompt_keeps_its_next_turn() -> None:
+    cache, make = PrefixCache(slots=2, tokens=1000), Factory()
+    serve(cache, make, SYSTEM + [1, 1], [7])
+    serve(cache, make, SYSTEM + [2, 2], [7])
+    serve(cache, make, SYSTEM + [3, 3], [7])  # rewinds the [1, 1] generator
+    assert serve(cache, make, SYSTEM + [2, 2, 7, 5, 5], [7]) == len(SYSTEM) + 2
+    assert serve(cache, make, SYSTEM + [3, 3, 7, 5, 5], [7]) == len(SYSTEM) + 2
+
+
 def test_when_every_slot_is_made_the_longest_shared_prefix_is_rewound() -> None:
     cache, make = PrefixCache(slots=2, tokens=1000), Factory()
     serve(cache, make, SYSTEM + [1, 1], [7])

@@ -246,8 +246,9 @@ def write_report(result: Mapping[str, Any]) -> None:
         "left out of the timings (its answers are compared too). TTFT is the backend's own, from its slot "
         "to the first text; busy is the whole request. Medians.",
         "",
-        f"Load average (1 min) {load['start']:.2f} at start, {load['end']:.2f} at end; the machine has 2 "
-        "cores and was shared with an editor and a helper's unit tests, so read the ratios.",
+        f"Load average (1 min) {load['start']:.2f} at start, {load['end']:.2f} at end. The machine has 2 "
+        "cores and other agents' tools may have run beside the bench (no other heavy run: those take a "
+        "shared lock), so read the ratios.",
         "",
         markdown_table(headers, rows),
         "",

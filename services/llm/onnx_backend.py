@@ -15,8 +15,10 @@ Adapters can be loaded at run time (`load_adapter`, POST /admin/adapters): a new
 old one and becomes current for requests that arrive later; a request keeps the version current when it
 entered the backend to its end (services/llm/onnx_adapter_versions.py).
 
-The unbatched path (and every request with `max_concurrency` 1) gets its own `og.Generator`, driven token
-by token (`generate_next_token`) inside one worker thread, so no two threads ever touch one generator.
+The unbatched path (and every request with `max_concurrency` 1) gets an `og.Generator` of its own: a fresh
+one, or one the prefix cache kept with a prompt that starts like this one's
+(services/llm/onnx_prefix_cache.py). It is driven token by token (`generate_next_token`) inside one worker
+thread, so no two threads ever touch one generator.
 On both paths the consumer closing the stream cancels the request between tokens, so a client that
 disconnects frees its place within one token. A requested JSON format is enforced by the library's guided
 decoding where it initialises for the model; otherwise the runner validates and repairs
@@ -317,8 +319,9 @@ class OnnxGenerator(InProcessBackend):
         """The tokens one request can reach: its prompt and answer, within the model's context."""
         return min(prompt_len + params.max_tokens, self._context_length)
 
-    def _search_options(self, prompt_len: int, params: GenerationParams) -> dict[str, Any]:
-        options: dict[str, Any] = {"max_length": self._session_tokens(prompt_len, params), "batch_size": 1}
+    def _search_options(self, max_length: int, params: GenerationParams) -> dict[str, Any]:
+        """og search options for one sequence of at most `max_length` tokens, with the request's sampling."""
+        options: dict[str, Any] = {"max_length": max_length, "batch_size": 1}
         if params.temperature > 0:
             options.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
             if params.seed is not None:
@@ -465,18 +468,17 @@ class OnnxGenerator(InProcessBackend):
             or not cache.fits(self._session_tokens(len(prompt_ids), params))
         ):
             return None
-        sampling = self._search_options(cache.tokens, params)
-        sampling.update(max_length=cache.tokens)
-        key = tuple(sorted(sampling.items()))
+        options = self._search_options(cache.tokens, params)
+        key = tuple(sorted(options.items()))
         try:
-            return cache.take(key, prompt_ids, lambda: self._og_generator(model, sampling, None))
+            return cache.take(key, prompt_ids, lambda: self._og_generator(model, options, None))
         except GenerationError:
             raise
         except Exception as exc:  # rewind_to refused: a runtime failure
             raise GenerationError(f"ONNX generation failed: {exc}") from exc
 
     def _new_og_generator(self, model: Any, prompt_ids: list[int], params: GenerationParams) -> Any:
-        search_options = self._search_options(len(prompt_ids), params)
+        search_options = self._search_options(self._session_tokens(len(prompt_ids), params), params)
         return self._og_generator(model, search_options, self._guided_format(params))
 
     def _og_generator(

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionChunk
 
 from services.core.settings import Settings, load_settings
 from services.gateway.app import create_app
@@ -71,16 +73,23 @@ def test_non_streaming_completion_has_usage_and_extension(client: openai.OpenAI)
     assert costs["generate"] > costs["privacy"] > 0
 
 
-def test_streaming_matches_non_streaming_and_ends_with_usage(client: openai.OpenAI) -> None:
-    whole = client.chat.completions.create(model="prompt", messages=QUESTION, max_tokens=40)  # type: ignore[arg-type]
+def streamed_with_usage(
+    client: openai.OpenAI, messages: list[Any], *, max_tokens: int
+) -> list[ChatCompletionChunk]:
+    """A streamed answer from the `prompt` pipeline, ending with the usage chunk."""
     stream = client.chat.completions.create(
         model="prompt",
-        messages=QUESTION,  # type: ignore[arg-type]
-        max_tokens=40,
+        messages=messages,
+        max_tokens=max_tokens,
         stream=True,
         stream_options={"include_usage": True},
     )
-    chunks = list(stream)
+    return list(stream)
+
+
+def test_streaming_matches_non_streaming_and_ends_with_usage(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model="prompt", messages=QUESTION, max_tokens=40)  # type: ignore[arg-type]
+    chunks = streamed_with_usage(client, QUESTION, max_tokens=40)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content  # greedy decoding is deterministic
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3  # really token by token
@@ -115,15 +124,7 @@ def test_a_reused_prompt_prefix_is_reported_as_cached_prompt_tokens(tmp_path: Pa
         first = client.chat.completions.create(model="prompt", messages=QUESTION, max_tokens=4)  # type: ignore[arg-type]
         answer = {"role": "assistant", "content": first.choices[0].message.content}
         next_turn = [*QUESTION, answer, {"role": "user", "content": "And three more?"}]
-        chunks = list(
-            client.chat.completions.create(
-                model="prompt",
-                messages=next_turn,  # type: ignore[arg-type]
-                max_tokens=4,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-        )
+        chunks = streamed_with_usage(client, next_turn, max_tokens=4)
         samples = scrape(url)
     assert first.usage is not None and first.usage.prompt_tokens_details is not None
     assert first.usage.prompt_tokens_details.cached_tokens == 0  # nothing was prefilled before
@@ -131,6 +132,7 @@ def test_a_reused_prompt_prefix_is_reported_as_cached_prompt_tokens(tmp_path: Pa
     second = chunks[-1].usage
     assert second is not None and second.prompt_tokens_details is not None
     cached = second.prompt_tokens_details.cached_tokens
+    assert cached is not None
     # The whole first prompt is reused; the answer and the new question are prefilled.
     assert first.usage.prompt_tokens <= cached < second.prompt_tokens
     assert chunks[-1].model_extra["hybrid"]["tokens"]["cached_prompt"] == cached

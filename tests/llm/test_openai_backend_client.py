@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from benchmarks.harness.fixture_upstream import MODEL_NAME, FixtureBehaviour, running_fixture_upstream
 from services.core.errors import GenerationError
 from services.core.settings import OpenAIGeneratorSettings
-from services.core.types import ChatMessage, GenerationParams, TokenDelta
+from services.core.types import ChatMessage, GenerationParams, GenerationResult, TokenDelta
 from services.llm.openai_backend import OpenAICompatibleGenerator
 
 MESSAGES = (ChatMessage(role="user", content="Say something."),)
@@ -116,16 +116,22 @@ async def usage_upstream() -> AsyncIterator[tuple[web.Application, str]]:
         yield app, str(server.make_url("")).rstrip("/")
 
 
-async def test_the_upstreams_cached_prompt_tokens_pass_through(
-    usage_upstream: tuple[web.Application, str],
-) -> None:
-    _, url = usage_upstream
+async def _whole_and_streamed(url: str) -> tuple[GenerationResult, TokenDelta]:
+    """One answer asked for whole, then one streamed: the result and the stream's final delta."""
     backend = backend_for(url)
     try:
         whole = await backend.complete(MESSAGES, PARAMS)
         final = [delta async for delta in backend.stream(MESSAGES, PARAMS)][-1]
     finally:
         await backend.aclose()
+    return whole, final
+
+
+async def test_the_upstreams_cached_prompt_tokens_pass_through(
+    usage_upstream: tuple[web.Application, str],
+) -> None:
+    _, url = usage_upstream
+    whole, final = await _whole_and_streamed(url)
     assert (whole.prompt_tokens, whole.cached_prompt_tokens) == (40, 32)
     assert (final.prompt_tokens, final.cached_prompt_tokens) == (40, 32)
 
@@ -135,11 +141,6 @@ async def test_an_upstream_without_prompt_tokens_details_reports_none_cached(
 ) -> None:
     app, url = usage_upstream
     app[USAGE] = {key: value for key, value in CACHED_USAGE.items() if key != "prompt_tokens_details"}
-    backend = backend_for(url)
-    try:
-        whole = await backend.complete(MESSAGES, PARAMS)
-        final = [delta async for delta in backend.stream(MESSAGES, PARAMS)][-1]
-    finally:
-        await backend.aclose()
+    whole, final = await _whole_and_streamed(url)
     assert whole.cached_prompt_tokens == 0  # GenerationResult counts it as 0
     assert final.cached_prompt_tokens is None  # a stream says "not reported"; the runner counts 0

@@ -37,6 +37,7 @@ from services.gateway.responses import (
     GroundednessReport,
     HybridExtension,
     PrivacyReport,
+    PromptTokensDetails,
     RouteInfo,
     SourceRef,
     TemplateInfo,
@@ -116,6 +117,7 @@ def build_extension(trace: RequestTrace, outcome: Outcome | None) -> HybridExten
             prompt=outcome.prompt_tokens if outcome else 0,
             completion=outcome.completion_tokens if outcome else 0,
             context=trace.context_tokens,
+            cached_prompt=outcome.cached_prompt_tokens if outcome else 0,
         ),
         cost_usd=outcome.cost_usd if outcome else {},
         privacy=PrivacyReport.model_validate(trace.privacy) if trace.privacy is not None else None,
@@ -157,6 +159,7 @@ def _usage(outcome: Outcome) -> Usage:
         prompt_tokens=outcome.prompt_tokens,
         completion_tokens=outcome.completion_tokens,
         total_tokens=outcome.prompt_tokens + outcome.completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=outcome.cached_prompt_tokens),
     )
 
 
@@ -216,6 +219,7 @@ class ChatCompletion:
             record["tokens"] = {
                 "prompt": outcome.prompt_tokens,
                 "completion": outcome.completion_tokens,
+                "cached_prompt": outcome.cached_prompt_tokens,
                 "context": self._trace.context_tokens,
             }
             record["cost_usd"] = outcome.cost_usd.get("total", 0.0)

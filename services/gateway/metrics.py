@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 STAGES = ("privacy", "route", "embed", "search", "rerank", "select", "generate", "verify")
 # What the groundedness check did with an answer (services/pipelines/grounding.py).
 GROUNDEDNESS_ACTIONS = ("pass", "flag", "extract", "abstain")
-TOKEN_KINDS = ("prompt", "completion", "context")
+TOKEN_KINDS = ("prompt", "completion", "context", "cached_prompt")
 COST_STAGES = ("privacy", "route", "retrieval", "generate")
 STATUSES = ("ok", "client_error", "server_error", "refused")
 INTENTS = ("direct", "knowledge", "out_of_scope")
@@ -114,7 +114,8 @@ class ServiceMetrics:
             ["pipeline"], buckets=TPOT_BUCKETS, registry=r,
         )  # fmt: skip
         self.tokens = Counter(
-            "hybrid_tokens", "Tokens by pipeline and kind (prompt, completion, context).",
+            "hybrid_tokens", "Tokens by pipeline and kind (prompt, completion, context, cached_prompt: "
+            "the prompt tokens a KV cache held instead of prefilling them).",
             ["pipeline", "kind"], registry=r,
         )  # fmt: skip
         self.cost = Counter(
@@ -282,6 +283,7 @@ class ServiceMetrics:
         self.tokens.labels(pipeline=pipeline, kind="prompt").inc(outcome.prompt_tokens)
         self.tokens.labels(pipeline=pipeline, kind="completion").inc(outcome.completion_tokens)
         self.tokens.labels(pipeline=pipeline, kind="context").inc(trace.context_tokens)
+        self.tokens.labels(pipeline=pipeline, kind="cached_prompt").inc(outcome.cached_prompt_tokens)
         for stage, usd in outcome.cost_usd.items():
             if stage != "total":
                 self.cost.labels(pipeline=pipeline, stage=stage).inc(usd)

@@ -59,9 +59,12 @@ class SourceRef(_Body):
 
 
 class TokenCounts(_Body):
+    """`cached_prompt`: of `prompt`, the tokens the backend's KV cache held instead of prefilling them."""
+
     prompt: int
     completion: int
     context: int
+    cached_prompt: int
 
 
 class TemplateInfo(_Body):
@@ -148,10 +151,17 @@ class HybridExtension(_Body):
     cache: CacheInfo | None = None
 
 
+class PromptTokensDetails(_Body):
+    """Of the prompt tokens, `cached_tokens` the backend's KV cache held instead of prefilling them."""
+
+    cached_tokens: int
+
+
 class Usage(_Body):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class AssistantMessage(_Body):

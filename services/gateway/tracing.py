@@ -175,6 +175,7 @@ def _request_attributes(
         attributes["hybrid.privacy_findings"] = sorted(trace.privacy_counts)
     if outcome is not None:
         attributes["hybrid.tokens.prompt"] = outcome.prompt_tokens
+        attributes["hybrid.tokens.cached_prompt"] = outcome.cached_prompt_tokens
         attributes["hybrid.tokens.completion"] = outcome.completion_tokens
         attributes["hybrid.tokens.context"] = trace.context_tokens
         attributes["hybrid.finish_reason"] = outcome.finish_reason

@@ -201,6 +201,7 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
             text=text,
             prompt_tokens=int(usage.get("prompt_tokens", self.render_prompt_tokens(messages))),
             completion_tokens=int(usage.get("completion_tokens", self.count_tokens(text))),
+            cached_prompt_tokens=_cached_prompt_tokens(usage) or 0,
             finish_reason=finish_reason(
                 ended_by_model=choice.get("finish_reason") != "length", stopped_by_string=False
             ),
@@ -232,6 +233,7 @@ class OpenAICompatibleGenerator(ConfiguredBackend):
                 if usage:
                     counts.prompt_tokens = int(usage["prompt_tokens"])
                     counts.completion_tokens = int(usage["completion_tokens"])
+                    counts.cached_prompt_tokens = _cached_prompt_tokens(usage)
                 choices = chunk.get("choices") or []
                 if not choices:
                     continue
@@ -276,3 +278,10 @@ def _error_message(raw: bytes) -> str:
     except ValueError:
         return text[:200]
     return _message_of(payload) if isinstance(payload, dict) else text[:200]
+
+
+def _cached_prompt_tokens(usage: dict[str, Any]) -> int | None:
+    """`usage.prompt_tokens_details.cached_tokens` when the upstream reports it (vLLM, OpenAI), else None."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return int(cached) if cached is not None else None

@@ -53,6 +53,7 @@ class Outcome:
     finish_reason: FinishReason = "stop"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, those the backend's KV cache held (not prefilled)
     # First answer text the client sees, from the request's start; the model's own first token, from the
     # start of its generation (the engine's TTFT: after any queue wait, before any output filter).
     ttft_s: float | None = None
@@ -219,6 +220,7 @@ class PipelineRunner:
                 if delta.finish_reason is not None:
                     outcome.finish_reason = delta.finish_reason
                     outcome.prompt_tokens = delta.prompt_tokens or 0
+                    outcome.cached_prompt_tokens = delta.cached_prompt_tokens or 0
                     outcome.completion_tokens = delta.completion_tokens or 0
                     outcome.busy_s = delta.busy_s or 0.0
                     outcome.model_ttft_s = delta.ttft_s
@@ -347,6 +349,7 @@ def _as_deltas(result: GenerationResult) -> tuple[TokenDelta, TokenDelta]:
             finish_reason=result.finish_reason,
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
+            cached_prompt_tokens=result.cached_prompt_tokens,
             ttft_s=result.ttft_s,
             busy_s=result.busy_s,
         ),

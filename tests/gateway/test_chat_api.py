@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionChunk
 
 from services.core.settings import Settings, load_settings
 from services.gateway.app import create_app
 from tests.conftest import MODEL_CACHE, serve_in_thread
+from tests.gateway.metrics_scrape import scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -70,16 +73,23 @@ def test_non_streaming_completion_has_usage_and_extension(client: openai.OpenAI)
     assert costs["generate"] > costs["privacy"] > 0
 
 
-def test_streaming_matches_non_streaming_and_ends_with_usage(client: openai.OpenAI) -> None:
-    whole = client.chat.completions.create(model="prompt", messages=QUESTION, max_tokens=40)  # type: ignore[arg-type]
+def streamed_with_usage(
+    client: openai.OpenAI, messages: list[Any], *, max_tokens: int
+) -> list[ChatCompletionChunk]:
+    """A streamed answer from the `prompt` pipeline, ending with the usage chunk."""
     stream = client.chat.completions.create(
         model="prompt",
-        messages=QUESTION,  # type: ignore[arg-type]
-        max_tokens=40,
+        messages=messages,
+        max_tokens=max_tokens,
         stream=True,
         stream_options={"include_usage": True},
     )
-    chunks = list(stream)
+    return list(stream)
+
+
+def test_streaming_matches_non_streaming_and_ends_with_usage(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model="prompt", messages=QUESTION, max_tokens=40)  # type: ignore[arg-type]
+    chunks = streamed_with_usage(client, QUESTION, max_tokens=40)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content  # greedy decoding is deterministic
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3  # really token by token
@@ -102,6 +112,33 @@ def test_stream_without_usage_carries_extension_on_finish_chunk(base_url: str) -
     completion = final["hybrid"]["tokens"]["completion"]
     assert completion >= 1
     assert final["choices"][0]["finish_reason"] == ("length" if completion == 8 else "stop")
+
+
+def test_a_reused_prompt_prefix_is_reported_as_cached_prompt_tokens(tmp_path: Path) -> None:
+    """The embedded backend's prefix cache as a client and an operator see it: a conversation's next turn
+    starts with the first turn's prompt (system prompt included), which the backend does not prefill again:
+    `usage.prompt_tokens_details.cached_tokens`, and the `cached_prompt` token counter beside `prompt`."""
+    # A gateway of its own: the module's has already prefilled the prompt pipeline's system prompt.
+    with serve_in_thread(create_app(_settings(tmp_path))) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        first = client.chat.completions.create(model="prompt", messages=QUESTION, max_tokens=4)  # type: ignore[arg-type]
+        answer = {"role": "assistant", "content": first.choices[0].message.content}
+        next_turn = [*QUESTION, answer, {"role": "user", "content": "And three more?"}]
+        chunks = streamed_with_usage(client, next_turn, max_tokens=4)
+        samples = scrape(url)
+    assert first.usage is not None and first.usage.prompt_tokens_details is not None
+    assert first.usage.prompt_tokens_details.cached_tokens == 0  # nothing was prefilled before
+    assert first.model_extra["hybrid"]["tokens"]["cached_prompt"] == 0
+    second = chunks[-1].usage
+    assert second is not None and second.prompt_tokens_details is not None
+    cached = second.prompt_tokens_details.cached_tokens
+    assert cached is not None
+    # The whole first prompt is reused; the answer and the new question are prefilled.
+    assert first.usage.prompt_tokens <= cached < second.prompt_tokens
+    assert chunks[-1].model_extra["hybrid"]["tokens"]["cached_prompt"] == cached
+    assert value(samples, "hybrid_tokens_total", pipeline="prompt", kind="cached_prompt") == cached
+    prompt = value(samples, "hybrid_tokens_total", pipeline="prompt", kind="prompt")
+    assert prompt == first.usage.prompt_tokens + second.prompt_tokens
 
 
 def test_stop_string_cuts_the_answer(client: openai.OpenAI) -> None:

@@ -10,7 +10,13 @@ import pytest
 from services.core.types import RouteDecision
 from services.gateway.chat import build_extension
 from services.gateway.errors import error_body
-from services.gateway.responses import ChatCompletionChunk, ChunkChoice, ChunkDelta, Usage
+from services.gateway.responses import (
+    ChatCompletionChunk,
+    ChunkChoice,
+    ChunkDelta,
+    PromptTokensDetails,
+    Usage,
+)
 from services.llm.prompts import TemplateRef
 from services.pipelines.base import RequestTrace
 from services.pipelines.runner import Outcome
@@ -20,7 +26,11 @@ pytestmark = pytest.mark.unit
 
 def _outcome() -> Outcome:
     return Outcome(
-        text="Hi.", prompt_tokens=7, completion_tokens=2, cost_usd={"generate": 1e-05, "total": 1e-05}
+        text="Hi.",
+        prompt_tokens=7,
+        completion_tokens=2,
+        cached_prompt_tokens=3,
+        cost_usd={"generate": 1e-05, "total": 1e-05},
     )
 
 
@@ -36,7 +46,7 @@ def test_extension_of_a_plain_answer_has_the_fixed_members_only() -> None:
     ]  # fmt: skip
     assert body["route"] is None and body["privacy"] is None and body["index_version"] is None
     assert body["timings_ms"] == {"generate": 12.346}
-    assert body["tokens"] == {"prompt": 7, "completion": 2, "context": 0}
+    assert body["tokens"] == {"prompt": 7, "completion": 2, "context": 0, "cached_prompt": 3}
     assert body["template"] == {"name": "direct", "version": "1"}
     assert body["backend"] == {"name": "local", "trust": "internal"}
     # The stdlib encoder writes the values as it did from plain dicts.
@@ -78,7 +88,7 @@ def test_extension_adds_optional_members_when_they_apply() -> None:
     )
     assert body["adapter"] == {"name": "tuned", "version": "v2"}
     assert body["fallback"] == {"from": "local", "to": "fallback"}
-    assert body["tokens"] == {"prompt": 0, "completion": 0, "context": 0}
+    assert body["tokens"] == {"prompt": 0, "completion": 0, "context": 0, "cached_prompt": 0}
     assert body["cost_usd"] == {}
 
 
@@ -119,10 +129,17 @@ def test_chunks_leave_out_what_a_chunk_does_not_carry() -> None:
     assert chunk(ChunkDelta(content="Hi")).json_body()["choices"][0]["delta"] == {"content": "Hi"}
     usage_chunk = chunk(ChunkDelta())
     usage_chunk.choices = []
-    usage_chunk.usage = Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3)
+    details = PromptTokensDetails(cached_tokens=1)
+    usage_chunk.usage = Usage(
+        prompt_tokens=1, completion_tokens=2, total_tokens=3, prompt_tokens_details=details
+    )
     body = usage_chunk.json_body()
     assert list(body) == ["id", "object", "created", "model", "choices", "usage"]
     assert body["choices"] == []
+    assert body["usage"] == {
+        "prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3,
+        "prompt_tokens_details": {"cached_tokens": 1},
+    }  # fmt: skip
 
 
 def test_error_body_is_the_openai_error_object() -> None:

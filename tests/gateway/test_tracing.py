@@ -41,7 +41,7 @@ ALLOWED_ATTRIBUTES = {
     "hybrid.pipeline", "hybrid.route", "hybrid.status", "hybrid.stream", "hybrid.intent",
     "hybrid.router_confidence", "hybrid.backend", "hybrid.backend_trust", "hybrid.privacy_findings",
     "hybrid.tokens.prompt", "hybrid.tokens.completion", "hybrid.tokens.context", "hybrid.finish_reason",
-    "hybrid.stage",
+    "hybrid.stage", "hybrid.tokens.cached_prompt",
 }  # fmt: skip
 QUESTION = "How many vacation days do I get per year? Mail me at jane.doe@example.com"
 
@@ -111,6 +111,7 @@ def test_request_span_with_a_child_per_stage(
     assert attributes["hybrid.stream"] is stream
     assert attributes["hybrid.intent"] == extension["route"]["intent"]
     assert attributes["hybrid.tokens.completion"] == extension["tokens"]["completion"]
+    assert attributes["hybrid.tokens.cached_prompt"] == extension["tokens"]["cached_prompt"]
     assert tuple(attributes["hybrid.privacy_findings"]) == ("email",)  # type: ignore[arg-type]
     for span in spans:
         keys = set((span.attributes or {}).keys())

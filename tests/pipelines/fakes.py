@@ -20,8 +20,10 @@ class ScriptedGenerator:
         trust: Trust = "internal",
         fail_before_first: bool = False,
         fail_after_first: bool = False,
+        cached_prompt_tokens: int | None = None,
     ) -> None:
         self.answer = answer
+        self.cached_prompt_tokens = cached_prompt_tokens  # what the final delta reports, as a KV cache would
         self._name = name
         self._trust = trust
         self.fail_before_first = fail_before_first
@@ -70,6 +72,7 @@ class ScriptedGenerator:
             finish_reason="stop",
             prompt_tokens=self.render_prompt_tokens(messages),
             completion_tokens=len(words),
+            cached_prompt_tokens=self.cached_prompt_tokens,
             ttft_s=0.001,
             busy_s=0.01,
         )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+
 import pytest
 
 from services.core.cost import CostLedger
 from services.core.errors import GenerationError
 from services.core.settings import PriceCard
-from services.core.types import ChatMessage, GenerationParams, IntentPrediction, RouteDecision
+from services.core.types import ChatMessage, GenerationParams, IntentPrediction, RouteDecision, TokenDelta
 from services.llm.prompts import PromptLibrary
 from services.pipelines.base import PipelineRequest, RequestTrace
 from services.pipelines.hybrid import HybridPipeline
@@ -153,3 +155,56 @@ async def test_non_streaming_completion_uses_complete_and_falls_back() -> None:
     assert outcome.text == "whole answer" and outcome.generated
     assert trace.fallback == {"from": "fake", "to": "backup"}
     assert outcome.ttft_s is not None and outcome.ttft_s > 0
+
+
+async def test_cached_prompt_tokens_reach_the_outcome_streamed_and_whole() -> None:
+    gen = ScriptedGenerator("one two", cached_prompt_tokens=5)
+    runner = PipelineRunner(CostLedger(PRICES), primary=gen)
+    pipeline = PromptPipeline(gen, PROMPTS, "sys")
+    _, streamed, _ = await _run(runner, pipeline, _request())
+    whole = await runner.complete(pipeline, _request(), RequestTrace(pipeline="prompt"))
+    assert streamed.cached_prompt_tokens == whole.cached_prompt_tokens == 5
+
+
+async def test_a_backend_that_does_not_report_cached_tokens_counts_zero() -> None:
+    gen = ScriptedGenerator("one two", cached_prompt_tokens=None)
+    runner = PipelineRunner(CostLedger(PRICES), primary=gen)
+    _, outcome, _ = await _run(runner, PromptPipeline(gen, PROMPTS, "sys"), _request())
+    assert outcome.generated and outcome.prompt_tokens > 0 and outcome.cached_prompt_tokens == 0
+
+
+async def test_a_refusal_makes_no_generator_call_and_reports_no_cached_tokens() -> None:
+    gen = ScriptedGenerator(cached_prompt_tokens=5)
+    hybrid = HybridPipeline(
+        _FixedClassifier("out_of_scope", 0.9),
+        _Policy(),
+        {"prompt": PromptPipeline(gen, PROMPTS, "s")},
+        PROMPTS,
+    )
+    _, outcome, _ = await _run(PipelineRunner(CostLedger(PRICES), primary=gen), hybrid, _request("x"))
+    assert not outcome.generated and outcome.cached_prompt_tokens == 0
+
+
+class _JsonOnTheRepair(ScriptedGenerator):
+    """Answers with prose first, then (asked to repair) with valid JSON."""
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> AsyncIterator[TokenDelta]:
+        async for delta in super().stream(messages, params):
+            yield delta
+        self.answer = '{"ok": true}'
+
+
+async def test_structured_output_sums_cached_tokens_over_the_answer_and_its_repair() -> None:
+    gen = _JsonOnTheRepair("not json", cached_prompt_tokens=4)
+    runner = PipelineRunner(CostLedger(PRICES), primary=gen)
+    request = PipelineRequest(
+        messages=(ChatMessage("user", "hi"),),
+        params=GenerationParams(response_format={"type": "json_object"}),
+        request_id="r1",
+    )
+    _, outcome, _ = await _run(runner, PromptPipeline(gen, PROMPTS, "sys"), request)
+    assert len(gen.received) == 2 and outcome.text == '{"ok": true}'
+    assert outcome.cached_prompt_tokens == 8
+    assert outcome.prompt_tokens == sum(gen.render_prompt_tokens(prompt) for prompt in gen.received)

@@ -102,7 +102,8 @@ class PrefixCache:
 
         One whose whole prompt starts this one (the same prompt again, or a conversation's next turn)
         loses nothing and is taken at once. Otherwise a free slot gets a new generator, so that each kept
-        prompt stays; when all are made, the one sharing the longest prefix is rewound, on ties the least
+        prompt stays for its next turn (the price: the first `slots` different prompts after a start reuse
+        nothing); when all are made, the one sharing the longest prefix is rewound, on ties the least
         recently used (a prompt just served is the likeliest to get a next turn).
         """
         best: PrefixSlot | None = None

@@ -38,7 +38,7 @@ from benchmarks.harness.environment import environment, environment_markdown
 from benchmarks.harness.paths import REPO_ROOT, RESULTS_ROOT
 from benchmarks.harness.report import markdown_table, write_json
 from benchmarks.system.streaming import engine_messages
-from benchmarks.system.ttft import EVAL_FILE, GOAL_TTFT_MS_AT_100, PADDING, rag_prompts
+from benchmarks.system.ttft import EVAL_FILE, GOAL_TTFT_MS_AT_100, padded_prompt, rag_prompts
 from services.core.settings import OnnxGeneratorSettings
 from services.core.types import ChatMessage, GenerationParams
 from services.llm.model_prep import GENAI_CONFIG_NAME
@@ -64,23 +64,6 @@ class Sample:
     text: str
 
 
-def padded_messages(
-    service: OnnxGenerator, question: str, target_tokens: int, rotation: int
-) -> tuple[ChatMessage, ...]:
-    """The `prompt` pipeline's messages for filler and then `question`, about `target_tokens` in all.
-
-    The filler's words are rotated by `rotation`, so that prompts for different questions share only the
-    system prompt, as different users' questions would.
-    """
-    words = (PADDING * (target_tokens // 10 + 2)).split()
-    words = words[rotation % len(words) :] + words[: rotation % len(words)]
-    for count in range(len(words) + 1):  # the fewest filler words that reach the target
-        messages = engine_messages(f"{' '.join(words[:count])} {question}".strip())
-        if service.render_prompt_tokens(messages) >= target_tokens:
-            return messages
-    return messages
-
-
 def kv_buffer_mb(model_dir: Path, tokens: int) -> float:
     """The KV buffer of one kept generator, computed from the model's config (fp32 keys and values)."""
     decoder = json.loads((model_dir / GENAI_CONFIG_NAME).read_text(encoding="utf-8"))["model"]["decoder"]
@@ -96,7 +79,7 @@ async def measure(
     tokens: int,
 ) -> list[Sample]:
     on = backends["on"]
-    padded = {q: padded_messages(on, text, 100, 7 * i) for i, (q, text) in enumerate(questions.items())}
+    padded = {q: padded_prompt(on, 100, text, 7 * i) for i, (q, text) in enumerate(questions.items())}
     samples: list[Sample] = []
     turn = 0
     for round_ in range(rounds):

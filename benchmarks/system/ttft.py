@@ -88,17 +88,26 @@ def engine_options(threads: int) -> list[EngineOption]:
     ]
 
 
-def padded_prompt(service: OnnxGenerator, target_tokens: int) -> tuple[ChatMessage, ...]:
-    """The `prompt` pipeline's messages, the user text grown until the rendered prompt has target tokens."""
+def padded_prompt(
+    service: OnnxGenerator, target_tokens: int, question: str = "", rotation: int = 0
+) -> tuple[ChatMessage, ...]:
+    """The `prompt` pipeline's messages, filler words and then `question`, grown until the rendered prompt
+    has `target_tokens`. The filler is rotated by `rotation` words, so that prompts padded with different
+    rotations share only the system prompt."""
     words = (PADDING * (target_tokens // 10 + 2)).split()
+    words = words[rotation % len(words) :] + words[: rotation % len(words)]
+
+    def messages(count: int) -> tuple[ChatMessage, ...]:
+        return engine_messages(f"{' '.join(words[:count])} {question}".strip())
+
     low, high = 1, len(words)
     while low < high:  # the fewest words whose rendered prompt reaches target_tokens
         middle = (low + high) // 2
-        if service.render_prompt_tokens(engine_messages(" ".join(words[:middle]))) >= target_tokens:
+        if service.render_prompt_tokens(messages(middle)) >= target_tokens:
             high = middle
         else:
             low = middle + 1
-    return engine_messages(" ".join(words[:low]))
+    return messages(low)
 
 
 def rag_prompts(questions: int) -> dict[str, tuple[ChatMessage, ...]]:

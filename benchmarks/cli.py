@@ -1,8 +1,8 @@
 """`hybridllm bench` (an entry point in the `hybridllm.commands` group, extra `bench`): the load generator,
-the gateway overhead, serving (batching), streaming and TTFT benches, the crash matrix, ingestion's embedding
-throughput, and the architecture comparison. The bench modules load when the command runs. `hybridllm plan`
-(entry point `plan`, same extra): capacity per architecture from the comparison's measured costs
-(benchmarks/planning)."""
+the gateway overhead, serving (batching), streaming, TTFT and event-loop benches, the crash matrix,
+ingestion's embedding throughput, and the architecture comparison. The bench modules load when the
+command runs. `hybridllm plan` (entry point `plan`, same extra): capacity per architecture from the
+comparison's measured costs (benchmarks/planning)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "streaming": ("benchmarks.system.streaming", "main"),
     "ttft": ("benchmarks.system.ttft", "main"),
     "prefix-cache": ("benchmarks.system.prefix_cache", "main"),
+    "loop-responsiveness": ("benchmarks.system.loop_responsiveness", "main"),
     "faults": ("benchmarks.system.crash_matrix", "main"),
     "ingest": ("benchmarks.components.ingest", "main"),
     "retrieval-options": ("benchmarks.components.retrieval_options", "main"),

@@ -120,6 +120,13 @@ class OnnxGeneratorSettings(BaseGeneratorSettings):
     graph_optimization: GraphOptimization = Field(
         "all", description="ONNX Runtime graph optimisation level applied when the model loads"
     )
+    # onnxruntime-genai's Python binding holds the GIL through a whole prefill or decode step, which stops
+    # the event loop (services/llm/oga_native.py): drive those calls through its C API instead.
+    release_gil: bool = Field(
+        True,
+        description="run the generator's prefill and decode steps without holding Python's GIL, so the "
+        "server keeps serving other work while a request computes; off uses the binding's own calls",
+    )
     # Finished generators are kept so that a later prompt sharing their prefix (a pipeline's system prompt,
     # a conversation's earlier turns) prefills only the rest (services/llm/onnx_prefix_cache.py).
     prefix_cache_slots: int = Field(

@@ -18,7 +18,8 @@ entered the backend to its end (services/llm/onnx_adapter_versions.py).
 The unbatched path (and every request with `max_concurrency` 1) gets an `og.Generator` of its own: a fresh
 one, or one the prefix cache kept with a prompt that starts like this one's
 (services/llm/onnx_prefix_cache.py). It is driven token by token (`generate_next_token`) inside one worker
-thread, so no two threads ever touch one generator.
+thread, so no two threads ever touch one generator. Its prefill and decode steps (on the batched paths'
+generators too) run without holding the GIL (services/llm/oga_native.py), so the event loop keeps serving.
 On both paths the consumer closing the stream cancels the request between tokens, so a client that
 disconnects frees its place within one token. A requested JSON format is enforced by the library's guided
 decoding where it initialises for the model; otherwise the runner validates and repairs
@@ -42,6 +43,7 @@ from services.core.types import ChatMessage, GenerationParams, Role
 from services.llm.backend_base import InProcessBackend, RawCounts, ThreadedRun, TokenLoop
 from services.llm.hf_folder import prepare_hf_model
 from services.llm.model_prep import GENAI_CONFIG_NAME, prepare_onnx_model, verify_onnx_model
+from services.llm.oga_native import compute_calls
 from services.llm.onnx_adapter_versions import AdapterPin, AdapterVersions
 from services.llm.onnx_batching import (
     BatchScheduler,
@@ -194,6 +196,7 @@ class OnnxGenerator(InProcessBackend):
             max_batch_size=batch_size,
             admission_window_s=window_s,
             demand=demand,
+            release_gil=self._settings.release_gil,
         )
 
     def load_adapter(self, name: str, folder: Path) -> None:
@@ -424,8 +427,10 @@ class OnnxGenerator(InProcessBackend):
         try:
             if pin is not None:
                 generator.set_active_adapter(pin.container, pin.loaded_as)
+            # Prefill and decode steps run without the GIL where the binding allows (oga_native.py).
+            calls = compute_calls(generator, release_gil=self._settings.release_gil)
             # The prefill (of what a kept generator does not already hold); the first token comes next step.
-            generator.append_tokens(prompt_ids[reused:])
+            calls.append_tokens(prompt_ids[reused:])
             run.cached_tokens = reused
             decoder = self._tokenizer.create_stream()
             # A kept generator's buffer is longer than this request's max_length: count its tokens here.
@@ -434,7 +439,7 @@ class OnnxGenerator(InProcessBackend):
                 and not generator.is_done()
                 and len(run.generated_ids) < params.max_tokens
             ):
-                generator.generate_next_token()
+                calls.generate_next_token()
                 token = int(generator.get_next_tokens()[0])
                 run.generated_ids.append(token)
                 if token in self._eos_ids:

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
+from services.llm.oga_native import compute_calls
 from services.llm.onnx_batching import BatchScheduler, EngineTicket, TurnEnd, deliver_end, deliver_token
 
 logger = logging.getLogger(__name__)
@@ -77,9 +78,11 @@ class CohortScheduler(BatchScheduler):
         max_batch_size: int,
         admission_window_s: float,
         demand: Callable[[], int] | None = None,
+        release_gil: bool = True,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, admission_window_s=admission_window_s, demand=demand)
         self._model = model  # loaded with pad_token_overlay(pad_id)
+        self._release_gil = release_gil
         self._pad_id = pad_id
         self._eos_ids = frozenset(eos_ids)
         self._context_length = context_length
@@ -129,7 +132,8 @@ class CohortScheduler(BatchScheduler):
             options.update(do_sample=False)
         params.set_search_options(**options)
         generator = og.Generator(self._model, params)
-        generator.append_tokens(batch)  # the prefill of every row; their first tokens come with the next step
+        calls = compute_calls(generator, release_gil=self._release_gil)
+        calls.append_tokens(batch)  # the prefill of every row; their first tokens come with the next step
         produced = [0] * len(tickets)
         while open_rows:
             if self._take_incoming(idle=False) is None:  # shutting down
@@ -147,7 +151,7 @@ class CohortScheduler(BatchScheduler):
                     deliver_end(ticket, TurnEnd())
                 open_rows.clear()
                 return
-            generator.generate_next_token()
+            calls.generate_next_token()
             next_tokens = generator.get_next_tokens()
             for row, ticket in list(open_rows.items()):
                 token = int(next_tokens[row])

@@ -409,3 +409,70 @@ async def test_seeded_and_guided_requests_never_take_a_kept_generator(
     guided = GenerationParams(max_tokens=24, response_format={"type": "json_object"})
     assert (await kept.complete(messages, guided)).cached_prompt_tokens == 0
     assert (await kept.complete(messages, PREFIX_PARAMS)).cached_prompt_tokens > 0
+
+
+# ---------------------------------------------------------------------------- the GIL (oga_native.py)
+
+SENTENCE = "The quarterly review covered staffing and the release plan."
+LONG_PROMPT = [ChatMessage("user", " ".join([SENTENCE] * 60))]
+
+
+async def largest_loop_pause(generator: OnnxGenerator, messages: list[ChatMessage]) -> tuple[float, float]:
+    """(the longest the event loop could not run, the request's duration) while `messages` is generated."""
+    stamps: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            stamps.append(asyncio.get_running_loop().time())
+            await asyncio.sleep(0.001)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.01)
+    started = asyncio.get_running_loop().time()
+    await generator.complete(messages, GenerationParams(max_tokens=2))
+    ended = asyncio.get_running_loop().time()
+    ticker.cancel()
+    during = [stamp for stamp in stamps if started <= stamp <= ended] + [ended]
+    pauses = [later - earlier for earlier, later in zip([started, *during], during, strict=False)]
+    return max(pauses), ended - started
+
+
+@pytest.mark.parametrize("release_gil", [True, False])
+async def test_the_event_loop_runs_while_a_long_prompt_prefills_only_with_the_gil_released(
+    release_gil: bool, smollm2_settings, onnx_data_dir, smollm2_onnx_dir
+) -> None:
+    settings = smollm2_settings.model_copy(
+        update={"release_gil": release_gil, "max_concurrency": 1, "prefix_cache_slots": 0}
+    )
+    generator = loaded(settings, onnx_data_dir, smollm2_onnx_dir)
+    assert generator.render_prompt_tokens(LONG_PROMPT) > 500
+    pause, duration = await largest_loop_pause(generator, LONG_PROMPT)
+    if release_gil:
+        assert pause < 0.25 * duration  # the loop kept running through the prefill
+    else:
+        assert pause > 0.5 * duration  # the binding held the GIL through the whole prefill
+
+
+async def test_the_bindings_own_calls_give_the_same_greedy_answer(
+    smollm2_settings, onnx_data_dir, smollm2_onnx_dir, greedy_reference: str
+) -> None:
+    settings = smollm2_settings.model_copy(update={"release_gil": False, "max_concurrency": 1})
+    result = await loaded(settings, onnx_data_dir, smollm2_onnx_dir).complete(QUESTION, GREEDY)
+    assert result.text == greedy_reference  # the reference ran through the C API (the default)
+
+
+def test_a_c_api_error_is_raised_with_its_message(generator: OnnxGenerator) -> None:
+    import onnxruntime_genai as og
+
+    from services.llm.oga_native import compute_calls, native_calls_available
+
+    assert native_calls_available()  # the pinned onnxruntime-genai is a checked version
+    model = generator._require_model()
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=8, batch_size=1)
+    og_generator = og.Generator(model, params)
+    calls = compute_calls(og_generator, release_gil=True)
+    assert calls is not og_generator
+    with pytest.raises(RuntimeError, match=r"\S"):
+        calls.append_tokens(list(range(100, 120)))  # beyond max_length
+    assert compute_calls(og_generator, release_gil=False) is og_generator

@@ -4,7 +4,8 @@
     python -m benchmarks.system.serving --requests 8 --concurrency 1,4 --workloads prompt --modes off,cohort
 
 One `hybridllm serve` process per mode, with the embedded defaults, serves the same handbook index: `off`
-with `generator.max_concurrency` 1 (one og.Generator per request), `engine` and `cohort` with the batch size
+with `generator.max_concurrency` 1 (one og.Generator per request), `held` the same with the GIL held while
+the generator computes (`generator.release_gil: false`), `engine` and `cohort` with the batch size
 as max_concurrency and that `generator.batch_scheduler`. For each workload and concurrency level the modes
 run back to back, in an order that rotates from level to level, so a drift of the machine's load touches
 all of them.
@@ -43,7 +44,7 @@ from benchmarks.system.grounding import knowledge_items
 HANDBOOK_EVAL = REPO_ROOT / "corpus" / "eval" / "handbook_eval.jsonl"
 DEFAULT_INDEX = REPO_ROOT / "var" / "index"
 WORKLOAD_PIPELINES = {"prompt": "prompt", "rag": "rag"}
-MODES = ("off", "engine", "cohort")
+MODES = ("off", "held", "engine", "cohort")
 BATCHED_MODES = ("engine", "cohort")
 GOAL_LEVEL = 4
 
@@ -66,6 +67,8 @@ def mode_env(mode: str, batch_size: int) -> dict[str, str]:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "off":
         return {"HYBRID_GENERATOR__MAX_CONCURRENCY": "1"}
+    if mode == "held":  # `off` as it ran before oga_native.py: the binding holds the GIL while it computes
+        return {"HYBRID_GENERATOR__MAX_CONCURRENCY": "1", "HYBRID_GENERATOR__RELEASE_GIL": "false"}
     return {
         "HYBRID_GENERATOR__MAX_CONCURRENCY": str(batch_size),
         "HYBRID_GENERATOR__BATCH_SCHEDULER": mode,
@@ -183,7 +186,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"GenAI), streamed requests, {config['max_tokens']} max tokens, greedy, "
         f"{config['requests']} requests per level (closed loop). `off`: `generator.max_concurrency` 1 "
         "(one `og.Generator` per request, queued, with the default prompt-prefix cache, which batched "
-        "requests do not use); `engine` and `cohort`: max_concurrency "
+        "requests do not use); `held`: the same with `generator.release_gil: false`, so the GIL is held "
+        "through each prefill and decode step as the Python binding does; `engine` and `cohort`: "
+        "max_concurrency "
         f"{config['batch_size']} with that `generator.batch_scheduler` (`og.Engine`'s static batches, or "
         "cohorts of one batched `og.Generator`). At each level the modes ran back to back, in an order "
         "rotating from level to level. Ratios (x) are against concurrency 1 of the same workload and mode. "
@@ -268,7 +273,7 @@ def write_plot(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
             )
             if not points:
                 continue
-            style = {"off": ":", "engine": "--"}.get(mode, "-")
+            style = {"off": ":", "held": "-.", "engine": "--"}.get(mode, "-")
             label = f"{workload}, {mode}"
             left.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=label)
             right.plot([p[0] for p in points], [p[2] for p in points], style, marker="o", label=label)

@@ -81,6 +81,10 @@ def test_a_goal_without_its_runs_is_unknown_rather_than_failed() -> None:
 
 def test_only_max_concurrency_and_the_batch_scheduler_differ_between_the_modes() -> None:
     assert mode_env("off", 8) == {"HYBRID_GENERATOR__MAX_CONCURRENCY": "1"}
+    assert mode_env("held", 8) == {
+        "HYBRID_GENERATOR__MAX_CONCURRENCY": "1",
+        "HYBRID_GENERATOR__RELEASE_GIL": "false",
+    }
     assert mode_env("cohort", 8) == {
         "HYBRID_GENERATOR__MAX_CONCURRENCY": "8",
         "HYBRID_GENERATOR__BATCH_SCHEDULER": "cohort",

@@ -163,6 +163,10 @@ def write_report(result: Mapping[str, Any]) -> None:
         f"generation decode rate {ratios['decode']}x.",
         "- A probe is any work waiting on the loop: with the GIL held it waits out the current prefill or "
         "decode step; a prefill of a long prompt is the longest wait.",
+        "- With the GIL released the server answers the probes while it generates, so the generation shares "
+        "the two cores with that work; a difference in its first text or decode rate here is the cost of "
+        "serving the probes, not of the release (benchmarks/results/streaming.md measures the generation "
+        "with no other work).",
         "",
         "![probe latency](loop_responsiveness.png)",
         "",

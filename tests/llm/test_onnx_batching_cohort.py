@@ -131,8 +131,7 @@ def test_requests_arriving_during_a_cohort_start_the_next_one_together() -> None
     model = FakeModel({5: list(range(100, 130)), 6: [20, 21], 7: [30]})
     scheduler = scheduler_for(model, window_s=0.5, demand=1)
     first, first_collector = submit(scheduler, [5], max_tokens=30)
-    while not first_collector.tokens:
-        time.sleep(0.001)
+    first_collector.wait_for_first_token()
     late = [submit(scheduler, [6], max_tokens=5)[1], submit(scheduler, [7, 1], max_tokens=5)[1]]
     scheduler.cancel(first)
     assert all(c.ended.wait(5) for c in late)
@@ -171,8 +170,7 @@ def test_closing_ends_the_running_cohort_cancelled_and_refuses_new_requests() ->
     model = FakeModel({5: list(range(100, 10_000))})
     scheduler = scheduler_for(model, window_s=0.0)
     _, running = submit(scheduler, [5], max_tokens=9_000)
-    while not running.tokens:
-        time.sleep(0.001)
+    running.wait_for_first_token()
     scheduler.close()
     assert running.ended.wait(5)
     assert running.end == TurnEnd(cancelled=True)

@@ -134,10 +134,17 @@ class Collector:
         self.end = end
         self.ended.set()
 
+    def wait_for_first_token(self, timeout_s: float = 5.0) -> None:
+        """Block until a token arrives; fail (not hang) if the request ends or nothing comes in time."""
+        deadline = time.monotonic() + timeout_s
+        while not self.tokens:
+            assert not self.ended.is_set(), f"ended before its first token: {self.end}"
+            assert time.monotonic() < deadline, f"no token within {timeout_s} s"
+            time.sleep(0.001)
+
     def cancel_once_streaming(self, scheduler: BatchScheduler, ticket: Any) -> None:
         """Cancel `ticket` after its first token and check that it ends cancelled."""
-        while not self.tokens:
-            time.sleep(0.001)
+        self.wait_for_first_token()
         scheduler.cancel(ticket)
         assert self.ended.wait(5)
         assert self.end == TurnEnd(cancelled=True)
@@ -176,8 +183,7 @@ def test_requests_arriving_during_a_batch_start_together_with_the_next() -> None
     # The last batch's member counts as a companion to come (a closed-loop client), so they wait the window.
     scheduler = EngineScheduler(object(), max_batch_size=4, admission_window_s=0.5, demand=lambda: 1)
     first, first_collector = submit(scheduler, 10_000)
-    while not first_collector.tokens:
-        time.sleep(0.001)
+    first_collector.wait_for_first_token()
     late = [submit(scheduler, 3)[1] for _ in range(2)]
     scheduler.cancel(first)
     assert all(c.ended.wait(5) for c in late)

@@ -7,7 +7,10 @@ Each prompt runs on every side back to back, in an order rotating from prompt to
 are idle. The `gateway` side's prompt-prefix cache is off, so it prefills whole prompts as the engine does
 and the difference is the streaming path's: that is what the goals are about. A third side,
 `gateway-cached`, is the gateway as `make run` serves it, with the cache on: what a user of the default
-gets. Each round numbers its questions, so a prompt shares only the system prompt with earlier ones.
+gets. A fourth, `gateway-held`, is `gateway` with the GIL held while the generator computes
+(`generator.release_gil: false`, as the Python binding does), so the change in services/llm/oga_native.py
+is measured on the same prompts. Each round numbers its questions, so a prompt shares only the system
+prompt with earlier ones.
 
     python -m benchmarks.system.streaming [--rounds 3] [--tokens 128] [--threads 2]
 
@@ -47,7 +50,9 @@ PROMPTS = (
     "Give three tips for writing a clear email, with one sentence each.",
 )
 GOALS = {"decode_ratio": 0.9, "ttft_gap_ms": 15.0}
-SIDES = ("engine", "gateway", "gateway-cached")
+# The gateway-held side: no prefix cache, and the GIL held while the generator computes.
+HELD = {"HYBRID_GENERATOR__PREFIX_CACHE_SLOTS": "0", "HYBRID_GENERATOR__RELEASE_GIL": "false"}
+SIDES = ("engine", "gateway", "gateway-cached", "gateway-held")
 
 
 @dataclass(frozen=True)
@@ -157,15 +162,12 @@ def summarize(samples: Sequence[Sample]) -> dict[str, Any]:
         for side in SIDES
         if any(s.side == side for s in samples)
     }
-    server: dict[str, float | None] = {}
-    for key in ("server_visible_ms", "server_model_ms"):
-        values = [value for s in samples if s.side == "gateway" and (value := getattr(s, key)) is not None]
-        server[key] = statistics.median(values) if values else None
     ratio = by_side["gateway"]["decode_tok_s"] / by_side["engine"]["decode_tok_s"]
     gap = by_side["gateway"]["ttft_ms"] - by_side["engine"]["ttft_ms"]
     return {
         **by_side,
-        "gateway_server_ttft": server,
+        "gateway_server_ttft": _server_medians(samples, "gateway"),
+        "gateway_held_server_ttft": _server_medians(samples, "gateway-held"),
         "decode_ratio": round(ratio, 3),
         "ttft_gap_ms": round(gap, 1),
         "goals": {
@@ -173,6 +175,15 @@ def summarize(samples: Sequence[Sample]) -> dict[str, Any]:
             "ttft_gap_ms": {"goal": GOALS["ttft_gap_ms"], "met": gap <= GOALS["ttft_gap_ms"]},
         },
     }
+
+
+def _server_medians(samples: Sequence[Sample], side: str) -> dict[str, float | None]:
+    """The medians of one gateway side's own hybrid.ttft_ms (visible and model)."""
+    server: dict[str, float | None] = {}
+    for key in ("server_visible_ms", "server_model_ms"):
+        values = [value for s in samples if s.side == side and (value := getattr(s, key)) is not None]
+        server[key] = statistics.median(values) if values else None
+    return server
 
 
 def write_report(result: dict[str, Any]) -> None:
@@ -192,7 +203,9 @@ def write_report(result: dict[str, Any]) -> None:
         "round numbers its questions), each prompt on every side back to back (in a rotating order). "
         "Engine: onnxruntime-genai driven directly. Gateway: `hybridllm serve`, the `prompt` pipeline with "
         "the privacy output filter on, read as SSE, with the prompt-prefix cache off; gateway-cached: the "
-        "same with the cache on (the default). Medians. Load average (1 min) "
+        "same with the cache on (the default); gateway-held: cache off and `generator.release_gil: false`, "
+        "the GIL held while the generator computes, as the Python binding does. Medians. Load average "
+        "(1 min) "
         f"{result['load_average']['start']:.2f} at start, {result['load_average']['end']:.2f} at end.",
         "",
         markdown_table(["side", "TTFT ms (gateway: first visible text)", "decode tok/s"], rows),
@@ -202,6 +215,7 @@ def write_report(result: dict[str, Any]) -> None:
         f"- First visible token - engine TTFT: **{summary['ttft_gap_ms']} ms** "
         f"(goal <= {goals['ttft_gap_ms']['goal']:.0f} ms: {_verdict(goals['ttft_gap_ms'])}).",
         *cached_lines(summary),
+        *held_lines(summary),
         "",
         *attribution_lines(summary),
         "Reproduce: `python -m benchmarks.system.streaming`.",
@@ -224,6 +238,27 @@ def cached_lines(summary: dict[str, Any]) -> list[str]:
         "whole prompt; the cached gateway only what follows the system prompt, so this is not the streaming "
         "path's cost (the goal above is)."
     ]
+
+
+def held_lines(summary: dict[str, Any]) -> list[str]:
+    """The gateway with the GIL held while the generator computes, against the default (released)."""
+    held, gateway = summary.get("gateway-held"), summary["gateway"]
+    held_server, server = summary.get("gateway_held_server_ttft") or {}, summary["gateway_server_ttft"]
+    if held is None:
+        return []
+    line = (
+        f"- With the GIL held while the generator computes (gateway-held), the first visible text comes at "
+        f"{held['ttft_ms']:.1f} ms against {gateway['ttft_ms']:.1f} ms with it released, and decode is "
+        f"{held['decode_tok_s'] / gateway['decode_tok_s']:.3f}x."
+    )
+    if None not in (held_server.get("server_visible_ms"), held_server.get("server_model_ms")):
+        held_filter = held_server["server_visible_ms"] - held_server["server_model_ms"]
+        released_filter = server["server_visible_ms"] - server["server_model_ms"]
+        line += (
+            f" Its `visible` minus `model` is {held_filter:.1f} ms against {released_filter:.1f} ms: held, "
+            "a token reaches the event loop only when the next decode step has ended."
+        )
+    return [line]
 
 
 def attribution_lines(summary: dict[str, Any]) -> list[str]:
@@ -284,12 +319,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     with (
         running_service(None, extra_env={**env, "HYBRID_GENERATOR__PREFIX_CACHE_SLOTS": "0"}) as plain_url,
         running_service(None, extra_env=env) as cached_url,
+        running_service(None, extra_env={**env, **HELD}) as held_url,
         httpx.Client(base_url=plain_url, timeout=120) as plain,
         httpx.Client(base_url=cached_url, timeout=120) as cached,
+        httpx.Client(base_url=held_url, timeout=120) as held,
     ):
-        gateways = {"gateway": plain, "gateway-cached": cached}
+        gateways = {"gateway": plain, "gateway-cached": cached, "gateway-held": held}
         engine.run(engine_messages(PROMPTS[0]), 8)
-        gateway_run(plain, PROMPTS[0], 8)  # warm the server's first request path
+        for client in (plain, held):
+            gateway_run(client, PROMPTS[0], 8)  # warm the server's first request path
         # The cache's free slots fill first with no reuse: start from the steady state.
         for warm_up in range(OnnxGeneratorSettings().prefix_cache_slots):
             gateway_run(cached, f"Warm-up {warm_up + 1}: {PROMPTS[0]}", 8)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.system.streaming import Sample, attribution_lines, cached_lines, engine_messages, summarize
+from benchmarks.system.streaming import (
+    Sample,
+    attribution_lines,
+    cached_lines,
+    engine_messages,
+    held_lines,
+    summarize,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -67,3 +74,19 @@ def test_the_cached_gateway_is_reported_beside_the_goal_and_not_in_it() -> None:
     assert summary["gateway_server_ttft"] == {"server_visible_ms": 126.0, "server_model_ms": 112.0}
     assert "40.0 ms before" in "\n".join(cached_lines(summary))
     assert cached_lines({k: v for k, v in summary.items() if k != "gateway-cached"}) == []
+
+
+def test_the_held_gateway_is_reported_against_the_released_one() -> None:
+    samples = [
+        Sample("engine", 0, ttft_ms=100.0, decode_tok_s=150.0, tokens=64),
+        Sample("gateway", 0, ttft_ms=120.0, decode_tok_s=150.0, tokens=64, server_visible_ms=116.0,
+               server_model_ms=106.0),
+        Sample("gateway-held", 0, ttft_ms=130.0, decode_tok_s=140.0, tokens=64, server_visible_ms=126.0,
+               server_model_ms=107.0),
+    ]  # fmt: skip
+    summary = summarize(samples)
+    assert summary["gateway_held_server_ttft"] == {"server_visible_ms": 126.0, "server_model_ms": 107.0}
+    [line] = held_lines(summary)
+    assert "130.0 ms against 120.0 ms" in line and "0.933x" in line
+    assert "19.0 ms against 10.0 ms" in line
+    assert held_lines({**summary, "gateway-held": None}) == []

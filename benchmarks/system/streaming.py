@@ -254,9 +254,11 @@ def held_lines(summary: dict[str, Any]) -> list[str]:
     if None not in (held_server.get("server_visible_ms"), held_server.get("server_model_ms")):
         held_filter = held_server["server_visible_ms"] - held_server["server_model_ms"]
         released_filter = server["server_visible_ms"] - server["server_model_ms"]
+        held_model, model = held_server["server_model_ms"], server["server_model_ms"]
         line += (
-            f" Its `visible` minus `model` is {held_filter:.1f} ms against {released_filter:.1f} ms: held, "
-            "a token reaches the event loop only when the next decode step has ended."
+            f" Its `model` is {held_model:.1f} ms against {model:.1f} ms and its `visible` minus `model` "
+            f"{held_filter:.1f} against {released_filter:.1f} ms: held, "
+            "each token reaches the event loop only when the next decode step has ended."
         )
     return [line]
 

@@ -88,5 +88,5 @@ def test_the_held_gateway_is_reported_against_the_released_one() -> None:
     assert summary["gateway_held_server_ttft"] == {"server_visible_ms": 126.0, "server_model_ms": 107.0}
     [line] = held_lines(summary)
     assert "130.0 ms against 120.0 ms" in line and "0.933x" in line
-    assert "19.0 ms against 10.0 ms" in line
+    assert "`model` is 107.0 ms against 106.0 ms" in line and "19.0 against 10.0 ms" in line
     assert held_lines({**summary, "gateway-held": None}) == []

@@ -437,16 +437,20 @@ async def largest_loop_pause(generator: OnnxGenerator, messages: list[ChatMessag
     return max(pauses), ended - started
 
 
+@pytest.mark.parametrize("max_concurrency", [1, 2], ids=["unbatched", "cohort"])
 @pytest.mark.parametrize("release_gil", [True, False])
 async def test_the_event_loop_runs_while_a_long_prompt_prefills_only_with_the_gil_released(
-    release_gil: bool, smollm2_settings, onnx_data_dir, smollm2_onnx_dir
+    release_gil: bool, max_concurrency: int, smollm2_settings, onnx_data_dir, smollm2_onnx_dir
 ) -> None:
     settings = smollm2_settings.model_copy(
-        update={"release_gil": release_gil, "max_concurrency": 1, "prefix_cache_slots": 0}
+        update={"release_gil": release_gil, "max_concurrency": max_concurrency, "prefix_cache_slots": 0}
     )
     generator = loaded(settings, onnx_data_dir, smollm2_onnx_dir)
     assert generator.render_prompt_tokens(LONG_PROMPT) > 500
-    pause, duration = await largest_loop_pause(generator, LONG_PROMPT)
+    try:
+        pause, duration = await largest_loop_pause(generator, LONG_PROMPT)
+    finally:
+        await generator.aclose()
     if release_gil:
         assert pause < 0.25 * duration  # the loop kept running through the prefill
     else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -44,22 +45,30 @@ class GeneratorCalls(Protocol):
 class _NativeGenerator:
     """`append_tokens` and `generate_next_token` of one og.Generator, through the C API without the GIL."""
 
-    def __init__(self, library: ctypes.CDLL, generator: Any, handle: int) -> None:
+    def __init__(self, library: ctypes.CDLL, generator: Any, handle: int, lock: threading.Lock) -> None:
         self._lib = library
         self._generator = generator  # owns the C object: keep it alive while the handle is used
         self._handle = ctypes.c_void_p(handle)
+        self._lock = lock
 
     def append_tokens(self, tokens: np.ndarray[Any, Any] | list[int]) -> None:
         ids = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
         pointer = ids.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
-        _check(self._lib, self._lib.OgaGenerator_AppendTokens(self._handle, pointer, ids.size))
+        with self._lock:
+            _check(self._lib, self._lib.OgaGenerator_AppendTokens(self._handle, pointer, ids.size))
 
     def generate_next_token(self) -> None:
-        _check(self._lib, self._lib.OgaGenerator_GenerateNextToken(self._handle))
+        with self._lock:
+            _check(self._lib, self._lib.OgaGenerator_GenerateNextToken(self._handle))
 
 
-def compute_calls(generator: Any, *, release_gil: bool) -> GeneratorCalls:
-    """The calls to drive `generator` with: through the C API where possible, else the binding itself."""
+def compute_calls(generator: Any, *, release_gil: bool, lock: threading.Lock) -> GeneratorCalls:
+    """The calls to drive `generator` with: through the C API where possible, else the binding itself.
+
+    `lock` is one per model: its generators' compute calls run one at a time, as they did under the GIL
+    (the C API does not promise more, and two at once would only share the same cores), while the event
+    loop and the rest of the process run beside them.
+    """
     binding = _binding() if release_gil else None
     if binding is None or type(generator) is not binding.generator_type:
         return generator  # type: ignore[no-any-return]
@@ -67,7 +76,7 @@ def compute_calls(generator: Any, *, release_gil: bool) -> GeneratorCalls:
     handle = _generator_handle(generator)
     if library.OgaGenerator_TokenCount(ctypes.c_void_p(handle)) != generator.token_count():
         raise RuntimeError("og.Generator's native object does not match it: binding layout changed")
-    return _NativeGenerator(library, generator, handle)
+    return _NativeGenerator(library, generator, handle, lock)
 
 
 def native_calls_available() -> bool:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import weakref
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
@@ -105,6 +106,8 @@ class OnnxGenerator(InProcessBackend):
         self._scheduler: BatchScheduler | None = None
         self._batch_pad_id: int | None = None
         self._prefix_cache = PrefixCache(slots=0, tokens=0)
+        # Compute calls on this model's generators run one at a time (oga_native.compute_calls).
+        self._compute_lock = threading.Lock()
         self.model_dir: Path | None = None
 
     # ------------------------------------------------------------------ loading
@@ -197,6 +200,7 @@ class OnnxGenerator(InProcessBackend):
             admission_window_s=window_s,
             demand=demand,
             release_gil=self._settings.release_gil,
+            compute_lock=self._compute_lock,
         )
 
     def load_adapter(self, name: str, folder: Path) -> None:
@@ -428,7 +432,7 @@ class OnnxGenerator(InProcessBackend):
             if pin is not None:
                 generator.set_active_adapter(pin.container, pin.loaded_as)
             # Prefill and decode steps run without the GIL where the binding allows (oga_native.py).
-            calls = compute_calls(generator, release_gil=self._settings.release_gil)
+            calls = compute_calls(generator, release_gil=self._settings.release_gil, lock=self._compute_lock)
             # The prefill (of what a kept generator does not already hold); the first token comes next step.
             calls.append_tokens(prompt_ids[reused:])
             run.cached_tokens = reused

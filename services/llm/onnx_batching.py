@@ -171,10 +171,10 @@ class BatchScheduler(ABC):
                 return []
             while not self._incoming and not self._stopping:
                 self._wake.wait()
-            expected = max(self._recent_demand, self._demand() if self._demand is not None else 0)
-            target = min(self.max_batch_size, max(expected, 1))
             deadline = time.monotonic() + self._admission_window_s
-            while len(self._incoming) < target and not self._stopping:
+            # Demand is read again at each arrival: a request that took its place after the first one
+            # arrived (its event loop was still submitting) is waited for too.
+            while len(self._incoming) < self._admission_target() and not self._stopping:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -188,6 +188,11 @@ class BatchScheduler(ABC):
             self._incoming = [ticket for ticket in self._incoming if ticket not in admitted]
             self._recent_demand = len(admitted) + len(self._incoming)
             return admitted
+
+    def _admission_target(self) -> int:
+        """How many tickets an idle engine waits for: the companions known to be coming (1 to batch size)."""
+        expected = max(self._recent_demand, self._demand() if self._demand is not None else 0)
+        return min(self.max_batch_size, max(expected, 1))
 
     def _end_incoming(self, end: TurnEnd, which: Callable[[EngineTicket], bool]) -> None:
         """End the waiting tickets `which` selects (called with the lock held)."""

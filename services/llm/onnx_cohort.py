@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
@@ -79,10 +80,12 @@ class CohortScheduler(BatchScheduler):
         admission_window_s: float,
         demand: Callable[[], int] | None = None,
         release_gil: bool = True,
+        compute_lock: threading.Lock | None = None,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, admission_window_s=admission_window_s, demand=demand)
         self._model = model  # loaded with pad_token_overlay(pad_id)
         self._release_gil = release_gil
+        self._compute_lock = compute_lock or threading.Lock()  # shared with the model's unbatched requests
         self._pad_id = pad_id
         self._eos_ids = frozenset(eos_ids)
         self._context_length = context_length
@@ -132,7 +135,7 @@ class CohortScheduler(BatchScheduler):
             options.update(do_sample=False)
         params.set_search_options(**options)
         generator = og.Generator(self._model, params)
-        calls = compute_calls(generator, release_gil=self._release_gil)
+        calls = compute_calls(generator, release_gil=self._release_gil, lock=self._compute_lock)
         calls.append_tokens(batch)  # the prefill of every row; their first tokens come with the next step
         produced = [0] * len(tickets)
         while open_rows:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from services.llm import oga_native
@@ -13,7 +15,7 @@ def test_an_unchecked_version_keeps_the_bindings_own_calls(monkeypatch: pytest.M
     try:
         generator = object()
         assert not oga_native.native_calls_available()
-        assert oga_native.compute_calls(generator, release_gil=True) is generator
+        assert oga_native.compute_calls(generator, release_gil=True, lock=threading.Lock()) is generator
     finally:
         oga_native._binding_of.cache_clear()
 
@@ -27,4 +29,4 @@ def test_a_null_result_is_success() -> None:
 
 def test_only_the_bindings_own_generator_class_is_driven_natively() -> None:
     stand_in = object()  # a test double, or a class whose layout was never checked
-    assert oga_native.compute_calls(stand_in, release_gil=True) is stand_in
+    assert oga_native.compute_calls(stand_in, release_gil=True, lock=threading.Lock()) is stand_in

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, cast
@@ -475,8 +476,28 @@ def test_a_c_api_error_is_raised_with_its_message(generator: OnnxGenerator) -> N
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=8, batch_size=1)
     og_generator = og.Generator(model, params)
-    calls = compute_calls(og_generator, release_gil=True)
+    calls = compute_calls(og_generator, release_gil=True, lock=threading.Lock())
     assert calls is not og_generator
     with pytest.raises(RuntimeError, match=r"\S"):
         calls.append_tokens(list(range(100, 120)))  # beyond max_length
-    assert compute_calls(og_generator, release_gil=False) is og_generator
+    assert compute_calls(og_generator, release_gil=False, lock=threading.Lock()) is og_generator
+
+
+def test_native_compute_calls_wait_for_the_models_lock(generator: OnnxGenerator) -> None:
+    import onnxruntime_genai as og
+
+    from services.llm.oga_native import compute_calls
+
+    model = generator._require_model()
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=16, batch_size=1)
+    og_generator = og.Generator(model, params)
+    lock = threading.Lock()
+    calls = compute_calls(og_generator, release_gil=True, lock=lock)
+    with lock:  # another generator of the model is computing
+        worker = threading.Thread(target=calls.append_tokens, args=([1, 2, 3],))
+        worker.start()
+        worker.join(0.3)
+        assert worker.is_alive()
+    worker.join(30)
+    assert not worker.is_alive() and og_generator.token_count() == 3

@@ -168,6 +168,29 @@ def test_the_expected_companions_share_one_batch() -> None:
     scheduler.close()
 
 
+def test_a_request_that_takes_its_place_after_the_first_arrival_is_waited_for_too() -> None:
+    reads: list[int] = []
+
+    def demand() -> int:  # 2 places held when the first ticket is admitted, 3 from then on
+        reads.append(2 if not reads else 3)
+        return reads[-1]
+
+    def read_times(count: int) -> None:
+        deadline = time.monotonic() + 2.0
+        while len(reads) < count and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    scheduler = EngineScheduler(object(), max_batch_size=4, admission_window_s=5.0, demand=demand)
+    collectors = [submit(scheduler, 5)[1]]
+    read_times(1)
+    collectors.append(submit(scheduler, 5)[1])
+    read_times(2)  # the second arrival reads demand again, and a third client is now holding a place
+    collectors.append(submit(scheduler, 5)[1])
+    assert all(collector.ended.wait(5) for collector in collectors)
+    assert FakeEngine.instances[0].batch_sizes == [3]
+    scheduler.close()
+
+
 def test_a_lone_request_starts_at_once_and_expected_ones_wait_no_longer_than_the_window() -> None:
     lone = EngineScheduler(object(), max_batch_size=4, admission_window_s=30.0, demand=lambda: 1)
     assert submit(lone, 2)[1].ended.wait(5)

@@ -81,7 +81,6 @@ def summarize(samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, A
             "probe_max_ms": round(max(probes), 2) if probes else None,
             "ttft_ms": round(statistics.median(run["ttft_ms"] for run in runs), 1),
             "decode_tok_s": round(statistics.median(run["decode_tok_s"] for run in runs), 1),
-            "prompt_words": runs[0]["prompt_words"],
         }
     released, held = summary["released"], summary["held"]
     summary["held_over_released"] = {
@@ -217,7 +216,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "ttft_ms": ttft_ms,
                             "decode_tok_s": decode,
                             "tokens": tokens,
-                            "prompt_words": args.prompt_words,
                             "probe_ms": prober.latencies_ms,
                         }
                     )

@@ -65,10 +65,11 @@ def mode_env(mode: str, batch_size: int) -> dict[str, str]:
     """The service's overrides for a mode: max_concurrency, and the batch scheduler when batched."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    unbatched = {"HYBRID_GENERATOR__MAX_CONCURRENCY": "1"}
     if mode == "off":
-        return {"HYBRID_GENERATOR__MAX_CONCURRENCY": "1"}
+        return unbatched
     if mode == "held":  # `off` as it ran before oga_native.py: the binding holds the GIL while it computes
-        return {"HYBRID_GENERATOR__MAX_CONCURRENCY": "1", "HYBRID_GENERATOR__RELEASE_GIL": "false"}
+        return {**unbatched, "HYBRID_GENERATOR__RELEASE_GIL": "false"}
     return {
         "HYBRID_GENERATOR__MAX_CONCURRENCY": str(batch_size),
         "HYBRID_GENERATOR__BATCH_SCHEDULER": mode,

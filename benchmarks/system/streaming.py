@@ -50,8 +50,10 @@ PROMPTS = (
     "Give three tips for writing a clear email, with one sentence each.",
 )
 GOALS = {"decode_ratio": 0.9, "ttft_gap_ms": 15.0}
-# The gateway-held side: no prefix cache, and the GIL held while the generator computes.
-HELD = {"HYBRID_GENERATOR__PREFIX_CACHE_SLOTS": "0", "HYBRID_GENERATOR__RELEASE_GIL": "false"}
+# The gateway side prefills whole prompts as the engine does; gateway-held also holds the GIL while the
+# generator computes.
+NO_CACHE = {"HYBRID_GENERATOR__PREFIX_CACHE_SLOTS": "0"}
+HELD = {**NO_CACHE, "HYBRID_GENERATOR__RELEASE_GIL": "false"}
 SIDES = ("engine", "gateway", "gateway-cached", "gateway-held")
 
 
@@ -252,9 +254,11 @@ def held_lines(summary: dict[str, Any]) -> list[str]:
         f"{held['decode_tok_s'] / gateway['decode_tok_s']:.3f}x."
     )
     if None not in (held_server.get("server_visible_ms"), held_server.get("server_model_ms")):
-        held_filter = held_server["server_visible_ms"] - held_server["server_model_ms"]
-        released_filter = server["server_visible_ms"] - server["server_model_ms"]
         held_model, model = held_server["server_model_ms"], server["server_model_ms"]
+        held_filter, released_filter = (
+            held_server["server_visible_ms"] - held_model,
+            server["server_visible_ms"] - model,
+        )
         line += (
             f" Its `model` is {held_model:.1f} ms against {model:.1f} ms and its `visible` minus `model` "
             f"{held_filter:.1f} against {released_filter:.1f} ms: held, "
@@ -319,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     samples: list[Sample] = []
     with (
-        running_service(None, extra_env={**env, "HYBRID_GENERATOR__PREFIX_CACHE_SLOTS": "0"}) as plain_url,
+        running_service(None, extra_env={**env, **NO_CACHE}) as plain_url,
         running_service(None, extra_env=env) as cached_url,
         running_service(None, extra_env={**env, **HELD}) as held_url,
         httpx.Client(base_url=plain_url, timeout=120) as plain,

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.unit
 
 
 def run(probes: list[float], ttft: float = 800.0, decode: float = 100.0) -> dict[str, object]:
-    return {"ttft_ms": ttft, "decode_tok_s": decode, "tokens": 64, "prompt_words": 400, "probe_ms": probes}
+    return {"ttft_ms": ttft, "decode_tok_s": decode, "tokens": 64, "probe_ms": probes}
 
 
 def test_summary_pools_the_probes_of_every_run_and_compares_held_with_released() -> None:
